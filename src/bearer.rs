@@ -1,0 +1,129 @@
+//! Reading the bearer token out of the `Authorization` header (RFC 6750 §2.1).
+//!
+//! ```
+//! use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+//! use tower_api_keys::bearer::bearer_token;
+//!
+//! let mut headers = HeaderMap::new();
+//! assert_eq!(bearer_token(&headers), Ok(None));
+//! headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer  sk_test_abc "));
+//! assert_eq!(bearer_token(&headers), Ok(Some("sk_test_abc")));
+//! ```
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+use crate::error::{AuthError, InvalidRequest};
+
+/// The bearer token of a request.
+///
+/// - no `Authorization` header, or another scheme (`Basic …`): `Ok(None)`;
+/// - the scheme is matched case-insensitively, and spaces around the token are ignored;
+/// - two `Authorization` headers, `Bearer` with no token, or a token with characters
+///   outside RFC 6750's `b64token` (`A-Z a-z 0-9 - . _ ~ + /` then `=`s): 400
+///   `invalid_request`.
+///
+/// Never panics, whatever the header bytes.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::InvalidRequest(InvalidRequest::DuplicateHeader));
+    }
+    let value = value.as_bytes().trim_ascii();
+    let (scheme, rest) = match value.iter().position(|b| *b == b' ' || *b == b'\t') {
+        Some(at) => value.split_at(at),
+        None => (value, &[][..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() {
+        return Err(AuthError::InvalidRequest(InvalidRequest::EmptyToken));
+    }
+    if !is_b64token(token) {
+        return Err(AuthError::InvalidRequest(InvalidRequest::IllegalCharacters));
+    }
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| AuthError::InvalidRequest(InvalidRequest::IllegalCharacters))
+}
+
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_b64token(token: &[u8]) -> bool {
+    let body_end = token
+        .iter()
+        .rposition(|b| *b != b'=')
+        .map_or(0, |at| at + 1);
+    body_end > 0
+        && token[..body_end].iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn token_of(raw: &[u8]) -> Result<Option<String>, AuthError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_bytes(raw).unwrap());
+        bearer_token(&headers).map(|t| t.map(str::to_owned))
+    }
+
+    #[test]
+    fn reads_the_token_whatever_the_scheme_case_and_spacing() {
+        for raw in [
+            &b"Bearer sk_1"[..],
+            b"bearer sk_1",
+            b"BEARER sk_1",
+            b"Bearer    sk_1",
+            b"  Bearer\tsk_1  ",
+        ] {
+            assert_eq!(token_of(raw), Ok(Some("sk_1".into())), "{raw:?}");
+        }
+        assert_eq!(token_of(b"Bearer abc=="), Ok(Some("abc==".into())));
+    }
+
+    #[test]
+    fn other_schemes_are_no_key() {
+        assert_eq!(token_of(b"Basic dXNlcjpwYXNz"), Ok(None));
+        assert_eq!(token_of(b"Bearersk_1"), Ok(None));
+        assert_eq!(token_of(b""), Ok(None));
+    }
+
+    #[test]
+    fn malformed_headers_are_invalid_requests() {
+        let bad = |r| AuthError::InvalidRequest(r);
+        assert_eq!(token_of(b"Bearer"), Err(bad(InvalidRequest::EmptyToken)));
+        assert_eq!(token_of(b"Bearer   "), Err(bad(InvalidRequest::EmptyToken)));
+        assert_eq!(
+            token_of(b"Bearer a b"),
+            Err(bad(InvalidRequest::IllegalCharacters))
+        );
+        assert_eq!(
+            token_of(b"Bearer ==="),
+            Err(bad(InvalidRequest::IllegalCharacters))
+        );
+        assert_eq!(
+            token_of(b"Bearer a=b"),
+            Err(bad(InvalidRequest::IllegalCharacters))
+        );
+        assert_eq!(
+            token_of(b"Bearer sk_\xc3\xa9\xff"),
+            Err(bad(InvalidRequest::IllegalCharacters))
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(
+            bearer_token(&headers),
+            Err(bad(InvalidRequest::DuplicateHeader))
+        );
+    }
+}

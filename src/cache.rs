@@ -1,0 +1,481 @@
+//! [`CachedVerifier`]: a moka cache in front of any [`KeyVerifier`].
+//!
+//! - **Hits are synchronous.** [`CachedVerifier::get_cached`] probes the cache without
+//!   creating a future; only a miss goes async.
+//! - **Known keys** are cached for the positive TTL (default 60 s), never past the key's
+//!   own `expires_at`. **Unknown keys** are cached too, for the negative TTL (default
+//!   5 s), so a client retrying a wrong key does not reach the store each time.
+//! - **Backend errors are never cached.**
+//! - **Single-flight:** concurrent misses on one key share one `verify` call.
+//! - **Invalidation** by hash, by key id, or all, takes effect for the next request;
+//!   a lookup that was in flight when the invalidation happened does not write its
+//!   (possibly outdated) answer into the cache.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_keys::{CachedVerifier, store::MemoryStore};
+//!
+//! let cache = CachedVerifier::builder(MemoryStore::new())
+//!     .positive_ttl(Duration::from_secs(30))
+//!     .negative_ttl(Duration::from_secs(2))
+//!     .max_capacity(1_000_000)
+//!     .build();
+//! assert_eq!(cache.stats().verifier_calls, 0);
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+
+use crate::key::{KeyHash, KeyId};
+use crate::record::KeyRecord;
+use crate::verify::{KeyVerifier, VerifyError};
+
+/// The answer for one key hash, as cached.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The verifier knows the key (it may still be revoked or expired).
+    Found(Arc<KeyRecord>),
+    /// The verifier does not know the key.
+    Unknown,
+}
+
+/// Counters of a [`CachedVerifier`], for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Lookups answered from the cache (known and unknown keys).
+    pub hits: u64,
+    /// Lookups the cache could not answer.
+    pub misses: u64,
+    /// Calls made to the wrapped verifier.
+    pub verifier_calls: u64,
+    /// Entries in the cache (approximate, as moka counts them).
+    pub entries: u64,
+}
+
+type Flight = Arc<OnceCell<Result<Lookup, VerifyError>>>;
+
+struct CacheCore<V> {
+    verifier: V,
+    entries: moka::sync::Cache<KeyHash, Lookup>,
+    in_flight: Mutex<HashMap<KeyHash, Flight>>,
+    /// Bumped by every invalidation; a lookup that started before a bump does not
+    /// write its answer into the cache.
+    generation: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    verifier_calls: AtomicU64,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+/// A caching, single-flight [`KeyVerifier`] wrapper. Cheap to clone (one `Arc`); clones
+/// share the cache, so the layer and your key-management code can hold the same one.
+///
+/// See the [module docs](self).
+pub struct CachedVerifier<V> {
+    core: Arc<CacheCore<V>>,
+}
+
+impl<V> Clone for CachedVerifier<V> {
+    fn clone(&self) -> Self {
+        CachedVerifier {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<V> fmt::Debug for CachedVerifier<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedVerifier")
+            .field("positive_ttl", &self.core.positive_ttl)
+            .field("negative_ttl", &self.core.negative_ttl)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`CachedVerifier`].
+#[derive(Debug)]
+#[must_use]
+pub struct CachedVerifierBuilder<V> {
+    verifier: V,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    max_capacity: u64,
+}
+
+impl<V: KeyVerifier> CachedVerifierBuilder<V> {
+    /// How long a known key is served from the cache (default 60 s).
+    pub fn positive_ttl(mut self, ttl: Duration) -> Self {
+        self.positive_ttl = ttl;
+        self
+    }
+
+    /// How long an unknown key is remembered as unknown (default 5 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// The most entries kept (default 100,000); beyond it the least useful are evicted.
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = entries;
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> CachedVerifier<V> {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(self.max_capacity)
+            .expire_after(EntryExpiry {
+                positive_ttl: self.positive_ttl,
+                negative_ttl: self.negative_ttl,
+            })
+            .support_invalidation_closures()
+            .build();
+        CachedVerifier {
+            core: Arc::new(CacheCore {
+                verifier: self.verifier,
+                entries,
+                in_flight: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                verifier_calls: AtomicU64::new(0),
+                positive_ttl: self.positive_ttl,
+                negative_ttl: self.negative_ttl,
+            }),
+        }
+    }
+}
+
+impl<V: KeyVerifier> CachedVerifier<V> {
+    /// A cache with the default settings (60 s / 5 s TTLs, 100,000 entries).
+    pub fn new(verifier: V) -> Self {
+        Self::builder(verifier).build()
+    }
+
+    /// Starts configuring a cache around `verifier`.
+    pub fn builder(verifier: V) -> CachedVerifierBuilder<V> {
+        CachedVerifierBuilder {
+            verifier,
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            max_capacity: 100_000,
+        }
+    }
+
+    /// The wrapped verifier.
+    pub fn verifier(&self) -> &V {
+        &self.core.verifier
+    }
+
+    /// The cached answer for `hash`, if there is one. Synchronous; counts a hit or a
+    /// miss.
+    pub fn get_cached(&self, hash: &KeyHash) -> Option<Lookup> {
+        let found = self.core.entries.get(hash);
+        let counter = if found.is_some() {
+            &self.core.hits
+        } else {
+            &self.core.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// The answer for `hash`: from the cache, or from the verifier (one call however
+    /// many lookups of the same hash wait for it).
+    pub async fn lookup(&self, hash: &KeyHash) -> Result<Lookup, VerifyError> {
+        match self.get_cached(hash) {
+            Some(found) => Ok(found),
+            None => self.load(*hash).await,
+        }
+    }
+
+    /// Asks the verifier, single-flight, and caches the answer. For callers that
+    /// already missed with [`get_cached`](Self::get_cached).
+    pub async fn load(&self, hash: KeyHash) -> Result<Lookup, VerifyError> {
+        let core = &*self.core;
+        let flight = {
+            let mut in_flight = core
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Checked under the lock: a flight that just landed wrote the cache before
+            // leaving the map.
+            if let Some(found) = core.entries.get(&hash) {
+                return Ok(found);
+            }
+            Arc::clone(in_flight.entry(hash).or_default())
+        };
+        let answer = flight
+            .get_or_init(|| async {
+                let generation = core.generation.load(Ordering::Acquire);
+                core.verifier_calls.fetch_add(1, Ordering::Relaxed);
+                let answer = core
+                    .verifier
+                    .verify(&hash)
+                    .await
+                    .map(|record| match record {
+                        Some(record) => Lookup::Found(Arc::new(record)),
+                        None => Lookup::Unknown,
+                    });
+                let mut in_flight = core
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Ok(found) = &answer {
+                    if core.generation.load(Ordering::Acquire) == generation {
+                        core.entries.insert(hash, found.clone());
+                    }
+                }
+                if in_flight
+                    .get(&hash)
+                    .is_some_and(|f| Arc::ptr_eq(f, &flight))
+                {
+                    in_flight.remove(&hash);
+                }
+                answer
+            })
+            .await;
+        answer.clone()
+    }
+}
+
+impl<V> CachedVerifier<V> {
+    /// Forgets the answer for one key hash.
+    pub fn invalidate(&self, hash: &KeyHash) {
+        let mut in_flight = self.begin_invalidation();
+        in_flight.remove(hash);
+        self.core.entries.invalidate(hash);
+    }
+
+    /// Forgets the answer for the key with this id (for revocation, where the caller
+    /// knows the id but not the key).
+    pub fn invalidate_key_id(&self, id: &KeyId) {
+        let mut in_flight = self.begin_invalidation();
+        in_flight.clear();
+        let id = id.clone();
+        self.core
+            .entries
+            .invalidate_entries_if(
+                move |_, found| matches!(found, Lookup::Found(record) if record.id == id),
+            )
+            .expect("invalidation closures are enabled at build time");
+    }
+
+    /// Forgets every answer.
+    pub fn invalidate_all(&self) {
+        let mut in_flight = self.begin_invalidation();
+        in_flight.clear();
+        self.core.entries.invalidate_all();
+    }
+
+    fn begin_invalidation(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, Flight>> {
+        let guard = self
+            .core
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.core.generation.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.core.hits.load(Ordering::Relaxed),
+            misses: self.core.misses.load(Ordering::Relaxed),
+            verifier_calls: self.core.verifier_calls.load(Ordering::Relaxed),
+            entries: self.core.entries.entry_count(),
+        }
+    }
+
+    /// Runs moka's pending maintenance (so [`CacheStats::entries`] is exact).
+    pub fn run_pending_tasks(&self) {
+        self.core.entries.run_pending_tasks();
+    }
+}
+
+/// Per-entry lifetimes: positive TTL capped by the key's expiry; negative TTL.
+struct EntryExpiry {
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl EntryExpiry {
+    fn ttl(&self, found: &Lookup) -> Duration {
+        match found {
+            Lookup::Unknown => self.negative_ttl,
+            Lookup::Found(record) => match record.expires_at {
+                None => self.positive_ttl,
+                Some(expires_at) => {
+                    let left = expires_at - OffsetDateTime::now_utc();
+                    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+                    left.min(self.positive_ttl)
+                }
+            },
+        }
+    }
+}
+
+impl Expiry<KeyHash, Lookup> for EntryExpiry {
+    fn expire_after_create(&self, _: &KeyHash, found: &Lookup, _: Instant) -> Option<Duration> {
+        Some(self.ttl(found))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &KeyHash,
+        found: &Lookup,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.ttl(found))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Environment;
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicBool;
+
+    /// Knows one key; counts calls; can be made slow or failing.
+    struct Fixture {
+        known: KeyHash,
+        expires_at: Option<OffsetDateTime>,
+        delay: Duration,
+        failing: AtomicBool,
+    }
+
+    #[async_trait]
+    impl KeyVerifier for Fixture {
+        async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+            tokio::time::sleep(self.delay).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(VerifyError::backend("down"));
+            }
+            Ok((*hash == self.known).then(|| {
+                KeyRecord::new(KeyId::new("ak_1"), "k", "acct", Environment::LIVE)
+                    .with_expires_at(self.expires_at)
+            }))
+        }
+    }
+
+    fn fixture(delay_ms: u64) -> Fixture {
+        Fixture {
+            known: KeyHash::of("known"),
+            expires_at: None,
+            delay: Duration::from_millis(delay_ms),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_verify_call() {
+        let cache = CachedVerifier::new(fixture(50));
+        let hash = KeyHash::of("known");
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.lookup(&hash).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(task.await.unwrap(), Ok(Lookup::Found(_))));
+        }
+        assert_eq!(cache.stats().verifier_calls, 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_cached_for_the_negative_ttl() {
+        let cache = CachedVerifier::builder(fixture(0))
+            .negative_ttl(Duration::from_millis(200))
+            .build();
+        let hash = KeyHash::of("nope");
+        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
+        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
+        assert_eq!(cache.stats().verifier_calls, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
+        assert_eq!(cache.stats().verifier_calls, 2);
+    }
+
+    #[tokio::test]
+    async fn backend_errors_are_not_cached() {
+        let cache = CachedVerifier::new(fixture(0));
+        let hash = KeyHash::of("known");
+        cache.verifier().failing.store(true, Ordering::SeqCst);
+        assert!(cache.lookup(&hash).await.is_err());
+        assert!(cache.lookup(&hash).await.is_err());
+        cache.verifier().failing.store(false, Ordering::SeqCst);
+        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Found(_))));
+        assert_eq!(cache.stats().verifier_calls, 3);
+    }
+
+    #[tokio::test]
+    async fn invalidation_by_hash_id_and_all() {
+        let cache = CachedVerifier::new(fixture(0));
+        let hash = KeyHash::of("known");
+        cache.lookup(&hash).await.unwrap();
+        cache.lookup(&hash).await.unwrap();
+        assert_eq!(cache.stats().verifier_calls, 1);
+        assert_eq!(cache.stats().hits, 1);
+
+        cache.invalidate(&hash);
+        cache.lookup(&hash).await.unwrap();
+        assert_eq!(cache.stats().verifier_calls, 2);
+
+        cache.invalidate_key_id(&KeyId::new("ak_other"));
+        cache.lookup(&hash).await.unwrap();
+        assert_eq!(
+            cache.stats().verifier_calls,
+            2,
+            "another id leaves the entry"
+        );
+
+        cache.invalidate_key_id(&KeyId::new("ak_1"));
+        assert!(cache.get_cached(&hash).is_none());
+        cache.lookup(&hash).await.unwrap();
+        assert_eq!(cache.stats().verifier_calls, 3);
+
+        cache.invalidate_all();
+        assert!(cache.get_cached(&hash).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_in_flight_during_invalidation_is_not_cached() {
+        let cache = CachedVerifier::new(fixture(100));
+        let hash = KeyHash::of("known");
+        let pending = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.lookup(&hash).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        cache.invalidate(&hash);
+        assert!(pending.await.unwrap().is_ok());
+        assert!(cache.get_cached(&hash).is_none());
+    }
+
+    #[tokio::test]
+    async fn entries_never_outlive_the_keys_expiry() {
+        let mut verifier = fixture(0);
+        verifier.expires_at = Some(OffsetDateTime::now_utc() + Duration::from_millis(150));
+        let cache = CachedVerifier::new(verifier);
+        let hash = KeyHash::of("known");
+        cache.lookup(&hash).await.unwrap();
+        assert!(cache.get_cached(&hash).is_some());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(cache.get_cached(&hash).is_none());
+    }
+}

@@ -1,0 +1,686 @@
+//! Key format, the secret key type, its hash and its public id.
+//!
+//! A generated key reads `{prefix}_{environment}_{body}{checksum}`, for example
+//! `sk_live_4eC39HqLyjWDarjtT1zdp7dc…0a1B2c`:
+//!
+//! - `prefix` and `environment` make a leaked key recognisable (secret scanners match
+//!   them) and tell live keys from test keys at a glance;
+//! - `body` is 43 base62 characters from the operating system's CSPRNG (256 bits);
+//! - `checksum` is 6 base62 characters of a CRC32 over everything before it, the scheme
+//!   GitHub uses for its tokens: a typo or a made-up key is rejected by [`KeyFormat::parse`]
+//!   without touching the cache or the store.
+//!
+//! The server stores only the [`KeyHash`] (SHA-256 of the whole key) and a [`hint`]
+//! (the last four characters); the plaintext [`ApiKey`] is shown once.
+//!
+//! ```
+//! use tower_api_keys::key::{Environment, KeyFormat, KeyHash};
+//!
+//! let format = KeyFormat::new("sk");
+//! let key = format.generate(&Environment::LIVE);
+//! assert!(key.expose_secret().starts_with("sk_live_"));
+//!
+//! let parsed = format.parse(key.expose_secret()).unwrap();
+//! assert_eq!(parsed.environment(), &Environment::LIVE);
+//! assert_eq!(KeyHash::of(key.expose_secret()), key.hash());
+//!
+//! // One wrong character and the checksum catches it.
+//! let mut typo = key.expose_secret().to_owned();
+//! typo.replace_range(10..11, if &typo[10..11] == "a" { "b" } else { "a" });
+//! assert!(format.parse(&typo).is_err());
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Characters of random body in a generated key: 43 × log2(62) ≥ 256 bits.
+const DEFAULT_BODY_LEN: usize = 43;
+const CHECKSUM_LEN: usize = 6;
+/// Bounds for keys imported without a checksum (see [`KeyFormat::accept_unchecksummed`]).
+const LEGACY_MIN_BODY: usize = 16;
+const LEGACY_MAX_BODY: usize = 256;
+/// Characters of random body in a [`KeyId`].
+const KEY_ID_LEN: usize = 24;
+
+/// The environment a key belongs to: `live`, `test`, or a custom tag such as `staging`.
+///
+/// A deployment declares which environment it serves (see
+/// [`ApiKeyLayer::environment`](crate::ApiKeyLayer::environment)); a key of another
+/// environment is answered with 401 `environment_mismatch`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Environment(Cow<'static, str>);
+
+impl Environment {
+    /// Production keys: `sk_live_…`.
+    pub const LIVE: Environment = Environment(Cow::Borrowed("live"));
+    /// Test/sandbox keys: `sk_test_…`.
+    pub const TEST: Environment = Environment(Cow::Borrowed("test"));
+
+    /// A custom environment tag. Tags are 1–16 ASCII letters or digits.
+    ///
+    /// # Panics
+    /// If the tag is empty, longer than 16 characters or not alphanumeric: tags are
+    /// configuration, written by the developer, never parsed from a request.
+    #[must_use]
+    pub fn new(tag: impl Into<Cow<'static, str>>) -> Self {
+        let tag = tag.into();
+        assert!(
+            is_valid_tag(&tag, 16),
+            "environment tag must be 1-16 ASCII letters or digits, got {tag:?}"
+        );
+        Environment(tag)
+    }
+
+    /// The tag as it appears in keys (`live`, `test`, …).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Environment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+fn is_valid_tag(tag: &str, max: usize) -> bool {
+    !tag.is_empty() && tag.len() <= max && tag.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// How keys look: prefix, environment tags, body length, checksum.
+///
+/// Cheap to clone. See the [module docs](self) for the layout.
+#[derive(Clone)]
+pub struct KeyFormat {
+    prefix: Arc<str>,
+    environments: Arc<[Environment]>,
+    body_len: usize,
+    accept_unchecksummed: bool,
+}
+
+impl fmt::Debug for KeyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyFormat")
+            .field("prefix", &self.prefix)
+            .field("environments", &self.environments)
+            .field("body_len", &self.body_len)
+            .field("accept_unchecksummed", &self.accept_unchecksummed)
+            .finish()
+    }
+}
+
+/// Why a string is not a key of this format.
+///
+/// Never shown to clients (they get `invalid_api_key`); useful in logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFormatError {
+    /// The key does not start with `{prefix}_`.
+    #[error("the key does not start with the expected prefix")]
+    Prefix,
+    /// The environment tag is missing or not one of the configured ones.
+    #[error("the key's environment tag is not known")]
+    Environment,
+    /// The key is too short or too long.
+    #[error("the key has the wrong length")]
+    Length,
+    /// The body holds characters outside base62.
+    #[error("the key holds characters outside base62")]
+    Alphabet,
+    /// The checksum does not match the rest of the key.
+    #[error("the key's checksum does not match")]
+    Checksum,
+}
+
+/// A string that [`KeyFormat::parse`] accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedKey<'a> {
+    key: &'a str,
+    environment: &'a Environment,
+    checksummed: bool,
+}
+
+impl<'a> ParsedKey<'a> {
+    /// The environment named by the key's tag.
+    #[must_use]
+    pub fn environment(&self) -> &'a Environment {
+        self.environment
+    }
+
+    /// Whether the key carried a valid checksum (false only for accepted legacy keys).
+    #[must_use]
+    pub fn is_checksummed(&self) -> bool {
+        self.checksummed
+    }
+
+    /// The SHA-256 hash to look the key up by.
+    #[must_use]
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::of(self.key)
+    }
+}
+
+impl KeyFormat {
+    /// A format with the given prefix (1–16 ASCII letters or digits, e.g. `sk`, `pk`,
+    /// `rk`) and the `live` and `test` environments.
+    ///
+    /// # Panics
+    /// If the prefix is not 1–16 ASCII letters or digits.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        assert!(
+            is_valid_tag(prefix, 16),
+            "key prefix must be 1-16 ASCII letters or digits, got {prefix:?}"
+        );
+        KeyFormat {
+            prefix: prefix.into(),
+            environments: Arc::new([Environment::LIVE, Environment::TEST]),
+            body_len: DEFAULT_BODY_LEN,
+            accept_unchecksummed: false,
+        }
+    }
+
+    /// Adds an environment tag (`staging`, `dev`, …) next to `live` and `test`.
+    #[must_use]
+    pub fn with_environment(mut self, environment: Environment) -> Self {
+        if !self.environments.contains(&environment) {
+            let mut all = self.environments.to_vec();
+            all.push(environment);
+            self.environments = all.into();
+        }
+        self
+    }
+
+    /// Also accepts keys without a checksum, such as keys imported from an older system
+    /// (`{prefix}_{env}_{16–256 base62 characters}`).
+    ///
+    /// Such keys cannot be told from typos before the lookup, so a flood of made-up keys
+    /// reaches the cache (and, once per key and negative TTL, the store). Keys generated
+    /// by this crate keep their checksum and are still checked.
+    #[must_use]
+    pub fn accept_unchecksummed(mut self) -> Self {
+        self.accept_unchecksummed = true;
+        self
+    }
+
+    /// The prefix, without the trailing underscore.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The environments keys of this format may carry.
+    #[must_use]
+    pub fn environments(&self) -> &[Environment] {
+        &self.environments
+    }
+
+    /// The public part of a key of this format in `environment`: `sk_live`.
+    #[must_use]
+    pub fn display_prefix(&self, environment: &Environment) -> String {
+        format!("{}_{}", self.prefix, environment.as_str())
+    }
+
+    /// Generates a new key from the operating system's CSPRNG.
+    ///
+    /// # Panics
+    /// If `environment` is not one of this format's environments (a programming error),
+    /// or if the operating system cannot supply random bytes.
+    #[must_use]
+    pub fn generate(&self, environment: &Environment) -> ApiKey {
+        assert!(
+            self.environments.contains(environment),
+            "environment {environment} is not configured on this KeyFormat"
+        );
+        let head_len = self.prefix.len() + environment.as_str().len() + 2;
+        let mut key = Zeroizing::new(String::with_capacity(
+            head_len + self.body_len + CHECKSUM_LEN,
+        ));
+        key.push_str(&self.prefix);
+        key.push('_');
+        key.push_str(environment.as_str());
+        key.push('_');
+        push_random_base62(&mut key, self.body_len);
+        let checksum = checksum(key.as_bytes());
+        key.push_str(&checksum);
+        ApiKey { secret: key }
+    }
+
+    /// Checks a presented key: prefix, environment tag, length, alphabet, checksum.
+    ///
+    /// Pure and allocation-free; a key that fails here never reaches a cache or a store.
+    pub fn parse<'k>(&'k self, key: &'k str) -> Result<ParsedKey<'k>, KeyFormatError> {
+        let bytes = key.as_bytes();
+        let max_len = self.prefix.len() + 2 + 16 + self.body_len.max(LEGACY_MAX_BODY) + 6;
+        if bytes.len() > max_len {
+            return Err(KeyFormatError::Length);
+        }
+        let rest = key
+            .strip_prefix(&*self.prefix)
+            .and_then(|r| r.strip_prefix('_'))
+            .ok_or(KeyFormatError::Prefix)?;
+        let (tag, body) = rest.split_once('_').ok_or(KeyFormatError::Environment)?;
+        let environment = self
+            .environments
+            .iter()
+            .find(|e| e.as_str() == tag)
+            .ok_or(KeyFormatError::Environment)?;
+        if !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(KeyFormatError::Alphabet);
+        }
+        let checksummed = body.len() == self.body_len + CHECKSUM_LEN && {
+            let split = key.len() - CHECKSUM_LEN;
+            let expected = checksum(&bytes[..split]);
+            bool::from(expected.as_bytes().ct_eq(&bytes[split..]))
+        };
+        if checksummed {
+            return Ok(ParsedKey {
+                key,
+                environment,
+                checksummed: true,
+            });
+        }
+        if self.accept_unchecksummed && (LEGACY_MIN_BODY..=LEGACY_MAX_BODY).contains(&body.len()) {
+            return Ok(ParsedKey {
+                key,
+                environment,
+                checksummed: false,
+            });
+        }
+        if body.len() == self.body_len + CHECKSUM_LEN {
+            Err(KeyFormatError::Checksum)
+        } else {
+            Err(KeyFormatError::Length)
+        }
+    }
+}
+
+/// Appends `n` uniformly random base62 characters from the OS CSPRNG.
+fn push_random_base62(out: &mut String, n: usize) {
+    let mut pushed = 0;
+    let mut buf = Zeroizing::new([0u8; 64]);
+    while pushed < n {
+        getrandom::fill(&mut buf[..]).expect("the operating system's CSPRNG failed");
+        // Rejection sampling: 248 = 4 × 62, so `b % 62` is uniform for b < 248.
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if pushed == n {
+                break;
+            }
+            out.push(BASE62[(b % 62) as usize] as char);
+            pushed += 1;
+        }
+    }
+}
+
+/// CRC32 of `data` as 6 base62 characters, most significant first, zero-padded.
+fn checksum(data: &[u8]) -> String {
+    let mut n = crc32fast::hash(data);
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    // 62^6 > 2^32, so the number always fits; the bytes are ASCII.
+    String::from_utf8(out.to_vec()).expect("base62 is ASCII")
+}
+
+/// A plaintext API key: the secret.
+///
+/// `Debug` and `Display` print `ApiKey(sk_live_…REDACTED)`; the memory is zeroed on drop.
+/// Read it with [`expose_secret`](Self::expose_secret) exactly where it must be shown
+/// (the one create response) or sent.
+pub struct ApiKey {
+    secret: Zeroizing<String>,
+}
+
+impl ApiKey {
+    /// Wraps a key string (for example one read from configuration or an import).
+    #[must_use]
+    pub fn from_secret(secret: impl Into<String>) -> Self {
+        ApiKey {
+            secret: Zeroizing::new(secret.into()),
+        }
+    }
+
+    /// The plaintext key. Show it once; never log it.
+    #[must_use]
+    pub fn expose_secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The SHA-256 hash that the store keeps in place of the key.
+    #[must_use]
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::of(&self.secret)
+    }
+
+    /// The last four characters, shown in listings so users can tell keys apart.
+    #[must_use]
+    pub fn hint(&self) -> String {
+        hint(&self.secret)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(REDACTED)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("REDACTED")
+    }
+}
+
+/// The last four characters of a key (fewer if the key is shorter).
+#[must_use]
+pub fn hint(key: &str) -> String {
+    let start = key
+        .char_indices()
+        .rev()
+        .nth(3)
+        .map_or(0, |(index, _)| index);
+    key[start..].to_owned()
+}
+
+/// SHA-256 of the whole key string: what stores keep and caches are keyed by.
+///
+/// Shown as lowercase hex ([`to_hex`](Self::to_hex)) for storage; `Debug` shows only
+/// the first 4 bytes. Equality is constant-time.
+#[derive(Clone, Copy, Hash)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    /// Hashes a key string.
+    #[must_use]
+    pub fn of(key: &str) -> Self {
+        KeyHash(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Wraps 32 raw bytes (for example read from a store).
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        KeyHash(bytes)
+    }
+
+    /// The raw 32 bytes.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, 64 characters.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        }
+        out
+    }
+
+    /// Parses 64 hex characters.
+    #[must_use]
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(KeyHash(out))
+    }
+}
+
+impl PartialEq for KeyHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for KeyHash {}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "KeyHash({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// The public identifier of a key: `ak_` and 24 random base62 characters.
+///
+/// Safe to show, log and put in URLs (`DELETE /api-keys/ak_…`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Arc<str>);
+
+impl KeyId {
+    /// The default prefix of generated ids.
+    pub const DEFAULT_PREFIX: &'static str = "ak";
+
+    /// A new random id, `ak_…`.
+    #[must_use]
+    pub fn generate() -> Self {
+        Self::generate_with_prefix(Self::DEFAULT_PREFIX)
+    }
+
+    /// A new random id with another prefix, e.g. `key_…`.
+    #[must_use]
+    pub fn generate_with_prefix(prefix: &str) -> Self {
+        let mut id = String::with_capacity(prefix.len() + 1 + KEY_ID_LEN);
+        id.push_str(prefix);
+        id.push('_');
+        push_random_base62(&mut id, KEY_ID_LEN);
+        KeyId(id.into())
+    }
+
+    /// Wraps an existing id (read from a store or a URL).
+    #[must_use]
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        KeyId(id.into())
+    }
+
+    /// The id as a string.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_documented_shape_and_parse_back() {
+        let format = KeyFormat::new("sk");
+        for env in [Environment::LIVE, Environment::TEST] {
+            let key = format.generate(&env);
+            let s = key.expose_secret();
+            let head = format!("sk_{env}_");
+            assert!(s.starts_with(&head), "{s}");
+            assert_eq!(s.len(), head.len() + 43 + 6);
+            assert!(s[head.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+            let parsed = format.parse(s).unwrap();
+            assert_eq!(parsed.environment(), &env);
+            assert!(parsed.is_checksummed());
+            assert_eq!(parsed.hash(), key.hash());
+        }
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let format = KeyFormat::new("sk");
+        let a = format.generate(&Environment::LIVE);
+        let b = format.generate(&Environment::LIVE);
+        assert_ne!(a.expose_secret(), b.expose_secret());
+    }
+
+    #[test]
+    fn every_single_character_change_is_caught() {
+        let format = KeyFormat::new("sk");
+        let key = format.generate(&Environment::LIVE);
+        let s = key.expose_secret();
+        for i in 0..s.len() {
+            for replacement in ['0', 'a', 'Z', '_'] {
+                let mut bytes = s.as_bytes().to_vec();
+                if bytes[i] == replacement as u8 {
+                    continue;
+                }
+                bytes[i] = replacement as u8;
+                let changed = String::from_utf8(bytes).unwrap();
+                assert!(format.parse(&changed).is_err(), "{i} {replacement}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejections_name_their_reason() {
+        let format = KeyFormat::new("sk");
+        let key = format.generate(&Environment::LIVE);
+        let s = key.expose_secret();
+        assert_eq!(
+            format.parse(&s.replacen("sk_", "pk_", 1)).unwrap_err(),
+            KeyFormatError::Prefix
+        );
+        assert_eq!(
+            format
+                .parse(&s.replacen("_live_", "_prod_", 1))
+                .unwrap_err(),
+            KeyFormatError::Environment
+        );
+        assert_eq!(
+            format.parse(&s[..s.len() - 1]).unwrap_err(),
+            KeyFormatError::Length
+        );
+        assert_eq!(
+            format
+                .parse(&format!("{}-", &s[..s.len() - 1]))
+                .unwrap_err(),
+            KeyFormatError::Alphabet
+        );
+        assert_eq!(format.parse("").unwrap_err(), KeyFormatError::Prefix);
+        assert_eq!(
+            format.parse("sk_live").unwrap_err(),
+            KeyFormatError::Environment
+        );
+        assert_eq!(
+            format.parse(&"a".repeat(8192)).unwrap_err(),
+            KeyFormatError::Length
+        );
+    }
+
+    #[test]
+    fn custom_environment_tags() {
+        let staging = Environment::new("staging");
+        let format = KeyFormat::new("rk").with_environment(staging.clone());
+        let key = format.generate(&staging);
+        assert!(key.expose_secret().starts_with("rk_staging_"));
+        assert_eq!(
+            format.parse(key.expose_secret()).unwrap().environment(),
+            &staging
+        );
+        assert!(KeyFormat::new("rk").parse(key.expose_secret()).is_err());
+    }
+
+    #[test]
+    fn legacy_keys_without_checksum_are_opt_in() {
+        let legacy = "sk_live_abcdefghijklmnop1234";
+        assert!(KeyFormat::new("sk").parse(legacy).is_err());
+        let format = KeyFormat::new("sk").accept_unchecksummed();
+        let parsed = format.parse(legacy).unwrap();
+        assert!(!parsed.is_checksummed());
+        // Generated keys are still checked, and still marked as checksummed.
+        let key = format.generate(&Environment::TEST);
+        assert!(format.parse(key.expose_secret()).unwrap().is_checksummed());
+    }
+
+    #[test]
+    fn secrets_never_print_themselves() {
+        let key = KeyFormat::new("sk").generate(&Environment::LIVE);
+        let body = &key.expose_secret()[8..];
+        assert!(!format!("{key:?}").contains(body));
+        assert!(!format!("{key}").contains(body));
+        let hex = key.hash().to_hex();
+        assert!(!format!("{:?}", key.hash()).contains(&hex));
+    }
+
+    #[test]
+    fn hash_is_sha256_hex() {
+        // SHA-256("abc"), FIPS 180-2 test vector.
+        assert_eq!(
+            KeyHash::of("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let h = KeyHash::of("x");
+        assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(KeyHash::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn hint_is_the_last_four_characters() {
+        assert_eq!(hint("sk_live_abcdef"), "cdef");
+        assert_eq!(hint("ab"), "ab");
+        let key = ApiKey::from_secret("sk_test_0123456789");
+        assert_eq!(key.hint(), "6789");
+    }
+
+    #[test]
+    fn key_ids_are_prefixed_and_random() {
+        let a = KeyId::generate();
+        assert!(a.as_str().starts_with("ak_"));
+        assert_eq!(a.as_str().len(), 3 + 24);
+        assert_ne!(a, KeyId::generate());
+        assert!(
+            KeyId::generate_with_prefix("key")
+                .as_str()
+                .starts_with("key_")
+        );
+    }
+}

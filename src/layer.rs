@@ -1,0 +1,509 @@
+//! The middleware: [`ApiKeyLayer`], [`ApiKeyAuth`] and its [`ResponseFuture`].
+//!
+//! Per request: read the bearer token, check its format (a malformed key stops here),
+//! hash it, look the hash up in the [`CachedVerifier`] (synchronously on a hit), apply
+//! the [`policy`](crate::policy) rules, put the [`Principal`] into the request's
+//! extensions and call the inner service. A rejection is a response (`Ok`), never an
+//! error: see [`AuthError`] for the statuses and codes.
+//!
+//! It wraps any `tower::Service<http::Request<_>>` whose response body can be built
+//! from [`Bytes`] (axum's `Body`, `http_body_util::Full<Bytes>`, …):
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, Principal, key::KeyFormat, store::MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = ApiKeyLayer::new(KeyFormat::new("sk"), CachedVerifier::new(MemoryStore::new()));
+//! let service = ServiceBuilder::new().layer(layer).service_fn(|req: Request<()>| async move {
+//!     let principal = req.extensions().get::<Principal>().unwrap();
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(principal.account_id().to_owned()))))
+//! });
+//! let response = service.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::field::Empty;
+
+use crate::bearer::bearer_token;
+use crate::cache::{CachedVerifier, Lookup};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{AuthError, ErrorFormat, ErrorResponder, RenderedByDefault};
+use crate::key::{Environment, KeyFormat, KeyHash};
+use crate::policy::check_key;
+use crate::principal::{Anonymous, Principal};
+use crate::verify::KeyVerifier;
+
+/// Everything the service shares between requests, behind one `Arc`.
+struct Shared<V> {
+    format: KeyFormat,
+    cache: CachedVerifier<V>,
+    environment: Option<Environment>,
+    optional: bool,
+    clock: Arc<dyn Clock>,
+    responder: Arc<ErrorResponder>,
+    /// Whether `responder` differs from the defaults that extractors render with.
+    custom_responses: bool,
+}
+
+impl<V> Clone for Shared<V> {
+    fn clone(&self) -> Self {
+        Shared {
+            format: self.format.clone(),
+            cache: self.cache.clone(),
+            environment: self.environment.clone(),
+            optional: self.optional,
+            clock: Arc::clone(&self.clock),
+            responder: Arc::clone(&self.responder),
+            custom_responses: self.custom_responses,
+        }
+    }
+}
+
+impl<V: KeyVerifier> Shared<V> {
+    /// Lookup → policy → principal.
+    fn decide(&self, found: Lookup) -> Result<Principal, AuthError> {
+        match found {
+            Lookup::Unknown => Err(AuthError::InvalidKey),
+            Lookup::Found(record) => {
+                check_key(&record, self.environment.as_ref(), &*self.clock)?;
+                Ok(Principal::new(record))
+            }
+        }
+    }
+}
+
+/// Adds API-key authentication to a service. See the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_keys::{ApiKeyLayer, CachedVerifier, key::{Environment, KeyFormat}, store::MemoryStore};
+///
+/// let layer = ApiKeyLayer::new(KeyFormat::new("sk"), CachedVerifier::new(MemoryStore::new()))
+///     .environment(Environment::LIVE) // sk_test_ keys get 401 environment_mismatch
+///     .realm("example")
+///     .retry_after(Duration::from_secs(10));
+/// ```
+pub struct ApiKeyLayer<V> {
+    shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for ApiKeyLayer<V> {
+    fn clone(&self) -> Self {
+        ApiKeyLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<V> fmt::Debug for ApiKeyLayer<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyLayer")
+            .field("format", &self.shared.format)
+            .field("environment", &self.shared.environment)
+            .field("optional", &self.shared.optional)
+            .field("responder", &self.shared.responder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: KeyVerifier> ApiKeyLayer<V> {
+    /// Authenticates keys of `format`, looked up through `cache`.
+    ///
+    /// Keep a clone of `cache` to invalidate entries when keys are revoked.
+    #[must_use]
+    pub fn new(format: KeyFormat, cache: CachedVerifier<V>) -> Self {
+        ApiKeyLayer {
+            shared: Arc::new(Shared {
+                format,
+                cache,
+                environment: None,
+                optional: false,
+                clock: Arc::new(SystemClock),
+                responder: Arc::new(ErrorResponder::default()),
+                custom_responses: false,
+            }),
+        }
+    }
+
+    fn with_shared(mut self, change: impl FnOnce(&mut Shared<V>)) -> Self {
+        change(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    fn with_responder(self, change: impl FnOnce(&mut ErrorResponder)) -> Self {
+        self.with_shared(|shared| {
+            change(Arc::make_mut(&mut shared.responder));
+            shared.custom_responses = true;
+        })
+    }
+
+    /// The environment this deployment serves: keys of any other environment get 401
+    /// `environment_mismatch`. By default every environment is accepted.
+    #[must_use]
+    pub fn environment(self, environment: Environment) -> Self {
+        self.with_shared(|shared| shared.environment = Some(environment))
+    }
+
+    /// Lets requests without a key through with no [`Principal`] (handlers take
+    /// `Option<Principal>`). A key that is present but bad is still rejected.
+    #[must_use]
+    pub fn optional(self) -> Self {
+        self.with_shared(|shared| shared.optional = true)
+    }
+
+    /// The realm in `WWW-Authenticate` challenges (default `api`).
+    ///
+    /// # Panics
+    /// If the realm contains `"`, `\` or characters not allowed in a header value.
+    #[must_use]
+    pub fn realm(self, realm: &str) -> Self {
+        self.with_responder(|responder| responder.set_realm(realm))
+    }
+
+    /// The `Retry-After` sent with 503 `auth_unavailable` (default 5 s).
+    #[must_use]
+    pub fn retry_after(self, after: Duration) -> Self {
+        self.with_responder(|responder| responder.set_retry_after(after))
+    }
+
+    /// Replaces the body format of rejections (default [`JsonErrorFormat`]
+    /// (crate::error::JsonErrorFormat)). Applies to the extractors' and guards'
+    /// rejections too.
+    #[must_use]
+    pub fn error_format(self, format: impl ErrorFormat) -> Self {
+        let format: Arc<dyn ErrorFormat> = Arc::new(format);
+        self.with_responder(|responder| responder.set_format(format))
+    }
+
+    /// The clock for expiry checks (default: the system clock).
+    #[must_use]
+    pub fn clock(self, clock: impl Clock) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        self.with_shared(|shared| shared.clock = clock)
+    }
+
+    /// The cache this layer looks keys up through.
+    #[must_use]
+    pub fn cache(&self) -> &CachedVerifier<V> {
+        &self.shared.cache
+    }
+}
+
+impl<S, V> Layer<S> for ApiKeyLayer<V> {
+    type Service = ApiKeyAuth<S, V>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyAuth {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service [`ApiKeyLayer`] wraps around `S`.
+pub struct ApiKeyAuth<S, V> {
+    inner: S,
+    shared: Arc<Shared<V>>,
+}
+
+impl<S: Clone, V> Clone for ApiKeyAuth<S, V> {
+    fn clone(&self) -> Self {
+        ApiKeyAuth {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, V> fmt::Debug for ApiKeyAuth<S, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyAuth")
+            .field("inner", &self.inner)
+            .field(
+                "layer",
+                &ApiKeyLayer {
+                    shared: Arc::clone(&self.shared),
+                },
+            )
+            .finish()
+    }
+}
+
+impl<S, V, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyAuth<S, V>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<Bytes>,
+    V: KeyVerifier,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let span = tracing::debug_span!(
+            "api_key_auth",
+            key_id = Empty,
+            account_id = Empty,
+            outcome = Empty
+        );
+        let hash = match bearer_token(request.headers()) {
+            Ok(Some(token)) => match shared.format.parse(token) {
+                Ok(parsed) => parsed.hash(),
+                Err(reason) => {
+                    tracing::debug!(parent: &span, %reason, "malformed API key");
+                    return self.reject(&span, AuthError::InvalidKey);
+                }
+            },
+            Ok(None) if shared.optional => {
+                span.record("outcome", "anonymous");
+                request.extensions_mut().insert(Anonymous);
+                return self.call_inner(request);
+            }
+            Ok(None) => return self.reject(&span, AuthError::MissingKey),
+            Err(error) => return self.reject(&span, error),
+        };
+
+        match shared.cache.get_cached(&hash) {
+            Some(found) => match shared.decide(found) {
+                Ok(principal) => {
+                    record_accepted(&span, &principal);
+                    request.extensions_mut().insert(principal);
+                    self.call_inner(request)
+                }
+                Err(error) => self.reject(&span, error),
+            },
+            None => self.verify_then_call(request, hash, span),
+        }
+    }
+}
+
+impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
+    fn call_inner<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let rerender = self
+            .shared
+            .custom_responses
+            .then(|| Arc::clone(&self.shared.responder));
+        ResponseFuture {
+            state: State::Inner {
+                fut: self.inner.call(request),
+                rerender,
+            },
+        }
+    }
+
+    fn reject<ReqBody, ResBody>(
+        &self,
+        span: &tracing::Span,
+        error: AuthError,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: From<Bytes>,
+    {
+        span.record("outcome", error.code());
+        tracing::debug!(parent: span, code = error.code(), "API key rejected");
+        ResponseFuture {
+            state: State::Reject {
+                response: Some(self.shared.responder.respond(&error)),
+            },
+        }
+    }
+
+    /// The cache missed: ask the verifier, then call the inner service.
+    fn verify_then_call<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        hash: KeyHash,
+        span: tracing::Span,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    {
+        // The ready service goes into the future; `self` keeps a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        let verification: VerifyFuture = Box::pin(async move {
+            let decision = match shared.cache.load(hash).await {
+                Ok(found) => shared.decide(found),
+                Err(error) => {
+                    tracing::error!(parent: &span, %error, "API key verifier failed");
+                    Err(AuthError::Unavailable)
+                }
+            };
+            match decision {
+                Ok(principal) => {
+                    record_accepted(&span, &principal);
+                    Verified(Outcome::Accepted {
+                        principal,
+                        rerender: shared
+                            .custom_responses
+                            .then(|| Arc::clone(&shared.responder)),
+                    })
+                }
+                Err(error) => {
+                    span.record("outcome", error.code());
+                    tracing::debug!(parent: &span, code = error.code(), "API key rejected");
+                    Verified(Outcome::Rejected(shared.responder.respond(&error)))
+                }
+            }
+        });
+        ResponseFuture {
+            state: State::Verify {
+                fut: verification,
+                request: Some(request),
+                inner: Some(inner),
+            },
+        }
+    }
+}
+
+fn record_accepted(span: &tracing::Span, principal: &Principal) {
+    span.record("key_id", principal.key_id().as_str());
+    span.record("account_id", principal.account_id());
+    span.record("outcome", "accepted");
+}
+
+/// The outcome of a verification that had to go to the verifier (opaque).
+#[derive(Debug)]
+pub struct Verified(Outcome);
+
+#[derive(Debug)]
+enum Outcome {
+    Accepted {
+        principal: Principal,
+        rerender: Option<Arc<ErrorResponder>>,
+    },
+    Rejected(Response<Bytes>),
+}
+
+/// The boxed future of a cache miss: verifier lookup and policy checks.
+pub type VerifyFuture = Pin<Box<dyn Future<Output = Verified> + Send + 'static>>;
+
+pin_project! {
+    /// The response future of [`ApiKeyAuth`].
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Verify {
+            fut: VerifyFuture,
+            request: Option<Request<ReqBody>>,
+            inner: Option<S>,
+        },
+        Inner {
+            #[pin]
+            fut: S::Future,
+            rerender: Option<Arc<ErrorResponder>>,
+        },
+        Reject {
+            response: Option<S::Response>,
+        },
+    }
+}
+
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Verify { .. } => "Verify",
+            State::Inner { .. } => "Inner",
+            State::Reject { .. } => "Reject",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Verify {
+                    fut,
+                    request,
+                    inner,
+                } => match ready!(fut.as_mut().poll(cx)) {
+                    Verified(Outcome::Accepted {
+                        principal,
+                        rerender,
+                    }) => {
+                        let mut request = request.take().expect("polled after completion");
+                        let mut inner = inner.take().expect("polled after completion");
+                        request.extensions_mut().insert(principal);
+                        let fut = inner.call(request);
+                        state.set(State::Inner { fut, rerender });
+                    }
+                    Verified(Outcome::Rejected(response)) => {
+                        return Poll::Ready(Ok(response.map(ResBody::from)));
+                    }
+                },
+                StateProj::Inner { fut, rerender } => {
+                    let mut response = ready!(fut.poll(cx))?;
+                    if let Some(responder) = rerender {
+                        if let Some(RenderedByDefault(error)) =
+                            response.extensions_mut().remove::<RenderedByDefault>()
+                        {
+                            response = responder.respond(&error);
+                        }
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Reject { response } => {
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}

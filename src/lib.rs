@@ -1,0 +1,96 @@
+//! API-key authentication for [tower] services, [hyper] servers and [axum] routers:
+//! the kind SaaS APIs document for their users.
+//!
+//! - **Keys** like `sk_live_…` / `sk_test_…`: 256 random bits from the OS CSPRNG and a
+//!   checksum, so typos and made-up keys are refused before any lookup
+//!   ([`key`]).
+//! - **Stored as SHA-256 hashes** only; the plaintext is shown once, at creation
+//!   ([`store`]).
+//! - **Verified through any async [`KeyVerifier`]** behind a [`CachedVerifier`]: a hit
+//!   is a synchronous cache probe; misses are single-flight; unknown keys are cached
+//!   briefly; backend failures are 503, never cached.
+//! - **An authenticated [`Principal`]** (key, account, project, scopes, environment) in
+//!   the request's extensions, and scope guards for handlers ([`RequireScope`]) and
+//!   routes ([`guard::ScopeGuardLayer`]).
+//! - **Answers that follow RFC 6750**: 400/401/403/503 with a stable `code` and the
+//!   right `WWW-Authenticate` challenge ([`AuthError`]).
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Json, Router, routing::{get, post}};
+//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, Principal, RequireScope};
+//! use tower_api_keys::key::{Environment, KeyFormat};
+//! use tower_api_keys::scope::{Scope, Write};
+//! use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let format = KeyFormat::new("sk");
+//! let store = MemoryStore::new();
+//! let created = store
+//!     .create(&format, NewKey::new("acct_1", "quickstart", Environment::LIVE).scopes([Scope::Write]))
+//!     .await
+//!     .unwrap();
+//! println!("your key (shown once): {}", created.key.expose_secret());
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/whoami", get(|p: Principal| async move { Json(p) }))
+//!     .route("/v1/items", post(|_: RequireScope<Write>| async { "created" }))
+//!     .layer(ApiKeyLayer::new(format, CachedVerifier::new(store)).environment(Environment::LIVE));
+//! # let _ = app;
+//! # }
+//! ```
+//!
+//! # Responses
+//!
+//! | status | code | when |
+//! |---|---|---|
+//! | 401 | `missing_api_key` | no `Authorization` header, or another scheme |
+//! | 400 | `invalid_request` | two `Authorization` headers, empty token, illegal characters |
+//! | 401 | `invalid_api_key` | wrong format or checksum, unknown key |
+//! | 401 | `api_key_revoked` / `api_key_expired` | revoked / past `expires_at` |
+//! | 401 | `environment_mismatch` | a key of another environment than the deployment's |
+//! | 403 | `insufficient_scope` | a scope guard fails |
+//! | 503 | `auth_unavailable` | the verifier failed and nothing was cached |
+//!
+//! # Feature flags
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `axum` | yes | the extractors [`Principal`], `Option<Principal>` and [`RequireScope`] |
+//!
+//! The core (keys, verifier, cache, layer, errors, memory store) builds with
+//! `--no-default-features`.
+//!
+//! [tower]: https://docs.rs/tower
+//! [hyper]: https://docs.rs/hyper
+//! [axum]: https://docs.rs/axum
+
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod bearer;
+pub mod cache;
+pub mod clock;
+pub mod error;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod extract;
+pub mod guard;
+pub mod key;
+pub mod layer;
+pub mod policy;
+pub mod principal;
+pub mod record;
+pub mod scope;
+pub mod store;
+pub mod verify;
+
+pub use cache::CachedVerifier;
+pub use error::AuthError;
+#[cfg(feature = "axum")]
+pub use extract::RequireScope;
+pub use layer::{ApiKeyAuth, ApiKeyLayer};
+pub use principal::Principal;
+pub use record::KeyRecord;
+pub use verify::{KeyVerifier, VerifyError};

@@ -1,0 +1,140 @@
+//! The authenticated caller.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::key::{Environment, KeyId};
+use crate::record::KeyRecord;
+use crate::scope::{Scope, Scopes};
+
+/// Who is calling: put into the request's extensions by [`ApiKeyAuth`](crate::ApiKeyAuth)
+/// once the key is accepted.
+///
+/// Cloning costs one reference-count increment. In axum handlers, take it as an
+/// extractor (`principal: Principal`, or `Option<Principal>` behind an optional layer);
+/// elsewhere read it with `request.extensions().get::<Principal>()`.
+///
+/// Serializes to `{"key_id", "key_name", "account_id", "project_id", "scopes",
+/// "environment"}`; the key itself and its hash are never part of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal(Arc<KeyRecord>);
+
+impl Principal {
+    /// The principal of a verified key record.
+    #[must_use]
+    pub fn new(record: Arc<KeyRecord>) -> Self {
+        Principal(record)
+    }
+
+    /// The key's public id (`ak_…`).
+    #[must_use]
+    pub fn key_id(&self) -> &KeyId {
+        &self.0.id
+    }
+
+    /// The key's human name.
+    #[must_use]
+    pub fn key_name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The account that owns the key.
+    #[must_use]
+    pub fn account_id(&self) -> &str {
+        &self.0.account_id
+    }
+
+    /// The project the key is locked to, if any.
+    #[must_use]
+    pub fn project_id(&self) -> Option<&str> {
+        self.0.project_id.as_deref()
+    }
+
+    /// The key's scopes.
+    #[must_use]
+    pub fn scopes(&self) -> &Scopes {
+        &self.0.scopes
+    }
+
+    /// Whether the key's scopes grant `scope`.
+    #[must_use]
+    pub fn has_scope(&self, scope: &Scope) -> bool {
+        self.0.scopes.allows(scope)
+    }
+
+    /// The key's environment.
+    #[must_use]
+    pub fn environment(&self) -> &Environment {
+        &self.0.environment
+    }
+
+    /// The whole record the verifier returned.
+    #[must_use]
+    pub fn record(&self) -> &KeyRecord {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("key_id", self.key_id())
+            .field("key_name", &self.key_name())
+            .field("account_id", &self.account_id())
+            .field("project_id", &self.project_id())
+            .field("scopes", self.scopes())
+            .field("environment", self.environment())
+            .finish()
+    }
+}
+
+impl serde::Serialize for Principal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Principal", 6)?;
+        st.serialize_field("key_id", self.key_id())?;
+        st.serialize_field("key_name", self.key_name())?;
+        st.serialize_field("account_id", self.account_id())?;
+        st.serialize_field("project_id", &self.project_id())?;
+        st.serialize_field("scopes", self.scopes())?;
+        st.serialize_field("environment", self.environment())?;
+        st.end()
+    }
+}
+
+/// Marks a request that passed an optional [`ApiKeyLayer`](crate::ApiKeyLayer) without
+/// a key; extractors use it to tell "no key" (401) from "no layer" (500).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Anonymous;
+
+/// The principal of a request that went through the layer: `Ok(None)` behind an
+/// optional layer without a key.
+pub(crate) fn authenticated(
+    extensions: &http::Extensions,
+) -> Result<Option<Principal>, crate::error::MissingApiKeyLayer> {
+    if let Some(principal) = extensions.get::<Principal>() {
+        return Ok(Some(principal.clone()));
+    }
+    if extensions.get::<Anonymous>().is_some() {
+        return Ok(None);
+    }
+    Err(crate::error::MissingApiKeyLayer)
+}
+
+/// The principal of a request, or the rejection for its absence, with `required`
+/// checked when given.
+pub(crate) fn require(
+    extensions: &http::Extensions,
+    required: Option<&Scope>,
+) -> Result<Principal, crate::error::PrincipalRejection> {
+    let principal = authenticated(extensions)?.ok_or(crate::AuthError::MissingKey)?;
+    if let Some(required) = required {
+        if !principal.has_scope(required) {
+            return Err(crate::AuthError::InsufficientScope {
+                required: required.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(principal)
+}

@@ -1,0 +1,113 @@
+//! What a verifier returns for a known key.
+
+use time::OffsetDateTime;
+
+use crate::key::{Environment, KeyId};
+use crate::scope::Scopes;
+
+/// Everything the layer needs to decide on a request made with one key: who it belongs
+/// to, what it may do, and whether it is still good.
+///
+/// Built by a [`KeyVerifier`](crate::KeyVerifier); shared behind an `Arc` by the cache
+/// and by [`Principal`](crate::Principal), so it is read, never copied, per request.
+///
+/// ```
+/// use tower_api_keys::{KeyRecord, key::{Environment, KeyId}, scope::Scope};
+///
+/// let record = KeyRecord::new(KeyId::new("ak_1"), "CI key", "acct_1", Environment::LIVE)
+///     .with_scopes([Scope::Read])
+///     .with_project("proj_1");
+/// assert!(!record.is_revoked());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// The key's public id.
+    pub id: KeyId,
+    /// The key's human name ("CI pipeline key").
+    pub name: String,
+    /// The account that owns the key.
+    pub account_id: String,
+    /// The project the key is locked to, if any.
+    pub project_id: Option<String>,
+    /// What the key may do.
+    pub scopes: Scopes,
+    /// `live`, `test`, or a custom environment.
+    pub environment: Environment,
+    /// When the key was created.
+    pub created_at: OffsetDateTime,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<OffsetDateTime>,
+    /// When the key was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl KeyRecord {
+    /// A record with no scopes, no project, created now, never expiring, not revoked.
+    #[must_use]
+    pub fn new(
+        id: KeyId,
+        name: impl Into<String>,
+        account_id: impl Into<String>,
+        environment: Environment,
+    ) -> Self {
+        KeyRecord {
+            id,
+            name: name.into(),
+            account_id: account_id.into(),
+            project_id: None,
+            scopes: Scopes::none(),
+            environment,
+            created_at: OffsetDateTime::now_utc(),
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+
+    /// Sets the scopes.
+    #[must_use]
+    pub fn with_scopes(mut self, scopes: impl Into<Scopes>) -> Self {
+        self.scopes = scopes.into();
+        self
+    }
+
+    /// Locks the key to a project.
+    #[must_use]
+    pub fn with_project(mut self, project_id: impl Into<String>) -> Self {
+        self.project_id = Some(project_id.into());
+        self
+    }
+
+    /// Sets the creation time.
+    #[must_use]
+    pub fn with_created_at(mut self, at: OffsetDateTime) -> Self {
+        self.created_at = at;
+        self
+    }
+
+    /// Sets the expiry.
+    #[must_use]
+    pub fn with_expires_at(mut self, at: Option<OffsetDateTime>) -> Self {
+        self.expires_at = at;
+        self
+    }
+
+    /// Marks the key revoked at `at`.
+    #[must_use]
+    pub fn with_revoked_at(mut self, at: Option<OffsetDateTime>) -> Self {
+        self.revoked_at = at;
+        self
+    }
+
+    /// Whether the key was revoked.
+    #[must_use]
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+
+    /// Whether the key has expired at `now`.
+    #[must_use]
+    pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}

@@ -1,0 +1,266 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
+use crate::key::{KeyHash, KeyId};
+use crate::record::KeyRecord;
+use crate::verify::{KeyVerifier, VerifyError};
+
+/// A [`KeyStore`] in memory: for tests, examples and single-process tools. Keys are
+/// lost when the process ends. Cheap to clone; clones share the keys.
+#[derive(Clone)]
+pub struct MemoryStore {
+    keys: Arc<Mutex<Keys>>,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_id: HashMap<KeyId, KeyInfo>,
+    by_hash: HashMap<[u8; 32], KeyId>,
+}
+
+impl MemoryStore {
+    /// An empty store with the default active-key limit (50 per account).
+    #[must_use]
+    pub fn new() -> Self {
+        MemoryStore {
+            keys: Arc::default(),
+            limit: DEFAULT_ACTIVE_KEY_LIMIT,
+        }
+    }
+
+    /// Sets the most active keys per account.
+    #[must_use]
+    pub fn with_active_key_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn owned<'a>(
+        keys: &'a mut Keys,
+        account_id: &str,
+        id: &KeyId,
+    ) -> Result<&'a mut KeyInfo, StoreError> {
+        keys.by_id
+            .get_mut(id)
+            .filter(|info| info.account_id == account_id)
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.keys().by_id.len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+        let mut keys = self.keys();
+        let active = keys
+            .by_id
+            .values()
+            .filter(|info| info.account_id == key.key.account_id && info.revoked_at.is_none())
+            .count();
+        if active >= self.limit {
+            return Err(StoreError::LimitReached { limit: self.limit });
+        }
+        if keys.by_hash.contains_key(key.hash.as_bytes()) || keys.by_id.contains_key(&key.id) {
+            return Err(StoreError::Backend("duplicate key hash or id".into()));
+        }
+        let info = key.info();
+        keys.by_hash.insert(*key.hash.as_bytes(), key.id.clone());
+        keys.by_id.insert(key.id, info.clone());
+        Ok(info)
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+        let keys = self.keys();
+        let mut listed: Vec<KeyInfo> = keys
+            .by_id
+            .values()
+            .filter(|info| info.account_id == account_id && info.revoked_at.is_none())
+            .cloned()
+            .collect();
+        listed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(listed)
+    }
+
+    async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+        Self::owned(&mut self.keys(), account_id, id).map(|info| info.clone())
+    }
+
+    async fn rename(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        name: &str,
+    ) -> Result<KeyInfo, StoreError> {
+        let mut keys = self.keys();
+        let info = Self::owned(&mut keys, account_id, id)?;
+        info.name = name.to_owned();
+        Ok(info.clone())
+    }
+
+    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+        let mut keys = self.keys();
+        let info = Self::owned(&mut keys, account_id, id)?;
+        info.revoked_at.get_or_insert_with(OffsetDateTime::now_utc);
+        Ok(info.clone())
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        let keys = self.keys();
+        Ok(keys
+            .by_hash
+            .get(hash.as_bytes())
+            .and_then(|id| keys.by_id.get(id))
+            .map(KeyInfo::to_record))
+    }
+
+    async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        let mut keys = self.keys();
+        for (id, at) in used {
+            if let Some(info) = keys.by_id.get_mut(id) {
+                if info.last_used_at.is_none_or(|last| last < *at) {
+                    info.last_used_at = Some(*at);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyVerifier for MemoryStore {
+    async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+        self.find_by_hash(hash).await.map_err(VerifyError::backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{Environment, KeyFormat};
+    use crate::scope::Scope;
+    use crate::store::NewKey;
+
+    fn format() -> KeyFormat {
+        KeyFormat::new("sk")
+    }
+
+    #[tokio::test]
+    async fn create_stores_the_hash_and_returns_the_key_once() {
+        let store = MemoryStore::new();
+        let created = store
+            .create(
+                &format(),
+                NewKey::new("a", "ci", Environment::LIVE).scopes([Scope::Read]),
+            )
+            .await
+            .unwrap();
+        assert!(created.key.expose_secret().starts_with("sk_live_"));
+        assert_eq!(created.info.prefix, "sk_live");
+        assert_eq!(created.info.hint, created.key.hint());
+        let record = store
+            .find_by_hash(&created.key.hash())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.id, created.info.id);
+        assert_eq!(record.scopes, Scope::Read.into());
+        let listed = serde_json::to_string(&store.list("a").await.unwrap()).unwrap();
+        assert!(!listed.contains(created.key.expose_secret()));
+        assert!(!listed.contains(&created.key.hash().to_hex()));
+    }
+
+    #[tokio::test]
+    async fn the_active_key_limit_counts_only_active_keys() {
+        let store = MemoryStore::new().with_active_key_limit(2);
+        let new = || NewKey::new("a", "k", Environment::TEST);
+        let first = store.create(&format(), new()).await.unwrap();
+        store.create(&format(), new()).await.unwrap();
+        assert!(matches!(
+            store.create(&format(), new()).await,
+            Err(StoreError::LimitReached { limit: 2 })
+        ));
+        // Another account has its own limit.
+        store
+            .create(&format(), NewKey::new("b", "k", Environment::TEST))
+            .await
+            .unwrap();
+        store.revoke("a", &first.info.id).await.unwrap();
+        store.create(&format(), new()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn other_accounts_keys_are_not_found() {
+        let store = MemoryStore::new();
+        let key = store
+            .create(&format(), NewKey::new("a", "k", Environment::LIVE))
+            .await
+            .unwrap();
+        let id = &key.info.id;
+        assert!(matches!(
+            store.get("b", id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.rename("b", id, "x").await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.revoke("b", id).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.list("b").await.unwrap().is_empty());
+        assert_eq!(store.get("a", id).await.unwrap().revoked_at, None);
+    }
+
+    #[tokio::test]
+    async fn rename_revoke_and_touch() {
+        let store = MemoryStore::new();
+        let key = store
+            .create(&format(), NewKey::new("a", "old", Environment::LIVE))
+            .await
+            .unwrap();
+        let id = &key.info.id;
+        assert_eq!(store.rename("a", id, "new").await.unwrap().name, "new");
+
+        let at = OffsetDateTime::now_utc();
+        store.touch(&[(id.clone(), at)]).await.unwrap();
+        assert_eq!(store.list("a").await.unwrap()[0].last_used_at, Some(at));
+
+        let first = store.revoke("a", id).await.unwrap().revoked_at.unwrap();
+        let again = store.revoke("a", id).await.unwrap().revoked_at.unwrap();
+        assert_eq!(first, again, "revoking twice keeps the first time");
+        assert!(store.list("a").await.unwrap().is_empty());
+        assert!(
+            store
+                .find_by_hash(&key.key.hash())
+                .await
+                .unwrap()
+                .unwrap()
+                .is_revoked()
+        );
+    }
+}

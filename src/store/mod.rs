@@ -1,0 +1,278 @@
+//! Where keys live: the [`KeyStore`] trait and its implementations.
+//!
+//! A store keeps, per key, its id, owner, name, scopes, environment, times and the
+//! SHA-256 [`KeyHash`], never the key. [`KeyStore::create`] generates a key, stores its
+//! hash and hands the plaintext back once, in [`CreatedKey`]. Every store is also a
+//! [`KeyVerifier`](crate::KeyVerifier), so it can sit behind the layer directly.
+//!
+//! ```
+//! use tower_api_keys::key::{Environment, KeyFormat};
+//! use tower_api_keys::scope::Scope;
+//! use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new();
+//! let created = store
+//!     .create(&KeyFormat::new("sk"), NewKey::new("acct_1", "CI key", Environment::LIVE).scopes([Scope::Write]))
+//!     .await
+//!     .unwrap();
+//! println!("shown once: {}", created.key.expose_secret());
+//!
+//! let listed = store.list("acct_1").await.unwrap();
+//! assert_eq!(listed[0].hint, created.key.hint());
+//! # }
+//! ```
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use std::error::Error;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::key::{ApiKey, Environment, KeyFormat, KeyHash, KeyId};
+use crate::record::KeyRecord;
+use crate::scope::Scopes;
+
+/// The default most active (not revoked) keys per account.
+pub const DEFAULT_ACTIVE_KEY_LIMIT: usize = 50;
+
+/// What to create: owner, name, scopes, environment, project, expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewKey {
+    /// The owning account.
+    pub account_id: String,
+    /// A human name.
+    pub name: String,
+    /// The key's scopes.
+    pub scopes: Scopes,
+    /// The key's environment.
+    pub environment: Environment,
+    /// The project the key is locked to, if any.
+    pub project_id: Option<String>,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl NewKey {
+    /// A key with no scopes, no project and no expiry.
+    #[must_use]
+    pub fn new(
+        account_id: impl Into<String>,
+        name: impl Into<String>,
+        environment: Environment,
+    ) -> Self {
+        NewKey {
+            account_id: account_id.into(),
+            name: name.into(),
+            scopes: Scopes::none(),
+            environment,
+            project_id: None,
+            expires_at: None,
+        }
+    }
+
+    /// Sets the scopes.
+    #[must_use]
+    pub fn scopes(mut self, scopes: impl Into<Scopes>) -> Self {
+        self.scopes = scopes.into();
+        self
+    }
+
+    /// Locks the key to a project.
+    #[must_use]
+    pub fn project(mut self, project_id: impl Into<String>) -> Self {
+        self.project_id = Some(project_id.into());
+        self
+    }
+
+    /// Sets an expiry.
+    #[must_use]
+    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+}
+
+/// A new key as the store receives it: the request plus id, hash, hint and prefix. No
+/// plaintext.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoredKey {
+    /// The key's id.
+    pub id: KeyId,
+    /// SHA-256 of the key.
+    pub hash: KeyHash,
+    /// The last four characters of the key.
+    pub hint: String,
+    /// The public start of the key, such as `sk_live`.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// What was asked for.
+    pub key: NewKey,
+}
+
+impl StoredKey {
+    /// Describes a freshly generated `key`.
+    #[must_use]
+    pub fn new(format: &KeyFormat, key: &ApiKey, request: NewKey) -> Self {
+        StoredKey {
+            id: KeyId::generate(),
+            hash: key.hash(),
+            hint: key.hint(),
+            prefix: format.display_prefix(&request.environment),
+            created_at: OffsetDateTime::now_utc(),
+            key: request,
+        }
+    }
+
+    /// The listing view of this key, as stored.
+    #[must_use]
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            id: self.id.clone(),
+            name: self.key.name.clone(),
+            account_id: self.key.account_id.clone(),
+            project_id: self.key.project_id.clone(),
+            hint: self.hint.clone(),
+            prefix: self.prefix.clone(),
+            environment: self.key.environment.clone(),
+            scopes: self.key.scopes.clone(),
+            created_at: self.created_at,
+            last_used_at: None,
+            expires_at: self.key.expires_at,
+            revoked_at: None,
+        }
+    }
+}
+
+/// A key as listed: everything but the secret and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The key's id (`ak_…`).
+    pub id: KeyId,
+    /// Its human name.
+    pub name: String,
+    /// The owning account.
+    pub account_id: String,
+    /// The project it is locked to, if any.
+    pub project_id: Option<String>,
+    /// The last four characters of the key.
+    pub hint: String,
+    /// The public start of the key (`sk_live`).
+    pub prefix: String,
+    /// Its environment.
+    pub environment: Environment,
+    /// Its scopes.
+    pub scopes: Scopes,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was last used, as far as the store has been told.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// When it stops working, if ever.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// When it was revoked, if it was.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl KeyInfo {
+    /// The record a verifier returns for this key.
+    #[must_use]
+    pub fn to_record(&self) -> KeyRecord {
+        KeyRecord::new(
+            self.id.clone(),
+            self.name.clone(),
+            self.account_id.clone(),
+            self.environment.clone(),
+        )
+        .with_scopes(self.scopes.clone())
+        .with_created_at(self.created_at)
+        .with_expires_at(self.expires_at)
+        .with_revoked_at(self.revoked_at)
+        .with_project_opt(self.project_id.clone())
+    }
+}
+
+impl KeyRecord {
+    fn with_project_opt(mut self, project_id: Option<String>) -> Self {
+        self.project_id = project_id;
+        self
+    }
+}
+
+/// A key and its plaintext, returned once by [`KeyStore::create`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CreatedKey {
+    /// The plaintext key: show it to the user now; it cannot be retrieved again.
+    pub key: ApiKey,
+    /// The stored key.
+    pub info: KeyInfo,
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The account already has its maximum of active keys (409
+    /// `api_key_limit_reached`).
+    #[error("the account already has {limit} active API keys")]
+    LimitReached {
+        /// The limit.
+        limit: usize,
+    },
+    /// No key with this id in this account.
+    #[error("no such API key")]
+    NotFound,
+    /// The store's backend failed.
+    #[error("key store backend failed: {0}")]
+    Backend(#[source] Box<dyn Error + Send + Sync>),
+}
+
+/// Keeps API keys. See the [module docs](self).
+///
+/// Every method that names a key also names the account: a key of another account is
+/// [`StoreError::NotFound`], exactly like a key that does not exist.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Stores a new key, unless its account already has its maximum of active keys
+    /// ([`StoreError::LimitReached`]). Checking and inserting are one atomic step.
+    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError>;
+
+    /// The account's active (not revoked) keys, oldest first.
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError>;
+
+    /// One key of the account, revoked or not.
+    async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
+
+    /// Renames a key.
+    async fn rename(&self, account_id: &str, id: &KeyId, name: &str)
+    -> Result<KeyInfo, StoreError>;
+
+    /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation
+    /// time.
+    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
+
+    /// The record of the key with this hash, revoked and expired keys included.
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Records when keys were last used (a batch, from the usage recorder).
+    async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// Generates a key of `format`, stores its hash, and returns the plaintext once.
+    async fn create(&self, format: &KeyFormat, request: NewKey) -> Result<CreatedKey, StoreError> {
+        let key = format.generate(&request.environment);
+        let info = self.insert(StoredKey::new(format, &key, request)).await?;
+        Ok(CreatedKey { key, info })
+    }
+}
