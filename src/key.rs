@@ -261,7 +261,7 @@ impl KeyFormat {
         key.push('_');
         push_random_base62(&mut key, self.body_len);
         let checksum = checksum(key.as_bytes());
-        key.push_str(&checksum);
+        key.extend(checksum.iter().map(|&b| b as char));
         ApiKey { secret: key }
     }
 
@@ -290,7 +290,7 @@ impl KeyFormat {
         let checksummed = body.len() == self.body_len + CHECKSUM_LEN && {
             let split = key.len() - CHECKSUM_LEN;
             let expected = checksum(&bytes[..split]);
-            bool::from(expected.as_bytes().ct_eq(&bytes[split..]))
+            bool::from(expected.ct_eq(&bytes[split..]))
         };
         if checksummed {
             return Ok(ParsedKey {
@@ -332,15 +332,15 @@ fn push_random_base62(out: &mut String, n: usize) {
 }
 
 /// CRC32 of `data` as 6 base62 characters, most significant first, zero-padded.
-fn checksum(data: &[u8]) -> String {
+fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(data);
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    // 62^6 > 2^32, so the number always fits; the bytes are ASCII.
-    String::from_utf8(out.to_vec()).expect("base62 is ASCII")
+    // 62^6 > 2^32, so the number always fits.
+    out
 }
 
 /// A plaintext API key: the secret.
@@ -407,7 +407,7 @@ pub fn hint(key: &str) -> String {
 ///
 /// Shown as lowercase hex ([`to_hex`](Self::to_hex)) for storage; `Debug` shows only
 /// the first 4 bytes. Equality is constant-time.
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct KeyHash([u8; 32]);
 
 impl KeyHash {
@@ -465,6 +465,12 @@ impl PartialEq for KeyHash {
 }
 
 impl Eq for KeyHash {}
+
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
