@@ -77,6 +77,17 @@ impl Environment {
         Environment(tag)
     }
 
+    /// A tag read from storage or input: `None` unless 1–16 ASCII letters or digits.
+    #[must_use]
+    pub fn parse(tag: &str) -> Option<Self> {
+        match tag {
+            "live" => Some(Environment::LIVE),
+            "test" => Some(Environment::TEST),
+            _ if is_valid_tag(tag, 16) => Some(Environment(Cow::Owned(tag.to_owned()))),
+            _ => None,
+        }
+    }
+
     /// The tag as it appears in keys (`live`, `test`, …).
     #[must_use]
     pub fn as_str(&self) -> &str {

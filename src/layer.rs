@@ -49,6 +49,7 @@ use crate::error::{AuthError, ErrorFormat, ErrorResponder, RenderedByDefault};
 use crate::key::{Environment, KeyFormat, KeyHash};
 use crate::policy::check_key;
 use crate::principal::{Anonymous, Principal};
+use crate::usage::UsageRecorder;
 use crate::verify::KeyVerifier;
 
 /// Everything the service shares between requests, behind one `Arc`.
@@ -61,6 +62,7 @@ struct Shared<V> {
     responder: Arc<ErrorResponder>,
     /// Whether `responder` differs from the defaults that extractors render with.
     custom_responses: bool,
+    usage: Option<UsageRecorder>,
 }
 
 impl<V> Clone for Shared<V> {
@@ -73,6 +75,7 @@ impl<V> Clone for Shared<V> {
             clock: Arc::clone(&self.clock),
             responder: Arc::clone(&self.responder),
             custom_responses: self.custom_responses,
+            usage: self.usage.clone(),
         }
     }
 }
@@ -84,6 +87,9 @@ impl<V: KeyVerifier> Shared<V> {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
                 check_key(&record, self.environment.as_ref(), &*self.clock)?;
+                if let Some(usage) = &self.usage {
+                    usage.record(&record, self.clock.now());
+                }
                 Ok(Principal::new(record))
             }
         }
@@ -139,6 +145,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
                 clock: Arc::new(SystemClock),
                 responder: Arc::new(ErrorResponder::default()),
                 custom_responses: false,
+                usage: None,
             }),
         }
     }
@@ -198,6 +205,13 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     pub fn clock(self, clock: impl Clock) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         self.with_shared(|shared| shared.clock = clock)
+    }
+
+    /// Notes each accepted key's use in `recorder`, to be flushed to the store in
+    /// batches (see [`usage`](crate::usage)).
+    #[must_use]
+    pub fn record_usage(self, recorder: UsageRecorder) -> Self {
+        self.with_shared(|shared| shared.usage = Some(recorder))
     }
 
     /// The cache this layer looks keys up through.

@@ -77,6 +77,7 @@ pub mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod extract;
 pub mod guard;
+pub mod invalidate;
 pub mod key;
 pub mod layer;
 pub mod policy;
@@ -84,6 +85,7 @@ pub mod principal;
 pub mod record;
 pub mod scope;
 pub mod store;
+pub mod usage;
 pub mod verify;
 
 pub use cache::CachedVerifier;

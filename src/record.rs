@@ -40,6 +40,55 @@ pub struct KeyRecord {
     pub expires_at: Option<OffsetDateTime>,
     /// When the key was revoked, if it was.
     pub revoked_at: Option<OffsetDateTime>,
+    /// The owning account's billing standing.
+    pub standing: AccountStanding,
+    /// When the usage recorder last noted this key (unix seconds); runtime state, not
+    /// data: ignored by `==`, reset by `clone`.
+    pub(crate) last_seen: crate::usage::UsageStamp,
+}
+
+/// An account's billing standing: since when it is past due, and for how long it keeps
+/// full access after that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AccountStanding {
+    /// When the account's charge failed, if it is past due.
+    pub past_due_since: Option<OffsetDateTime>,
+    /// Days of full access after `past_due_since` (default 7).
+    pub grace_days: u16,
+}
+
+impl Default for AccountStanding {
+    fn default() -> Self {
+        AccountStanding {
+            past_due_since: None,
+            grace_days: 7,
+        }
+    }
+}
+
+impl AccountStanding {
+    /// An account in good standing, with the default grace period.
+    #[must_use]
+    pub fn good() -> Self {
+        Self::default()
+    }
+
+    /// An account past due since `since`, with the default grace period.
+    #[must_use]
+    pub fn past_due(since: OffsetDateTime) -> Self {
+        AccountStanding {
+            past_due_since: Some(since),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the grace period in days.
+    #[must_use]
+    pub fn with_grace_days(mut self, days: u16) -> Self {
+        self.grace_days = days;
+        self
+    }
 }
 
 impl KeyRecord {
@@ -61,6 +110,8 @@ impl KeyRecord {
             created_at: OffsetDateTime::now_utc(),
             expires_at: None,
             revoked_at: None,
+            standing: AccountStanding::default(),
+            last_seen: crate::usage::UsageStamp::default(),
         }
     }
 
@@ -96,6 +147,20 @@ impl KeyRecord {
     #[must_use]
     pub fn with_revoked_at(mut self, at: Option<OffsetDateTime>) -> Self {
         self.revoked_at = at;
+        self
+    }
+
+    /// Sets the account's billing standing.
+    #[must_use]
+    pub fn with_standing(mut self, standing: AccountStanding) -> Self {
+        self.standing = standing;
+        self
+    }
+
+    /// Sets or clears the project.
+    #[must_use]
+    pub fn with_project_id(mut self, project_id: Option<String>) -> Self {
+        self.project_id = project_id;
         self
     }
 

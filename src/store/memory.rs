@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
-use crate::record::KeyRecord;
+use crate::record::{AccountStanding, KeyRecord};
 use crate::verify::{KeyVerifier, VerifyError};
 
 /// A [`KeyStore`] in memory: for tests, examples and single-process tools. Keys are
@@ -22,6 +22,7 @@ pub struct MemoryStore {
 struct Keys {
     by_id: HashMap<KeyId, KeyInfo>,
     by_hash: HashMap<[u8; 32], KeyId>,
+    standings: HashMap<String, AccountStanding>,
 }
 
 impl MemoryStore {
@@ -134,7 +135,14 @@ impl KeyStore for MemoryStore {
             .by_hash
             .get(hash.as_bytes())
             .and_then(|id| keys.by_id.get(id))
-            .map(KeyInfo::to_record))
+            .map(|info| {
+                let standing = keys
+                    .standings
+                    .get(&info.account_id)
+                    .copied()
+                    .unwrap_or_default();
+                info.to_record().with_standing(standing)
+            }))
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -146,6 +154,30 @@ impl KeyStore for MemoryStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        Ok(self.keys().by_id.get(id).cloned())
+    }
+
+    async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
+        Ok(self
+            .keys()
+            .standings
+            .get(account_id)
+            .copied()
+            .unwrap_or_default())
+    }
+
+    async fn set_standing(
+        &self,
+        account_id: &str,
+        standing: AccountStanding,
+    ) -> Result<(), StoreError> {
+        self.keys()
+            .standings
+            .insert(account_id.to_owned(), standing);
         Ok(())
     }
 }

@@ -23,9 +23,76 @@
 //! # }
 //! ```
 
+/// Implements [`KeyStore`] by forwarding every method to `$target` (a `&impl KeyStore`
+/// computed from `$this`).
+macro_rules! forward_key_store {
+    ([$($header:tt)*] |$this:ident| $target:expr) => {
+        #[async_trait]
+        $($header)* {
+            async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+                let $this = self;
+                $target.insert(key).await
+            }
+            async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+                let $this = self;
+                $target.list(account_id).await
+            }
+            async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+                let $this = self;
+                $target.get(account_id, id).await
+            }
+            async fn rename(&self, account_id: &str, id: &KeyId, name: &str) -> Result<KeyInfo, StoreError> {
+                let $this = self;
+                $target.rename(account_id, id, name).await
+            }
+            async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+                let $this = self;
+                $target.revoke(account_id, id).await
+            }
+            async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+                let $this = self;
+                $target.find_by_hash(hash).await
+            }
+            async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+                let $this = self;
+                $target.touch(used).await
+            }
+            async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
+                let $this = self;
+                $target.find_by_id(id).await
+            }
+            async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
+                let $this = self;
+                $target.standing(account_id).await
+            }
+            async fn set_standing(&self, account_id: &str, standing: AccountStanding) -> Result<(), StoreError> {
+                let $this = self;
+                $target.set_standing(account_id, standing).await
+            }
+        }
+    };
+}
+
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_store;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{DEFAULT_REVOCATION_CHANNEL, PostgresStore};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use sql_store::SqlStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteStore;
 
 use std::error::Error;
 
@@ -34,8 +101,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::key::{ApiKey, Environment, KeyFormat, KeyHash, KeyId};
-use crate::record::KeyRecord;
+use crate::record::{AccountStanding, KeyRecord};
 use crate::scope::Scopes;
+use crate::verify::KeyVerifier;
 
 /// The default most active (not revoked) keys per account.
 pub const DEFAULT_ACTIVE_KEY_LIMIT: usize = 50;
@@ -126,7 +194,7 @@ impl StoredKey {
             hash: key.hash(),
             hint: key.hint(),
             prefix: format.display_prefix(&request.environment),
-            created_at: OffsetDateTime::now_utc(),
+            created_at: now_in_millis(),
             key: request,
         }
     }
@@ -149,6 +217,12 @@ impl StoredKey {
             revoked_at: None,
         }
     }
+}
+
+/// Now, truncated to milliseconds: the precision every store keeps.
+pub(crate) fn now_in_millis() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).unwrap_or(now)
 }
 
 /// A key as listed: everything but the secret and its hash.
@@ -199,14 +273,7 @@ impl KeyInfo {
         .with_created_at(self.created_at)
         .with_expires_at(self.expires_at)
         .with_revoked_at(self.revoked_at)
-        .with_project_opt(self.project_id.clone())
-    }
-}
-
-impl KeyRecord {
-    fn with_project_opt(mut self, project_id: Option<String>) -> Self {
-        self.project_id = project_id;
-        self
+        .with_project_id(self.project_id.clone())
     }
 }
 
@@ -242,9 +309,10 @@ pub enum StoreError {
 /// Keeps API keys. See the [module docs](self).
 ///
 /// Every method that names a key also names the account: a key of another account is
-/// [`StoreError::NotFound`], exactly like a key that does not exist.
+/// [`StoreError::NotFound`], exactly like a key that does not exist. (Only
+/// [`find_by_id`](Self::find_by_id), for operator tools, does not.)
 #[async_trait]
-pub trait KeyStore: Send + Sync + 'static {
+pub trait KeyStore: KeyVerifier {
     /// Stores a new key, unless its account already has its maximum of active keys
     /// ([`StoreError::LimitReached`]). Checking and inserting are one atomic step.
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError>;
@@ -266,8 +334,24 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record of the key with this hash, revoked and expired keys included.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Records when keys were last used (a batch, from the usage recorder).
+    /// Records when keys were last used (a batch, from the usage recorder); one
+    /// statement per batch in the SQL stores.
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// A key by id alone, whatever its account: for operator tools such as the CLI,
+    /// never for requests made with a key.
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError>;
+
+    /// The account's billing standing (good standing if the account is not known).
+    async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError>;
+
+    /// Sets the account's billing standing. Keys already cached keep the old standing
+    /// until invalidated: [`KeyManager`](crate::manage::KeyManager) does that for you.
+    async fn set_standing(
+        &self,
+        account_id: &str,
+        standing: AccountStanding,
+    ) -> Result<(), StoreError>;
 
     /// Generates a key of `format`, stores its hash, and returns the plaintext once.
     async fn create(&self, format: &KeyFormat, request: NewKey) -> Result<CreatedKey, StoreError> {
@@ -276,3 +360,5 @@ pub trait KeyStore: Send + Sync + 'static {
         Ok(CreatedKey { key, info })
     }
 }
+
+forward_key_store!([impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S>] |this| (**this));

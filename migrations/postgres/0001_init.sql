@@ -1,0 +1,24 @@
+CREATE TABLE accounts (
+    id             TEXT PRIMARY KEY,
+    past_due_since TIMESTAMPTZ NULL,
+    grace_days     INTEGER NOT NULL DEFAULT 7
+);
+
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts (id),
+    project_id   TEXT NULL,
+    name         TEXT NOT NULL,
+    key_hash     BYTEA NOT NULL UNIQUE,
+    hint         TEXT NOT NULL,
+    prefix       TEXT NOT NULL,
+    environment  TEXT NOT NULL,
+    scopes       TEXT NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    last_used_at TIMESTAMPTZ NULL,
+    expires_at   TIMESTAMPTZ NULL,
+    revoked_at   TIMESTAMPTZ NULL,
+    restrictions JSONB NOT NULL DEFAULT '{}'
+);
+
+CREATE INDEX api_keys_active_by_account ON api_keys (account_id) WHERE revoked_at IS NULL;

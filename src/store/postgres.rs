@@ -1,0 +1,369 @@
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use time::OffsetDateTime;
+
+use super::sql::{KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, backend, grace_days};
+use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
+use crate::cache::CachedVerifier;
+use crate::invalidate::RevocationListener;
+use crate::key::{KeyHash, KeyId};
+use crate::record::{AccountStanding, KeyRecord};
+use crate::verify::{KeyVerifier, VerifyError};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+/// Serialises concurrent `migrate` calls from several instances.
+const MIGRATION_LOCK: i64 = 0x7a_70_69_6b_65_79_73;
+/// The default LISTEN/NOTIFY channel for revocations.
+pub const DEFAULT_REVOCATION_CHANNEL: &str = "tower_api_keys_revoked";
+
+/// The store for many instances: PostgreSQL. A revocation is published on a
+/// LISTEN/NOTIFY channel in the same transaction, and every instance running a
+/// [`RevocationListener`] drops the key from its cache. Cheap to clone (a pool handle).
+///
+/// ```no_run
+/// use tower_api_keys::{CachedVerifier, store::PostgresStore};
+/// # async fn run() -> Result<(), tower_api_keys::store::StoreError> {
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1/app").await?;
+/// store.migrate().await?;
+/// let cache = CachedVerifier::new(store.clone());
+/// let _listener = store.listen_for_revocations(cache.clone());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    limit: usize,
+    channel: Arc<str>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("limit", &self.limit)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_columns(row: &PgRow) -> Result<KeyColumns, sqlx::Error> {
+    Ok(KeyColumns {
+        id: row.try_get(0)?,
+        account_id: row.try_get(1)?,
+        project_id: row.try_get(2)?,
+        name: row.try_get(3)?,
+        hint: row.try_get(4)?,
+        prefix: row.try_get(5)?,
+        environment: row.try_get(6)?,
+        scopes: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+        last_used_at: row.try_get(9)?,
+        expires_at: row.try_get(10)?,
+        revoked_at: row.try_get(11)?,
+    })
+}
+
+fn key_info(row: &PgRow) -> Result<KeyInfo, StoreError> {
+    key_columns(row).map_err(backend)?.into_info()
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…`). Call [`migrate`](Self::migrate) before use.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(url)
+            .await
+            .map_err(backend)?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A store on an existing pool.
+    #[must_use]
+    pub fn from_pool(pool: PgPool) -> Self {
+        PostgresStore {
+            pool,
+            limit: DEFAULT_ACTIVE_KEY_LIMIT,
+            channel: DEFAULT_REVOCATION_CHANNEL.into(),
+        }
+    }
+
+    /// Sets the most active keys per account (default 50).
+    #[must_use]
+    pub fn with_active_key_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Sets the LISTEN/NOTIFY channel for revocations (default
+    /// `tower_api_keys_revoked`); all instances sharing keys must use the same one.
+    #[must_use]
+    pub fn with_revocation_channel(mut self, channel: &str) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The revocation channel.
+    #[must_use]
+    pub fn revocation_channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Starts a background task that drops revoked keys from `cache` as other instances
+    /// (or this one) revoke them. See [`RevocationListener`].
+    pub fn listen_for_revocations<V: KeyVerifier>(
+        &self,
+        cache: CachedVerifier<V>,
+    ) -> RevocationListener {
+        RevocationListener::spawn(self.pool.clone(), self.channel.to_string(), cache)
+    }
+
+    /// Creates or upgrades the tables. Safe to call on every start, from many
+    /// instances at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT version FROM {MIGRATIONS_TABLE}"))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            sqlx::query(&format!(
+                "INSERT INTO {MIGRATIONS_TABLE} (version) VALUES ($1)"
+            ))
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The account row is the lock: concurrent creates for one account queue here.
+        sqlx::query("INSERT INTO accounts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+            .bind(&key.key.account_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(&key.key.account_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(&key.key.account_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if active >= self.limit as i64 {
+            return Err(StoreError::LimitReached { limit: self.limit });
+        }
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(key.id.as_str())
+        .bind(&key.key.account_id)
+        .bind(&key.key.project_id)
+        .bind(&key.key.name)
+        .bind(&key.hash.as_bytes()[..])
+        .bind(&key.hint)
+        .bind(&key.prefix)
+        .bind(key.key.environment.as_str())
+        .bind(key.key.scopes.to_space_separated())
+        .bind(key.created_at)
+        .bind(key.key.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(key.info())
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.account_id = $1 AND k.revoked_at IS NULL ORDER BY k.created_at, k.id"
+        ))
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(key_info).collect()
+    }
+
+    async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.account_id = $2"
+        ))
+        .bind(id.as_str())
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+        key_info(&row)
+    }
+
+    async fn rename(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        name: &str,
+    ) -> Result<KeyInfo, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys AS k SET name = $3 WHERE k.id = $1 AND k.account_id = $2 RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(account_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+        key_info(&row)
+    }
+
+    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys AS k SET revoked_at = COALESCE(k.revoked_at, $3) \
+             WHERE k.id = $1 AND k.account_id = $2 RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(account_id)
+        .bind(super::now_in_millis())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+        // Delivered to every listener when (and only if) the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&*self.channel)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        key_info(&row)
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS}, a.past_due_since, a.grace_days FROM api_keys k \
+             JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = $1"
+        ))
+        .bind(&hash.as_bytes()[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let standing = AccountStanding {
+            past_due_since: row.try_get(12).map_err(backend)?,
+            grace_days: grace_days(row.try_get::<i32, _>(13).map_err(backend)?.into()),
+        };
+        Ok(Some(key_info(&row)?.to_record().with_standing(standing)))
+    }
+
+    async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = used.iter().map(|(id, _)| id.to_string()).collect();
+        let times: Vec<OffsetDateTime> = used.iter().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "UPDATE api_keys AS k SET last_used_at = GREATEST(k.last_used_at, u.at) \
+             FROM UNNEST($1::text[], $2::timestamptz[]) AS u(id, at) WHERE k.id = u.id",
+        )
+        .bind(ids)
+        .bind(times)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(key_info).transpose()
+    }
+
+    async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
+        let row = sqlx::query("SELECT past_due_since, grace_days FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(AccountStanding::default());
+        };
+        Ok(AccountStanding {
+            past_due_since: row.try_get(0).map_err(backend)?,
+            grace_days: grace_days(row.try_get::<i32, _>(1).map_err(backend)?.into()),
+        })
+    }
+
+    async fn set_standing(
+        &self,
+        account_id: &str,
+        standing: AccountStanding,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (id, past_due_since, grace_days) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET past_due_since = excluded.past_due_since, grace_days = excluded.grace_days",
+        )
+        .bind(account_id)
+        .bind(standing.past_due_since)
+        .bind(i32::from(standing.grace_days))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyVerifier for PostgresStore {
+    async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+        self.find_by_hash(hash).await.map_err(VerifyError::backend)
+    }
+}
