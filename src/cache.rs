@@ -272,6 +272,20 @@ impl<V> CachedVerifier<V> {
             .expect("invalidation closures are enabled at build time");
     }
 
+    /// Forgets the answers for every key of an account (after its billing standing or
+    /// another account-wide property changed).
+    pub fn invalidate_account(&self, account_id: &str) {
+        let mut in_flight = self.begin_invalidation();
+        in_flight.clear();
+        let account_id = account_id.to_owned();
+        self.core
+            .entries
+            .invalidate_entries_if(move |_, found| {
+                matches!(found, Lookup::Found(record) if record.account_id == account_id)
+            })
+            .expect("invalidation closures are enabled at build time");
+    }
+
     /// Forgets every answer.
     pub fn invalidate_all(&self) {
         let mut in_flight = self.begin_invalidation();

@@ -80,6 +80,9 @@ pub mod guard;
 pub mod invalidate;
 pub mod key;
 pub mod layer;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod manage;
 pub mod policy;
 pub mod principal;
 pub mod record;

@@ -1,1 +1,154 @@
-fn main() {}
+//! `apikeys`: bootstrap and operate API keys without the HTTP API.
+//!
+//! ```text
+//! apikeys --database-url apikeys.db migrate
+//! apikeys --database-url apikeys.db create --account acct_1 --name bootstrap --scopes admin
+//! apikeys --database-url apikeys.db list --account acct_1
+//! apikeys --database-url apikeys.db revoke ak_…
+//! ```
+//!
+//! `--database-url` (or `DATABASE_URL`) is a SQLite path or a `postgres://` URL.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tower_api_keys::key::{Environment, KeyFormat, KeyId};
+use tower_api_keys::scope::Scopes;
+use tower_api_keys::store::{KeyStore, NewKey, SqlStore};
+
+#[derive(Parser)]
+#[command(name = "apikeys", version, about = "Create, list and revoke API keys")]
+struct Cli {
+    /// A SQLite path (created if missing) or a postgres:// URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "apikeys.db",
+        global = true
+    )]
+    database_url: String,
+    /// The key prefix, as in `sk_live_…`.
+    #[arg(long, default_value = "sk", global = true)]
+    prefix: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates or upgrades the tables.
+    Migrate,
+    /// Creates a key and prints it, once.
+    Create {
+        /// The owning account.
+        #[arg(long)]
+        account: String,
+        /// The key's name.
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated (read, write, admin, or custom).
+        #[arg(long, default_value = "admin")]
+        scopes: String,
+        /// `live`, `test`, or a custom environment tag.
+        #[arg(long = "env", default_value = "live")]
+        environment: String,
+        /// Locks the key to a project.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Lists an account's active keys (never the keys themselves).
+    List {
+        /// The account.
+        #[arg(long)]
+        account: String,
+    },
+    /// Revokes a key by id.
+    Revoke {
+        /// The key id (`ak_…`).
+        id: String,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("apikeys: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let store = SqlStore::open(&cli.database_url)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", cli.database_url))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("cannot migrate: {e}"))?;
+    match cli.command {
+        Command::Migrate => println!("migrated"),
+        Command::Create {
+            account,
+            name,
+            scopes,
+            environment,
+            project,
+        } => {
+            let scopes: Scopes = scopes.parse().map_err(|e| format!("{e}"))?;
+            let environment = Environment::parse(&environment)
+                .ok_or_else(|| format!("invalid environment {environment:?}"))?;
+            let prefix_ok = !cli.prefix.is_empty()
+                && cli.prefix.len() <= 16
+                && cli.prefix.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !prefix_ok {
+                return Err(format!("invalid prefix {:?}", cli.prefix));
+            }
+            let format = KeyFormat::new(&cli.prefix).with_environment(environment.clone());
+            let mut request = NewKey::new(account, name, environment).scopes(scopes);
+            if let Some(project) = project {
+                request = request.project(project);
+            }
+            let created = store
+                .create(&format, request)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("id={}", created.info.id);
+            println!("key={}", created.key.expose_secret());
+            eprintln!("Store the key now: it cannot be shown again.");
+        }
+        Command::List { account } => {
+            for key in store.list(&account).await.map_err(|e| e.to_string())? {
+                let last_used = key
+                    .last_used_at
+                    .map_or_else(|| "never".to_owned(), |at| at.to_string());
+                println!(
+                    "{}\t{}\t{}_…{}\t{}\tlast used: {}",
+                    key.id,
+                    key.name,
+                    key.prefix,
+                    key.hint,
+                    key.scopes.to_space_separated(),
+                    last_used
+                );
+            }
+        }
+        Command::Revoke { id } => {
+            let id = KeyId::new(id);
+            let key = store
+                .find_by_id(&id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no key with id {id}"))?;
+            store
+                .revoke(&key.account_id, &id)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}

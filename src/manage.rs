@@ -1,0 +1,587 @@
+//! Key management: [`KeyManager`] (the domain) and [`router`] (its HTTP face).
+//!
+//! | route | does | answers |
+//! |---|---|---|
+//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?}` | 201, the key once |
+//! | `GET /api-keys` | list the account's active keys | 200 `{"data": [...]}` |
+//! | `GET /api-keys/{id}` | one key | 200 |
+//! | `PATCH /api-keys/{id}` | rename, body `{"name"}` | 200 |
+//! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
+//!
+//! The routes act on the caller's account only (another account's key is a 404) and,
+//! by default, require the `admin` scope. Mount them under any prefix, behind the
+//! [`ApiKeyLayer`](crate::ApiKeyLayer):
+//!
+//! ```
+//! use axum::Router;
+//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, key::KeyFormat, store::MemoryStore};
+//! use tower_api_keys::manage::{KeyManager, router};
+//!
+//! let format = KeyFormat::new("sk");
+//! let store = MemoryStore::new();
+//! let cache = CachedVerifier::new(store.clone());
+//! let manager = KeyManager::new(store, cache.clone(), format.clone());
+//! let app: Router = Router::new()
+//!     .nest("/v1/account", router(manager))
+//!     .layer(ApiKeyLayer::new(format, cache));
+//! ```
+//!
+//! Errors: 400 `invalid_json`; 422 `invalid_name` (missing, empty or over 100
+//! characters), `invalid_scope` (not a string or not one of the manager's scopes),
+//! `invalid_expiry` (not RFC 3339 or not in the future); 403 `insufficient_scope`
+//! (asking for a scope the caller does not hold); 404 `api_key_not_found`; 409
+//! `api_key_limit_reached`; 503 `store_unavailable`. Nothing is written when a request
+//! is refused.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::cache::CachedVerifier;
+use crate::error::AuthError;
+use crate::guard::ScopeGuardLayer;
+use crate::key::{Environment, KeyFormat, KeyId};
+use crate::principal::Principal;
+use crate::record::AccountStanding;
+use crate::scope::{Scope, Scopes};
+use crate::store::{CreatedKey, KeyInfo, KeyStore, NewKey, StoreError};
+use crate::verify::KeyVerifier;
+
+/// The longest key name accepted.
+pub const MAX_NAME_LEN: usize = 100;
+
+/// Creates, lists, renames and revokes keys, keeping the cache in step. Cheap to clone.
+pub struct KeyManager<S, V> {
+    inner: Arc<ManagerInner<S, V>>,
+}
+
+struct ManagerInner<S, V> {
+    store: S,
+    cache: CachedVerifier<V>,
+    format: KeyFormat,
+    scopes: Vec<Scope>,
+}
+
+impl<S, V> Clone for KeyManager<S, V> {
+    fn clone(&self) -> Self {
+        KeyManager {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S, V> fmt::Debug for KeyManager<S, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("format", &self.inner.format)
+            .field("scopes", &self.inner.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a caller asks for when creating a key.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CreateKey {
+    /// The key's name (required, at most [`MAX_NAME_LEN`] characters).
+    pub name: String,
+    /// Its scopes; `None`: the creator's own.
+    pub scopes: Option<Scopes>,
+    /// The project to lock it to.
+    pub project_id: Option<String>,
+    /// When it stops working.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl CreateKey {
+    /// A key named `name`, with the creator's scopes.
+    #[must_use]
+    pub fn named(name: impl Into<String>) -> Self {
+        CreateKey {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the scopes.
+    #[must_use]
+    pub fn scopes(mut self, scopes: impl Into<Scopes>) -> Self {
+        self.scopes = Some(scopes.into());
+        self
+    }
+}
+
+/// Why a management request was refused. Each variant has a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManageError {
+    /// The body is not JSON (400 `invalid_json`).
+    #[error("the request body is not valid JSON")]
+    InvalidJson,
+    /// A field is missing or wrong (422, with `code` naming the field's rule).
+    #[error("{message}")]
+    Invalid {
+        /// `invalid_name`, `invalid_scope` or `invalid_expiry`.
+        code: &'static str,
+        /// What is wrong, for humans.
+        message: String,
+    },
+    /// The caller asked for a scope it does not hold (403 `insufficient_scope`).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// No such key in the caller's account (404 `api_key_not_found`).
+    #[error("no such API key")]
+    NotFound,
+    /// The account has its maximum of active keys (409 `api_key_limit_reached`).
+    #[error("the account already has {limit} active API keys; revoke one first")]
+    LimitReached {
+        /// The limit.
+        limit: usize,
+    },
+    /// The store failed (503 `store_unavailable`).
+    #[error("the key store is unavailable")]
+    Unavailable(#[source] StoreError),
+}
+
+impl From<StoreError> for ManageError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ManageError::NotFound,
+            StoreError::LimitReached { limit } => ManageError::LimitReached { limit },
+            other => ManageError::Unavailable(other),
+        }
+    }
+}
+
+impl ManageError {
+    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ManageError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ManageError::InvalidJson => StatusCode::BAD_REQUEST,
+            ManageError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ManageError::Auth(error) => error.status(),
+            ManageError::NotFound => StatusCode::NOT_FOUND,
+            ManageError::LimitReached { .. } => StatusCode::CONFLICT,
+            ManageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            ManageError::InvalidJson => "invalid_json",
+            ManageError::Invalid { code, .. } => code,
+            ManageError::Auth(error) => error.code(),
+            ManageError::NotFound => "api_key_not_found",
+            ManageError::LimitReached { .. } => "api_key_limit_reached",
+            ManageError::Unavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for ManageError {
+    fn into_response(self) -> Response {
+        match self {
+            ManageError::Auth(error) => return error.into_response(),
+            ManageError::Unavailable(ref error) => {
+                tracing::error!(%error, "key store failed");
+            }
+            _ => {}
+        }
+        let message = match &self {
+            ManageError::Unavailable(_) => {
+                "The key store is unavailable. Retry shortly.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = json!({ "error": { "code": self.code(), "message": message } });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+fn check_name(name: &str) -> Result<String, ManageError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ManageError::invalid(
+            "invalid_name",
+            "name must not be empty",
+        ));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(ManageError::invalid(
+            "invalid_name",
+            format!("name must be at most {MAX_NAME_LEN} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
+    /// A manager creating keys of `format` in `store`, invalidating `cache` (the one the
+    /// layer uses) on revocation. New keys may carry `read`, `write` and `admin`.
+    pub fn new(store: S, cache: CachedVerifier<V>, format: KeyFormat) -> Self {
+        KeyManager {
+            inner: Arc::new(ManagerInner {
+                store,
+                cache,
+                format,
+                scopes: vec![Scope::Read, Scope::Write, Scope::Admin],
+            }),
+        }
+    }
+
+    /// Also lets new keys carry `scope` (a custom scope of your API).
+    #[must_use]
+    pub fn allow_scope(mut self, scope: Scope) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configure the manager before cloning it");
+        if !inner.scopes.contains(&scope) {
+            inner.scopes.push(scope);
+        }
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Creates a key for `creator`'s account and environment. The plaintext is in the
+    /// result, once.
+    pub async fn create(
+        &self,
+        creator: &Principal,
+        request: CreateKey,
+    ) -> Result<CreatedKey, ManageError> {
+        let name = check_name(&request.name)?;
+        let scopes = match request.scopes {
+            None => creator.scopes().clone(),
+            Some(scopes) => {
+                for scope in scopes.iter() {
+                    if !self.inner.scopes.contains(scope) {
+                        return Err(ManageError::invalid(
+                            "invalid_scope",
+                            format!("unknown scope {:?}", scope.as_str()),
+                        ));
+                    }
+                    if !creator.has_scope(scope) {
+                        return Err(AuthError::InsufficientScope {
+                            required: scope.clone(),
+                        }
+                        .into());
+                    }
+                }
+                scopes
+            }
+        };
+        if let Some(at) = request.expires_at {
+            if at <= OffsetDateTime::now_utc() {
+                return Err(ManageError::invalid(
+                    "invalid_expiry",
+                    "expires_at must be in the future",
+                ));
+            }
+        }
+        let mut new =
+            NewKey::new(creator.account_id(), name, creator.environment().clone()).scopes(scopes);
+        new.project_id = request.project_id;
+        new.expires_at = request.expires_at;
+        Ok(self.inner.store.create(&self.inner.format, new).await?)
+    }
+
+    /// Creates a key for an account directly: for bootstrapping and operator tools.
+    pub async fn create_for_account(
+        &self,
+        account_id: &str,
+        environment: Environment,
+        request: CreateKey,
+    ) -> Result<CreatedKey, ManageError> {
+        let name = check_name(&request.name)?;
+        let mut new =
+            NewKey::new(account_id, name, environment).scopes(request.scopes.unwrap_or_default());
+        new.project_id = request.project_id;
+        new.expires_at = request.expires_at;
+        Ok(self.inner.store.create(&self.inner.format, new).await?)
+    }
+
+    /// The account's active keys.
+    pub async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, ManageError> {
+        Ok(self.inner.store.list(account_id).await?)
+    }
+
+    /// One key of the account.
+    pub async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, ManageError> {
+        Ok(self.inner.store.get(account_id, id).await?)
+    }
+
+    /// Renames a key.
+    pub async fn rename(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        name: &str,
+    ) -> Result<KeyInfo, ManageError> {
+        let name = check_name(name)?;
+        let info = self.inner.store.rename(account_id, id, &name).await?;
+        // The principal carries the name: let the next request see the new one.
+        self.inner.cache.invalidate_key_id(id);
+        Ok(info)
+    }
+
+    /// Revokes a key (idempotent); the next request with it is refused on this
+    /// instance whatever the cache TTL, and on others through their
+    /// [`RevocationListener`](crate::invalidate::RevocationListener).
+    pub async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, ManageError> {
+        let info = self.inner.store.revoke(account_id, id).await?;
+        self.inner.cache.invalidate_key_id(id);
+        Ok(info)
+    }
+
+    /// Sets an account's billing standing, effective for the next request.
+    pub async fn set_standing(
+        &self,
+        account_id: &str,
+        standing: AccountStanding,
+    ) -> Result<(), ManageError> {
+        self.inner.store.set_standing(account_id, standing).await?;
+        self.inner.cache.invalidate_account(account_id);
+        Ok(())
+    }
+}
+
+/// The management routes, requiring the `admin` scope. See the [module docs](self).
+pub fn router<S: KeyStore, V: KeyVerifier>(manager: KeyManager<S, V>) -> Router {
+    router_with_scope(manager, Some(Scope::Admin))
+}
+
+/// The management routes, requiring `scope` (or only a valid key, with `None`). A key
+/// can never create a key with scopes it does not hold itself.
+pub fn router_with_scope<S: KeyStore, V: KeyVerifier>(
+    manager: KeyManager<S, V>,
+    scope: Option<Scope>,
+) -> Router {
+    let routes = Router::new()
+        .route("/api-keys", get(list::<S, V>).post(create::<S, V>))
+        .route(
+            "/api-keys/{id}",
+            get(get_one::<S, V>)
+                .patch(rename::<S, V>)
+                .delete(revoke::<S, V>),
+        );
+    let routes = match scope {
+        Some(scope) => routes.route_layer(ScopeGuardLayer::new(scope)),
+        None => routes,
+    };
+    routes.with_state(manager)
+}
+
+fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ManageError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ManageError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        )),
+        Err(_) => Err(ManageError::InvalidJson),
+    }
+}
+
+fn name_field(fields: &serde_json::Map<String, Value>) -> Result<&str, ManageError> {
+    match fields.get("name") {
+        Some(Value::String(name)) => Ok(name),
+        Some(_) => Err(ManageError::invalid(
+            "invalid_name",
+            "name must be a string",
+        )),
+        None => Err(ManageError::invalid("invalid_name", "name is required")),
+    }
+}
+
+fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, ManageError> {
+    let name = name_field(fields)?.to_owned();
+    let scopes = match fields.get("scopes") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut scopes = Vec::with_capacity(items.len());
+            for item in items {
+                let scope = item
+                    .as_str()
+                    .and_then(|s| s.parse::<Scope>().ok())
+                    .ok_or_else(|| {
+                        ManageError::invalid("invalid_scope", format!("invalid scope {item}"))
+                    })?;
+                scopes.push(scope);
+            }
+            if scopes.is_empty() {
+                return Err(ManageError::invalid(
+                    "invalid_scope",
+                    "scopes must not be empty",
+                ));
+            }
+            Some(scopes.into_iter().collect())
+        }
+        Some(_) => {
+            return Err(ManageError::invalid(
+                "invalid_scope",
+                "scopes must be an array of strings",
+            ));
+        }
+    };
+    let project_id = match fields.get("project_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(project)) if !project.is_empty() && project.len() <= 200 => {
+            Some(project.clone())
+        }
+        Some(_) => {
+            return Err(ManageError::invalid(
+                "invalid_project",
+                "project_id must be a non-empty string",
+            ));
+        }
+    };
+    let expires_at = match fields.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(at)) => Some(
+            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
+                |_| ManageError::invalid("invalid_expiry", "expires_at must be an RFC 3339 time"),
+            )?,
+        ),
+        Some(_) => {
+            return Err(ManageError::invalid(
+                "invalid_expiry",
+                "expires_at must be an RFC 3339 time",
+            ));
+        }
+    };
+    Ok(CreateKey {
+        name,
+        scopes,
+        project_id,
+        expires_at,
+    })
+}
+
+async fn create<S: KeyStore, V: KeyVerifier>(
+    State(manager): State<KeyManager<S, V>>,
+    principal: Principal,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ManageError> {
+    let request = create_request(&parse_body(&body)?)?;
+    let created = manager.create(&principal, request).await?;
+    let mut body = serde_json::to_value(&created.info).expect("KeyInfo serializes");
+    body["key"] = Value::String(created.key.expose_secret().to_owned());
+    Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+async fn list<S: KeyStore, V: KeyVerifier>(
+    State(manager): State<KeyManager<S, V>>,
+    principal: Principal,
+) -> Result<axum::Json<Value>, ManageError> {
+    let keys = manager.list(principal.account_id()).await?;
+    Ok(axum::Json(json!({ "data": keys })))
+}
+
+async fn get_one<S: KeyStore, V: KeyVerifier>(
+    State(manager): State<KeyManager<S, V>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<KeyInfo>, ManageError> {
+    Ok(axum::Json(
+        manager.get(principal.account_id(), &KeyId::new(id)).await?,
+    ))
+}
+
+async fn rename<S: KeyStore, V: KeyVerifier>(
+    State(manager): State<KeyManager<S, V>>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<KeyInfo>, ManageError> {
+    let fields = parse_body(&body)?;
+    let name = name_field(&fields)?;
+    Ok(axum::Json(
+        manager
+            .rename(principal.account_id(), &KeyId::new(id), name)
+            .await?,
+    ))
+}
+
+async fn revoke<S: KeyStore, V: KeyVerifier>(
+    State(manager): State<KeyManager<S, V>>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ManageError> {
+    manager
+        .revoke(principal.account_id(), &KeyId::new(id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> serde_json::Map<String, Value> {
+        parse_body(&Bytes::from(body.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn create_bodies_are_checked_field_by_field() {
+        assert!(matches!(
+            parse_body(&Bytes::from_static(b"{nope")),
+            Err(ManageError::InvalidJson)
+        ));
+        let code = |body: &str| create_request(&fields(body)).err().map(|e| e.code());
+        assert_eq!(code(r#"{}"#), Some("invalid_name"));
+        assert_eq!(code(r#"{"name": 3}"#), Some("invalid_name"));
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": "read"}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": ["bad scope"]}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": []}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "expires_at": "tomorrow"}"#),
+            Some("invalid_expiry")
+        );
+        let ok = create_request(&fields(
+            r#"{"name": "a", "scopes": ["read"], "expires_at": "2030-01-01T00:00:00Z"}"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.scopes, Some(Scope::Read.into()));
+        assert!(ok.expires_at.is_some());
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(check_name("  ci ").unwrap(), "ci");
+        assert_eq!(check_name(&"é".repeat(100)).unwrap().chars().count(), 100);
+        assert_eq!(
+            check_name(&"a".repeat(101)).unwrap_err().code(),
+            "invalid_name"
+        );
+        assert_eq!(check_name("   ").unwrap_err().code(), "invalid_name");
+    }
+}
