@@ -3,51 +3,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::raw_http::{raw_get, serve};
 use tower_api_keys::CachedVerifier;
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// Sends `GET {path}` with the given raw header lines and reads the whole reply.
-async fn raw_get(addr: SocketAddr, path: &str, header_lines: &[&[u8]]) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
-    for line in header_lines {
-        request.extend_from_slice(line);
-        request.extend_from_slice(b"\r\n");
-    }
-    request.extend_from_slice(b"\r\n");
-    stream.write_all(&request).await.unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).await.unwrap();
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-    }
-}
 
 #[tokio::test]
 async fn over_real_http() {

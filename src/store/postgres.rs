@@ -6,7 +6,9 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
-use super::sql::{KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, backend, grace_days};
+use super::sql::{
+    KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend, grace_days,
+};
 use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::cache::CachedVerifier;
 use crate::invalidate::RevocationListener;
@@ -245,7 +247,7 @@ impl KeyStore for PostgresStore {
         name: &str,
     ) -> Result<KeyInfo, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE api_keys AS k SET name = $3 WHERE k.id = $1 AND k.account_id = $2 RETURNING {KEY_COLUMNS}"
+            "UPDATE api_keys SET name = $3 WHERE id = $1 AND account_id = $2 RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(account_id)
@@ -260,8 +262,8 @@ impl KeyStore for PostgresStore {
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(&format!(
-            "UPDATE api_keys AS k SET revoked_at = COALESCE(k.revoked_at, $3) \
-             WHERE k.id = $1 AND k.account_id = $2 RETURNING {KEY_COLUMNS}"
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3) \
+             WHERE id = $1 AND account_id = $2 RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(account_id)

@@ -9,6 +9,11 @@ use crate::key::{Environment, KeyId};
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.account_id, k.project_id, k.name, k.hint, k.prefix, \
      k.environment, k.scopes, k.created_at, k.last_used_at, k.expires_at, k.revoked_at";
 
+/// [`KEY_COLUMNS`] without the table alias, for `UPDATE … RETURNING` (SQLite allows
+/// no alias there).
+pub(crate) const RETURNING_COLUMNS: &str = "id, account_id, project_id, name, hint, prefix, \
+     environment, scopes, created_at, last_used_at, expires_at, revoked_at";
+
 /// The name of the migrations bookkeeping table.
 pub(crate) const MIGRATIONS_TABLE: &str = "tower_api_keys_migrations";
 

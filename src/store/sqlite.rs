@@ -9,7 +9,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
-use super::sql::{KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, backend, grace_days};
+use super::sql::{
+    KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend, grace_days,
+};
 use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
@@ -240,7 +242,7 @@ impl KeyStore for SqliteStore {
         name: &str,
     ) -> Result<KeyInfo, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE api_keys AS k SET name = ? WHERE k.id = ? AND k.account_id = ? RETURNING {KEY_COLUMNS}"
+            "UPDATE api_keys SET name = ? WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(name)
         .bind(id.as_str())
@@ -254,8 +256,8 @@ impl KeyStore for SqliteStore {
 
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE api_keys AS k SET revoked_at = COALESCE(k.revoked_at, ?) \
-             WHERE k.id = ? AND k.account_id = ? RETURNING {KEY_COLUMNS}"
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) \
+             WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(to_ms(OffsetDateTime::now_utc()))
         .bind(id.as_str())

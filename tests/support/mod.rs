@@ -1,6 +1,11 @@
 //! Shared fixtures for the behaviour tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod raw_http;
+pub mod store_contract;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;

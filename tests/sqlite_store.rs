@@ -1,0 +1,110 @@
+//! `SqliteStore`: the store contract, the active-key race, restarts.
+#![cfg(feature = "sqlite")]
+
+mod support;
+
+use tower_api_keys::key::{Environment, KeyFormat};
+use tower_api_keys::store::{KeyStore, MemoryStore, NewKey, SqliteStore};
+
+struct TempDb(std::path::PathBuf);
+
+impl TempDb {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "tak-{name}-{}-{}.db",
+            std::process::id(),
+            rand_suffix()
+        ));
+        TempDb(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path()));
+        }
+    }
+}
+
+fn rand_suffix() -> String {
+    tower_api_keys::key::KeyId::generate().as_str()[3..11].to_owned()
+}
+
+async fn open(db: &TempDb) -> SqliteStore {
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_store_contract() {
+    let db = TempDb::new("contract");
+    support::store_contract::basics(open(&db).await).await;
+}
+
+#[tokio::test]
+async fn memory_keeps_the_store_contract() {
+    support::store_contract::basics(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_holds_the_limit_under_a_race() {
+    let db = TempDb::new("race");
+    support::store_contract::race_to_the_limit(open(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_holds_the_limit_under_a_race() {
+    support::store_contract::race_to_the_limit(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart_and_migrate_is_idempotent() {
+    let db = TempDb::new("restart");
+    let format = KeyFormat::new("sk");
+    let created = {
+        let store = open(&db).await;
+        let created = store
+            .create(&format, NewKey::new("acct", "kept", Environment::LIVE))
+            .await
+            .unwrap();
+        store.pool().close().await;
+        created
+    };
+    let store = open(&db).await;
+    store.migrate().await.unwrap();
+    let record = store
+        .find_by_hash(&created.key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.id, created.info.id);
+    assert_eq!(store.list("acct").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn only_the_hash_is_stored() {
+    let db = TempDb::new("hash");
+    let store = open(&db).await;
+    let created = store
+        .create(
+            &KeyFormat::new("sk"),
+            NewKey::new("acct", "k", Environment::LIVE),
+        )
+        .await
+        .unwrap();
+    store.pool().close().await;
+    let bytes = std::fs::read(db.path()).unwrap_or_default();
+    let wal = std::fs::read(format!("{}-wal", db.path())).unwrap_or_default();
+    let secret = created.key.expose_secret().as_bytes();
+    for file in [&bytes, &wal] {
+        assert!(
+            !file.windows(secret.len()).any(|w| w == secret),
+            "plaintext key found on disk"
+        );
+    }
+}

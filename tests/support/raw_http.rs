@@ -1,0 +1,98 @@
+//! A raw HTTP/1.1 client over loopback: sends exactly the bytes asked for.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Serves `app` on 127.0.0.1:0 in the background.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+pub struct Reply {
+    pub status: u16,
+    /// The status line and headers, lowercased.
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Sends one request with raw header lines and an optional body; reads the reply.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    header_lines: &[&[u8]],
+    body: &[u8],
+) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
+    for line in header_lines {
+        request.extend_from_slice(line);
+        request.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() || method != "GET" {
+        request.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+pub async fn raw_get(addr: SocketAddr, path: &str, header_lines: &[&[u8]]) -> Reply {
+    raw_request(addr, "GET", path, header_lines, b"").await
+}
+
+/// A client bound to one server and one key.
+pub struct Client {
+    pub addr: SocketAddr,
+    pub authorization: String,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, key: &str) -> Self {
+        Client {
+            addr,
+            authorization: format!("Authorization: Bearer {key}"),
+        }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: &str) -> Reply {
+        let mut headers: Vec<&[u8]> = vec![self.authorization.as_bytes()];
+        if !body.is_empty() {
+            headers.push(b"Content-Type: application/json");
+        }
+        raw_request(self.addr, method, path, &headers, body.as_bytes()).await
+    }
+}

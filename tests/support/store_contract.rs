@@ -1,0 +1,172 @@
+//! What every `KeyStore` must do, run against each implementation.
+
+use tower_api_keys::key::{Environment, KeyFormat, KeyId};
+use tower_api_keys::record::AccountStanding;
+use tower_api_keys::scope::Scope;
+use tower_api_keys::store::{KeyStore, NewKey, StoreError};
+
+fn format() -> KeyFormat {
+    KeyFormat::new("sk")
+}
+
+/// 100 concurrent creates for an account holding 49 active keys (and one revoked):
+/// exactly one succeeds, 99 get `LimitReached`, and 50 keys are active.
+pub async fn race_to_the_limit<S: KeyStore + Clone>(store: S) {
+    let account = "acct_race";
+    let revoked = store
+        .create(&format(), NewKey::new(account, "old", Environment::LIVE))
+        .await
+        .unwrap();
+    store.revoke(account, &revoked.info.id).await.unwrap();
+    for i in 0..49 {
+        store
+            .create(
+                &format(),
+                NewKey::new(account, format!("k{i}"), Environment::LIVE),
+            )
+            .await
+            .unwrap();
+    }
+    let attempts: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create(
+                        &format(),
+                        NewKey::new(account, format!("race{i}"), Environment::LIVE),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(StoreError::LimitReached { limit: 50 }) => refused += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!((created, refused), (1, 99));
+    assert_eq!(store.list(account).await.unwrap().len(), 50);
+}
+
+/// Create, find, list, rename, revoke, touch, standing, account isolation.
+pub async fn basics<S: KeyStore>(store: S) {
+    let created = store
+        .create(
+            &format(),
+            NewKey::new("acct_a", "ci", Environment::TEST)
+                .scopes([Scope::Write, Scope::custom("reports:export")])
+                .project("proj_1"),
+        )
+        .await
+        .unwrap();
+    let id = created.info.id.clone();
+    assert!(created.key.expose_secret().starts_with("sk_test_"));
+    assert_eq!(created.info.prefix, "sk_test");
+
+    let record = store
+        .find_by_hash(&created.key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.id, id);
+    assert_eq!(record.account_id, "acct_a");
+    assert_eq!(record.project_id.as_deref(), Some("proj_1"));
+    assert_eq!(record.environment, Environment::TEST);
+    assert!(record.scopes.allows(&Scope::custom("reports:export")));
+    assert!(record.scopes.allows(&Scope::Read));
+    assert_eq!(record.created_at, created.info.created_at);
+    assert_eq!(record.standing, AccountStanding::default());
+    let unknown = format().generate(&Environment::TEST);
+    assert!(store.find_by_hash(&unknown.hash()).await.unwrap().is_none());
+
+    let listed = store.list("acct_a").await.unwrap();
+    assert_eq!(listed, vec![created.info.clone()]);
+    assert_eq!(store.get("acct_a", &id).await.unwrap(), created.info);
+
+    // Another account sees nothing and can change nothing.
+    assert!(store.list("acct_b").await.unwrap().is_empty());
+    assert!(matches!(
+        store.get("acct_b", &id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.rename("acct_b", &id, "x").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.revoke("acct_b", &id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get("acct_a", &KeyId::new("ak_missing")).await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert_eq!(
+        store.rename("acct_a", &id, "renamed").await.unwrap().name,
+        "renamed"
+    );
+    assert_eq!(
+        store.find_by_id(&id).await.unwrap().unwrap().name,
+        "renamed"
+    );
+
+    let used_at = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+    let earlier = used_at - time::Duration::hours(1);
+    store.touch(&[(id.clone(), used_at)]).await.unwrap();
+    store.touch(&[(id.clone(), earlier)]).await.unwrap();
+    assert_eq!(
+        store.get("acct_a", &id).await.unwrap().last_used_at,
+        Some(used_at),
+        "never goes back"
+    );
+
+    let since = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let standing = AccountStanding::past_due(since).with_grace_days(3);
+    store.set_standing("acct_a", standing).await.unwrap();
+    assert_eq!(store.standing("acct_a").await.unwrap(), standing);
+    assert_eq!(
+        store
+            .find_by_hash(&created.key.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .standing,
+        standing
+    );
+    store
+        .set_standing("acct_a", AccountStanding::good())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.standing("acct_a").await.unwrap(),
+        AccountStanding::good()
+    );
+
+    let first = store
+        .revoke("acct_a", &id)
+        .await
+        .unwrap()
+        .revoked_at
+        .unwrap();
+    let again = store
+        .revoke("acct_a", &id)
+        .await
+        .unwrap()
+        .revoked_at
+        .unwrap();
+    assert_eq!(first, again, "revoking twice keeps the first time");
+    assert!(store.list("acct_a").await.unwrap().is_empty());
+    assert!(
+        store
+            .find_by_hash(&created.key.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_revoked()
+    );
+}
