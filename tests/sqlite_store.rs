@@ -3,36 +3,10 @@
 
 mod support;
 
+use support::temp_db::TempDb;
+
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::store::{KeyStore, MemoryStore, NewKey, SqliteStore};
-
-struct TempDb(std::path::PathBuf);
-
-impl TempDb {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "tak-{name}-{}-{}.db",
-            std::process::id(),
-            rand_suffix()
-        ));
-        TempDb(path)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.path()));
-        }
-    }
-}
-
-fn rand_suffix() -> String {
-    tower_api_keys::key::KeyId::generate().as_str()[3..11].to_owned()
-}
 
 async fn open(db: &TempDb) -> SqliteStore {
     let store = SqliteStore::open(db.path()).await.unwrap();

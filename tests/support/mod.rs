@@ -5,6 +5,8 @@
 pub mod postgres;
 pub mod raw_http;
 pub mod store_contract;
+#[cfg(feature = "sqlite")]
+pub mod temp_db;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

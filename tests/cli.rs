@@ -1,0 +1,125 @@
+//! The `apikeys` CLI: create → use → revoke → rejected.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::temp_db::TempDb;
+use support::{app, code_of, get_with, send};
+use tower_api_keys::key::KeyFormat;
+use tower_api_keys::store::SqliteStore;
+use tower_api_keys::{ApiKeyLayer, CachedVerifier};
+
+fn apikeys(db: &TempDb, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_apikeys"))
+        .arg("--database-url")
+        .arg(db.path())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn create_use_revoke_rejected() {
+    let db = TempDb::new("cli");
+    let (ok, out, _) = apikeys(&db, &["migrate"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "migrated");
+
+    let (ok, out, err) = apikeys(
+        &db,
+        &[
+            "create",
+            "--account",
+            "acct_1",
+            "--name",
+            "bootstrap",
+            "--scopes",
+            "admin",
+        ],
+    );
+    assert!(ok, "{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let (id, key) = (field("id"), field("key"));
+    assert!(id.starts_with("ak_") && key.starts_with("sk_live_"));
+
+    let (ok, listed, _) = apikeys(&db, &["list", "--account", "acct_1"]);
+    assert!(ok);
+    assert!(listed.contains(&id) && listed.contains("bootstrap") && !listed.contains(&key));
+
+    // A server on the same database accepts the key. Another process (the CLI) revokes
+    // it: on SQLite the server sees that when its cache entry expires (here after
+    // 200 ms); on PostgreSQL, NOTIFY makes it immediate.
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let cache = CachedVerifier::builder(store)
+        .positive_ttl(Duration::from_millis(200))
+        .build();
+    let server = app(ApiKeyLayer::new(KeyFormat::new("sk"), cache));
+    let auth = format!("Bearer {key}");
+    assert_eq!(
+        send(&server, get_with("/whoami", Some(&auth)))
+            .await
+            .status(),
+        200
+    );
+
+    let (ok, out, err) = apikeys(&db, &["revoke", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("revoked {id}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = send(&server, get_with("/whoami", Some(&auth))).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(code_of(response).await, "api_key_revoked");
+}
+
+#[test]
+fn errors_are_one_line_and_a_failure_exit() {
+    let db = TempDb::new("cli-errors");
+    for args in [
+        &["revoke", "ak_nope"][..],
+        &[
+            "create",
+            "--account",
+            "a",
+            "--name",
+            "n",
+            "--scopes",
+            "bad scope!",
+        ],
+        &["create", "--account", "a", "--name", "n", "--env", "prod-1"],
+    ] {
+        let (ok, _, err) = apikeys(&db, args);
+        assert!(!ok, "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("apikeys: "), "{err}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_apikeys"))
+        .args([
+            "--database-url",
+            "/nonexistent/dir/x.db",
+            "list",
+            "--account",
+            "a",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        err.starts_with("apikeys: cannot open") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
