@@ -26,9 +26,10 @@
 //!     .layer(ApiKeyLayer::new(format, cache));
 //! ```
 //!
-//! Errors: 400 `invalid_json`; 422 `invalid_name` (missing, empty or over 100
-//! characters), `invalid_scope` (not a string or not one of the manager's scopes),
-//! `invalid_expiry` (not RFC 3339 or not in the future); 403 `insufficient_scope`
+//! Errors: 400 `invalid_json`; 422 `invalid_body` (not a JSON object), `invalid_name`
+//! (missing, empty or over 100 characters), `invalid_scope` (not a string or not one of
+//! the manager's scopes), `invalid_project` (not a non-empty string), `invalid_expiry`
+//! (not RFC 3339 or not in the future); 403 `insufficient_scope`
 //! (asking for a scope the caller does not hold); 404 `api_key_not_found`; 409
 //! `api_key_limit_reached`; 503 `store_unavailable`. Nothing is written when a request
 //! is refused.
@@ -129,7 +130,8 @@ pub enum ManageError {
     /// A field is missing or wrong (422, with `code` naming the field's rule).
     #[error("{message}")]
     Invalid {
-        /// `invalid_name`, `invalid_scope` or `invalid_expiry`.
+        /// `invalid_body`, `invalid_name`, `invalid_scope`, `invalid_project` or
+        /// `invalid_expiry`.
         code: &'static str,
         /// What is wrong, for humans.
         message: String,
