@@ -216,6 +216,13 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             }
             Arc::clone(in_flight.entry(hash).or_default())
         };
+        // Removes the flight if every request waiting on it goes away before it lands
+        // (client disconnects), so abandoned flights cannot pile up.
+        let _abandoned = AbandonedFlight {
+            core,
+            hash,
+            flight: &flight,
+        };
         let answer = flight
             .get_or_init(|| async {
                 let generation = core.generation.load(Ordering::Acquire);
@@ -319,7 +326,37 @@ impl<V> CachedVerifier<V> {
     }
 }
 
-/// Per-entry lifetimes: positive TTL capped by the key's expiry; negative TTL.
+/// Drops a flight from the map when its last participant leaves without an answer.
+struct AbandonedFlight<'a, V> {
+    core: &'a CacheCore<V>,
+    hash: KeyHash,
+    flight: &'a Flight,
+}
+
+impl<V> Drop for AbandonedFlight<'_, V> {
+    fn drop(&mut self) {
+        if self.flight.initialized() {
+            return;
+        }
+        let mut in_flight = self
+            .core
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Joiners clone the flight under this lock: two references (the map's and ours)
+        // mean nobody else waits on it.
+        if in_flight
+            .get(&self.hash)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+            && Arc::strong_count(self.flight) == 2
+        {
+            in_flight.remove(&self.hash);
+        }
+    }
+}
+
+/// Per-entry lifetimes: positive TTL capped by the key's expiry; negative TTL for
+/// unknown keys and for keys already expired (expiry is final).
 struct EntryExpiry {
     positive_ttl: Duration,
     negative_ttl: Duration,
@@ -332,9 +369,10 @@ impl EntryExpiry {
             Lookup::Found(record) => match record.expires_at {
                 None => self.positive_ttl,
                 Some(expires_at) => {
-                    let left = expires_at - OffsetDateTime::now_utc();
-                    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-                    left.min(self.positive_ttl)
+                    match Duration::try_from(expires_at - OffsetDateTime::now_utc()) {
+                        Ok(left) if !left.is_zero() => left.min(self.positive_ttl),
+                        _ => self.negative_ttl,
+                    }
                 }
             },
         }
@@ -479,6 +517,32 @@ mod tests {
         cache.invalidate(&hash);
         assert!(pending.await.unwrap().is_ok());
         assert!(cache.get_cached(&hash).is_none());
+    }
+
+    #[tokio::test]
+    async fn abandoned_flights_leave_the_map() {
+        let cache = CachedVerifier::new(fixture(1_000));
+        let hash = KeyHash::of("known");
+        let pending = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.lookup(&hash).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(cache.core.in_flight.lock().unwrap().len(), 1);
+        pending.abort();
+        let _ = pending.await;
+        assert!(cache.core.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_cached_like_unknown_ones() {
+        let mut verifier = fixture(0);
+        verifier.expires_at = Some(OffsetDateTime::now_utc() - Duration::from_secs(1));
+        let cache = CachedVerifier::new(verifier);
+        let hash = KeyHash::of("known");
+        cache.lookup(&hash).await.unwrap();
+        cache.lookup(&hash).await.unwrap();
+        assert_eq!(cache.stats().verifier_calls, 1);
     }
 
     #[tokio::test]

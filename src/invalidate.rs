@@ -83,12 +83,13 @@ mod postgres {
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
-            // Revocations may have been missed while not subscribed.
+            // Revocations may have been missed while not subscribed (also before the
+            // first subscription: requests may have filled the cache meanwhile).
+            cache.invalidate_all();
             if connections.fetch_add(1, Ordering::AcqRel) > 0 {
-                cache.invalidate_all();
                 tracing::info!("revocation listener reconnected; cache cleared");
             }
+            let subscribed_at = tokio::time::Instant::now();
             loop {
                 match listener.try_recv().await {
                     Ok(Some(notification)) => {
@@ -103,6 +104,13 @@ mod postgres {
                         break;
                     }
                 }
+            }
+            // A connection that keeps dying at once must not spin.
+            if subscribed_at.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            } else {
+                backoff = Duration::from_millis(100);
             }
         }
     }

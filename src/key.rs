@@ -7,8 +7,10 @@
 //!   them) and tell live keys from test keys at a glance;
 //! - `body` is 43 base62 characters from the operating system's CSPRNG (256 bits);
 //! - `checksum` is 6 base62 characters of a CRC32 over everything before it, the scheme
-//!   GitHub uses for its tokens: a typo or a made-up key is rejected by [`KeyFormat::parse`]
-//!   without touching the cache or the store.
+//!   GitHub uses for its tokens: a typo, a truncated paste or a random string is rejected
+//!   by [`KeyFormat::parse`] without touching the cache or the store. (CRC32 is public, so
+//!   it is no defence against someone forging checksums; such keys are unknown to the
+//!   store and end in the cache's negative entries.)
 //!
 //! The server stores only the [`KeyHash`] (SHA-256 of the whole key) and a [`hint`]
 //! (the last four characters); the plaintext [`ApiKey`] is shown once.
@@ -225,8 +227,9 @@ impl KeyFormat {
     /// (`{prefix}_{env}_{16–256 base62 characters}`).
     ///
     /// Such keys cannot be told from typos before the lookup, so a flood of made-up keys
-    /// reaches the cache (and, once per key and negative TTL, the store). Keys generated
-    /// by this crate keep their checksum and are still checked.
+    /// reaches the cache (and, once per key and negative TTL, the store). Keys of the
+    /// generated length (here 49 characters after `{env}_`) are still checksum-checked,
+    /// so an imported key of exactly that length is refused.
     #[must_use]
     pub fn accept_unchecksummed(mut self) -> Self {
         self.accept_unchecksummed = true;
@@ -310,7 +313,11 @@ impl KeyFormat {
                 checksummed: true,
             });
         }
-        if self.accept_unchecksummed && (LEGACY_MIN_BODY..=LEGACY_MAX_BODY).contains(&body.len()) {
+        // A key of the generated length must carry a valid checksum, legacy or not.
+        if self.accept_unchecksummed
+            && body.len() != self.body_len + CHECKSUM_LEN
+            && (LEGACY_MIN_BODY..=LEGACY_MAX_BODY).contains(&body.len())
+        {
             return Ok(ParsedKey {
                 key,
                 environment,
@@ -356,7 +363,8 @@ fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
 
 /// A plaintext API key: the secret.
 ///
-/// `Debug` and `Display` print `ApiKey(sk_live_…REDACTED)`; the memory is zeroed on drop.
+/// `Debug` prints `ApiKey(REDACTED)` and `Display` `REDACTED`; the memory is zeroed on
+/// drop.
 /// Read it with [`expose_secret`](Self::expose_secret) exactly where it must be shown
 /// (the one create response) or sent.
 pub struct ApiKey {
@@ -653,6 +661,11 @@ mod tests {
         let format = KeyFormat::new("sk").accept_unchecksummed();
         let parsed = format.parse(legacy).unwrap();
         assert!(!parsed.is_checksummed());
+        // A key of the generated length with a wrong checksum is still refused.
+        let key = format.generate(&Environment::LIVE);
+        let mut typo = key.expose_secret().to_owned();
+        typo.replace_range(9..10, if &typo[9..10] == "a" { "b" } else { "a" });
+        assert_eq!(format.parse(&typo).unwrap_err(), KeyFormatError::Checksum);
         // Generated keys are still checked, and still marked as checksummed.
         let key = format.generate(&Environment::TEST);
         assert!(format.parse(key.expose_secret()).unwrap().is_checksummed());

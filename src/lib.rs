@@ -2,7 +2,7 @@
 //! the kind SaaS APIs document for their users.
 //!
 //! - **Keys** like `sk_live_…` / `sk_test_…`: 256 random bits from the OS CSPRNG and a
-//!   checksum, so typos and made-up keys are refused before any lookup
+//!   checksum, so typos and random strings are refused before any lookup
 //!   ([`key`]).
 //! - **Stored as SHA-256 hashes** only; the plaintext is shown once, at creation
 //!   ([`store`]).

@@ -8,8 +8,10 @@
 //! | `PATCH /api-keys/{id}` | rename, body `{"name"}` | 200 |
 //! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
 //!
-//! The routes act on the caller's account only (another account's key is a 404) and,
-//! by default, require the `admin` scope. Mount them under any prefix, behind the
+//! The routes act on the caller's account and environment only (another account's key,
+//! or a live key seen with a test key, is a 404) and, by default, require the `admin`
+//! scope. A key never creates a key with more than it has: not a scope it lacks, not
+//! another project than its own, not a later expiry. Mount them under any prefix, behind the
 //! [`ApiKeyLayer`](crate::ApiKeyLayer):
 //!
 //! ```
@@ -28,8 +30,9 @@
 //!
 //! Errors: 400 `invalid_json`; 422 `invalid_body` (not a JSON object), `invalid_name`
 //! (missing, empty or over 100 characters), `invalid_scope` (not a string or not one of
-//! the manager's scopes), `invalid_project` (not a non-empty string), `invalid_expiry`
-//! (not RFC 3339 or not in the future); 403 `insufficient_scope`
+//! the manager's scopes), `invalid_project` (not a non-empty string, or not the
+//! caller's project), `invalid_expiry` (not RFC 3339, not in the future, or past the
+//! caller's own expiry), `invalid_environment`; 403 `insufficient_scope`
 //! (asking for a scope the caller does not hold); 404 `api_key_not_found`; 409
 //! `api_key_limit_reached`; 503 `store_unavailable`. Nothing is written when a request
 //! is refused.
@@ -130,8 +133,8 @@ pub enum ManageError {
     /// A field is missing or wrong (422, with `code` naming the field's rule).
     #[error("{message}")]
     Invalid {
-        /// `invalid_body`, `invalid_name`, `invalid_scope`, `invalid_project` or
-        /// `invalid_expiry`.
+        /// `invalid_body`, `invalid_name`, `invalid_scope`, `invalid_project`,
+        /// `invalid_expiry` or `invalid_environment`.
         code: &'static str,
         /// What is wrong, for humans.
         message: String,
@@ -292,18 +295,49 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
                 scopes
             }
         };
-        if let Some(at) = request.expires_at {
-            if at <= OffsetDateTime::now_utc() {
+        // A key cannot mint a key that outlives it or escapes its project.
+        let expires_at = match (request.expires_at, creator.record().expires_at) {
+            (Some(at), _) if at <= OffsetDateTime::now_utc() => {
                 return Err(ManageError::invalid(
                     "invalid_expiry",
                     "expires_at must be in the future",
                 ));
             }
-        }
+            (Some(at), Some(limit)) if at > limit => {
+                return Err(ManageError::invalid(
+                    "invalid_expiry",
+                    "expires_at must not be later than the expiry of the key making the request",
+                ));
+            }
+            (Some(at), _) => Some(at),
+            (None, inherited) => inherited,
+        };
+        let project_id = match (request.project_id, creator.project_id()) {
+            (Some(asked), Some(own)) if asked != own => {
+                return Err(ManageError::invalid(
+                    "invalid_project",
+                    "a key locked to a project can only create keys for that project",
+                ));
+            }
+            (asked, own) => asked.or_else(|| own.map(str::to_owned)),
+        };
         let mut new =
             NewKey::new(creator.account_id(), name, creator.environment().clone()).scopes(scopes);
-        new.project_id = request.project_id;
-        new.expires_at = request.expires_at;
+        new.project_id = project_id;
+        new.expires_at = expires_at;
+        self.insert(new).await
+    }
+
+    async fn insert(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
+        if !self.inner.format.environments().contains(&new.environment) {
+            return Err(ManageError::invalid(
+                "invalid_environment",
+                format!(
+                    "keys of environment {:?} are not issued here",
+                    new.environment.as_str()
+                ),
+            ));
+        }
         Ok(self.inner.store.create(&self.inner.format, new).await?)
     }
 
@@ -495,8 +529,23 @@ async fn list<S: KeyStore, V: KeyVerifier>(
     State(manager): State<KeyManager<S, V>>,
     principal: Principal,
 ) -> Result<axum::Json<Value>, ManageError> {
-    let keys = manager.list(principal.account_id()).await?;
+    let mut keys = manager.list(principal.account_id()).await?;
+    keys.retain(|key| key.environment == *principal.environment());
     Ok(axum::Json(json!({ "data": keys })))
+}
+
+/// The caller's key `id`: of its account and its environment (a test key cannot see or
+/// touch live keys), or `NotFound`.
+async fn owned<S: KeyStore, V: KeyVerifier>(
+    manager: &KeyManager<S, V>,
+    principal: &Principal,
+    id: &KeyId,
+) -> Result<KeyInfo, ManageError> {
+    let key = manager.get(principal.account_id(), id).await?;
+    if key.environment != *principal.environment() {
+        return Err(ManageError::NotFound);
+    }
+    Ok(key)
 }
 
 async fn get_one<S: KeyStore, V: KeyVerifier>(
@@ -505,7 +554,7 @@ async fn get_one<S: KeyStore, V: KeyVerifier>(
     Path(id): Path<String>,
 ) -> Result<axum::Json<KeyInfo>, ManageError> {
     Ok(axum::Json(
-        manager.get(principal.account_id(), &KeyId::new(id)).await?,
+        owned(&manager, &principal, &KeyId::new(id)).await?,
     ))
 }
 
@@ -517,10 +566,10 @@ async fn rename<S: KeyStore, V: KeyVerifier>(
 ) -> Result<axum::Json<KeyInfo>, ManageError> {
     let fields = parse_body(&body)?;
     let name = name_field(&fields)?;
+    let id = KeyId::new(id);
+    owned(&manager, &principal, &id).await?;
     Ok(axum::Json(
-        manager
-            .rename(principal.account_id(), &KeyId::new(id), name)
-            .await?,
+        manager.rename(principal.account_id(), &id, name).await?,
     ))
 }
 
@@ -529,9 +578,9 @@ async fn revoke<S: KeyStore, V: KeyVerifier>(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ManageError> {
-    manager
-        .revoke(principal.account_id(), &KeyId::new(id))
-        .await?;
+    let id = KeyId::new(id);
+    owned(&manager, &principal, &id).await?;
+    manager.revoke(principal.account_id(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -88,7 +88,7 @@ impl UsageRecorder {
         let second = now.unix_timestamp();
         let stamp = &record.last_seen.0;
         if stamp.load(Ordering::Relaxed) >= second
-            || stamp.swap(second, Ordering::Relaxed) >= second
+            || stamp.fetch_max(second, Ordering::Relaxed) >= second
         {
             return;
         }

@@ -380,3 +380,89 @@ async fn a_thousand_requests_make_a_handful_of_usage_writes() {
         .clone();
     assert!(reader_key["last_used_at"].is_string(), "{reader_key}");
 }
+
+#[tokio::test]
+async fn a_key_never_creates_more_than_it_has_nor_sees_other_environments() {
+    use tower_api_keys::store::NewKey;
+    let server = server("bounds", 50).await;
+    let format = KeyFormat::new("sk");
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let locked = server
+        .store
+        .create(
+            &format,
+            NewKey::new("acct_1", "locked", Environment::LIVE)
+                .scopes([Scope::Admin])
+                .project("proj_a")
+                .expires_at(soon),
+        )
+        .await
+        .unwrap();
+    let locked = Client::new(server.addr, locked.key.expose_secret());
+    let other_project = locked
+        .send(
+            "POST",
+            "/v1/account/api-keys",
+            r#"{"name": "x", "project_id": "proj_b"}"#,
+        )
+        .await;
+    assert_eq!(
+        (other_project.status, other_project.code()),
+        (422, "invalid_project".into())
+    );
+    let later = locked
+        .send(
+            "POST",
+            "/v1/account/api-keys",
+            r#"{"name": "x", "expires_at": "2099-01-01T00:00:00Z"}"#,
+        )
+        .await;
+    assert_eq!((later.status, later.code()), (422, "invalid_expiry".into()));
+    let inherited = locked
+        .send("POST", "/v1/account/api-keys", r#"{"name": "child"}"#)
+        .await;
+    assert_eq!(inherited.status, 201, "{}", inherited.body);
+    assert_eq!(inherited.json()["project_id"], "proj_a");
+    assert!(inherited.json()["expires_at"].is_string());
+
+    // A test-environment admin key of the same account sees no live key.
+    let test_admin = server
+        .store
+        .create(
+            &format,
+            NewKey::new("acct_1", "test admin", Environment::TEST).scopes([Scope::Admin]),
+        )
+        .await
+        .unwrap();
+    let test_admin = Client::new(server.addr, test_admin.key.expose_secret());
+    let listed = test_admin
+        .send("GET", "/v1/account/api-keys", "")
+        .await
+        .json();
+    let names: Vec<_> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].clone())
+        .collect();
+    assert_eq!(names, vec![serde_json::json!("test admin")]);
+    let live_id = Client::new(server.addr, &server.admin)
+        .send("GET", "/v1/account/api-keys", "")
+        .await
+        .json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = test_admin
+        .send("DELETE", &format!("/v1/account/api-keys/{live_id}"), "")
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (404, "api_key_not_found".into())
+    );
+    let created = test_admin
+        .send("POST", "/v1/account/api-keys", r#"{"name": "t"}"#)
+        .await
+        .json();
+    assert!(created["key"].as_str().unwrap().starts_with("sk_test_"));
+}

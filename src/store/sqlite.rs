@@ -95,12 +95,17 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            // Every connection to `:memory:` would be a database of its own.
-            .max_connections(if in_memory { 1 } else { 4 })
-            .connect_with(options)
-            .await
-            .map_err(backend)?;
+        let mut pool = SqlitePoolOptions::new().max_connections(4);
+        if in_memory {
+            // Every connection to `:memory:` is a database of its own, gone when closed:
+            // keep exactly one, forever.
+            pool = pool
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool.connect_with(options).await.map_err(backend)?;
         Ok(Self::from_pool(pool))
     }
 
