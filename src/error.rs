@@ -57,6 +57,22 @@ pub enum AuthError {
     /// 401 `environment_mismatch`.
     #[error("the API key belongs to another environment")]
     EnvironmentMismatch,
+    /// The account is past due beyond its grace period. 402 `payment_required`.
+    #[error("the account is past due")]
+    PaymentRequired,
+    /// The key is locked to another project than the one the request addresses. 403
+    /// `project_forbidden`.
+    #[error("the API key is locked to another project")]
+    ProjectForbidden,
+    /// The client's address is outside the key's ranges. 403 `ip_not_allowed`.
+    #[error("the client address is not allowed for this API key")]
+    IpNotAllowed,
+    /// The request's origin is not one of the key's. 403 `referrer_not_allowed`.
+    #[error("the request origin is not allowed for this API key")]
+    ReferrerNotAllowed,
+    /// The endpoint is not one of the key's. 403 `endpoint_not_allowed`.
+    #[error("the endpoint is not allowed for this API key")]
+    EndpointNotAllowed,
     /// The key lacks the scope a route requires. 403 `insufficient_scope`.
     #[error("the API key lacks the {required} scope")]
     InsufficientScope {
@@ -95,7 +111,12 @@ impl AuthError {
             | AuthError::Revoked
             | AuthError::Expired
             | AuthError::EnvironmentMismatch => StatusCode::UNAUTHORIZED,
-            AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            AuthError::PaymentRequired => StatusCode::PAYMENT_REQUIRED,
+            AuthError::ProjectForbidden
+            | AuthError::IpNotAllowed
+            | AuthError::ReferrerNotAllowed
+            | AuthError::EndpointNotAllowed
+            | AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -110,6 +131,11 @@ impl AuthError {
             AuthError::Revoked => "api_key_revoked",
             AuthError::Expired => "api_key_expired",
             AuthError::EnvironmentMismatch => "environment_mismatch",
+            AuthError::PaymentRequired => "payment_required",
+            AuthError::ProjectForbidden => "project_forbidden",
+            AuthError::IpNotAllowed => "ip_not_allowed",
+            AuthError::ReferrerNotAllowed => "referrer_not_allowed",
+            AuthError::EndpointNotAllowed => "endpoint_not_allowed",
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::Unavailable => "auth_unavailable",
         }
@@ -137,6 +163,13 @@ impl AuthError {
             AuthError::EnvironmentMismatch => {
                 "The API key belongs to another environment than this endpoint."
             }
+            AuthError::PaymentRequired => {
+                "The account is past due. Update the payment method to restore access."
+            }
+            AuthError::ProjectForbidden => "The API key is locked to another project.",
+            AuthError::IpNotAllowed => "The API key may not be used from this address.",
+            AuthError::ReferrerNotAllowed => "The API key may not be used from this origin.",
+            AuthError::EndpointNotAllowed => "The API key may not call this endpoint.",
             AuthError::InsufficientScope { .. } => {
                 "The API key does not have the scope this request requires."
             }
@@ -155,7 +188,12 @@ impl AuthError {
             | AuthError::Expired
             | AuthError::EnvironmentMismatch => Some("invalid_token"),
             AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
-            AuthError::Unavailable => return None,
+            AuthError::PaymentRequired
+            | AuthError::ProjectForbidden
+            | AuthError::IpNotAllowed
+            | AuthError::ReferrerNotAllowed
+            | AuthError::EndpointNotAllowed
+            | AuthError::Unavailable => return None,
         };
         let mut value = format!("Bearer realm=\"{realm}\"");
         if let Some(error) = error {

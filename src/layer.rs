@@ -44,10 +44,10 @@ use tracing::field::Empty;
 
 use crate::bearer::bearer_token;
 use crate::cache::{CachedVerifier, Lookup};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::error::{AuthError, ErrorFormat, ErrorResponder, RenderedByDefault};
 use crate::key::{Environment, KeyFormat, KeyHash};
-use crate::policy::check_key;
+use crate::policy::{Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, Principal};
 use crate::usage::UsageRecorder;
 use crate::verify::KeyVerifier;
@@ -56,9 +56,8 @@ use crate::verify::KeyVerifier;
 struct Shared<V> {
     format: KeyFormat,
     cache: CachedVerifier<V>,
-    environment: Option<Environment>,
+    policy: Policy,
     optional: bool,
-    clock: Arc<dyn Clock>,
     responder: Arc<ErrorResponder>,
     /// Whether `responder` differs from the defaults that extractors render with.
     custom_responses: bool,
@@ -70,9 +69,8 @@ impl<V> Clone for Shared<V> {
         Shared {
             format: self.format.clone(),
             cache: self.cache.clone(),
-            environment: self.environment.clone(),
+            policy: self.policy.clone(),
             optional: self.optional,
-            clock: Arc::clone(&self.clock),
             responder: Arc::clone(&self.responder),
             custom_responses: self.custom_responses,
             usage: self.usage.clone(),
@@ -82,13 +80,13 @@ impl<V> Clone for Shared<V> {
 
 impl<V: KeyVerifier> Shared<V> {
     /// Lookup → policy → principal.
-    fn decide(&self, found: Lookup) -> Result<Principal, AuthError> {
+    fn decide(&self, found: Lookup, request: &RequestView<'_>) -> Result<Principal, AuthError> {
         match found {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
-                check_key(&record, self.environment.as_ref(), &*self.clock)?;
+                self.policy.check(&record, request)?;
                 if let Some(usage) = &self.usage {
-                    usage.record(&record, self.clock.now());
+                    usage.record(&record, self.policy.now());
                 }
                 Ok(Principal::new(record))
             }
@@ -123,7 +121,7 @@ impl<V> fmt::Debug for ApiKeyLayer<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeyLayer")
             .field("format", &self.shared.format)
-            .field("environment", &self.shared.environment)
+            .field("policy", &self.shared.policy)
             .field("optional", &self.shared.optional)
             .field("responder", &self.shared.responder)
             .finish_non_exhaustive()
@@ -140,9 +138,8 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
             shared: Arc::new(Shared {
                 format,
                 cache,
-                environment: None,
+                policy: Policy::new(),
                 optional: false,
-                clock: Arc::new(SystemClock),
                 responder: Arc::new(ErrorResponder::default()),
                 custom_responses: false,
                 usage: None,
@@ -166,7 +163,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     /// `environment_mismatch`. By default every environment is accepted.
     #[must_use]
     pub fn environment(self, environment: Environment) -> Self {
-        self.with_shared(|shared| shared.environment = Some(environment))
+        self.with_shared(|shared| shared.policy = shared.policy.clone().environment(environment))
     }
 
     /// Lets requests without a key through with no [`Principal`] (handlers take
@@ -200,11 +197,25 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
         self.with_responder(|responder| responder.set_format(format))
     }
 
-    /// The clock for expiry checks (default: the system clock).
+    /// The clock for expiry and grace periods (default: the system clock).
     #[must_use]
     pub fn clock(self, clock: impl Clock) -> Self {
-        let clock: Arc<dyn Clock> = Arc::new(clock);
-        self.with_shared(|shared| shared.clock = clock)
+        self.with_shared(|shared| shared.policy = shared.policy.clone().clock(clock))
+    }
+
+    /// Where requests name their project: keys locked to another project get 403
+    /// `project_forbidden`. For example `ProjectFromPath::after("projects")`.
+    #[must_use]
+    pub fn projects(self, resolver: impl ProjectResolver) -> Self {
+        self.with_shared(|shared| shared.policy = shared.policy.clone().projects(resolver))
+    }
+
+    /// Proxies (CIDR ranges) whose `X-Forwarded-For` entries are believed when
+    /// checking keys' IP restrictions. By default none: the peer address counts.
+    #[must_use]
+    pub fn trusted_proxies(self, ranges: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        let ranges: Vec<_> = ranges.into_iter().collect();
+        self.with_shared(|shared| shared.policy = shared.policy.clone().trusted_proxies(ranges))
     }
 
     /// Notes each accepted key's use in `recorder`, to be flushed to the store in
@@ -302,7 +313,7 @@ where
         };
 
         match shared.cache.get_cached(&hash) {
-            Some(found) => match shared.decide(found) {
+            Some(found) => match shared.decide(found, &RequestView::of(&request)) {
                 Ok(principal) => {
                     record_accepted(&span, &principal);
                     request.extensions_mut().insert(principal);
@@ -362,14 +373,16 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
     ) -> ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+        ReqBody: Send + 'static,
     {
         // The ready service goes into the future; `self` keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        let verification: VerifyFuture = Box::pin(async move {
+        let verification: VerifyFuture<ReqBody> = Box::pin(async move {
+            let mut request = request;
             let decision = match shared.cache.load(hash).await {
-                Ok(found) => shared.decide(found),
+                Ok(found) => shared.decide(found, &RequestView::of(&request)),
                 Err(error) => {
                     tracing::error!(parent: &span, %error, "API key verifier failed");
                     Err(AuthError::Unavailable)
@@ -378,8 +391,9 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
             match decision {
                 Ok(principal) => {
                     record_accepted(&span, &principal);
+                    request.extensions_mut().insert(principal);
                     Verified(Outcome::Accepted {
-                        principal,
+                        request,
                         rerender: shared
                             .custom_responses
                             .then(|| Arc::clone(&shared.responder)),
@@ -395,7 +409,6 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         ResponseFuture {
             state: State::Verify {
                 fut: verification,
-                request: Some(request),
                 inner: Some(inner),
             },
         }
@@ -410,19 +423,19 @@ fn record_accepted(span: &tracing::Span, principal: &Principal) {
 
 /// The outcome of a verification that had to go to the verifier (opaque).
 #[derive(Debug)]
-pub struct Verified(Outcome);
+pub struct Verified<B>(Outcome<B>);
 
 #[derive(Debug)]
-enum Outcome {
+enum Outcome<B> {
     Accepted {
-        principal: Principal,
+        request: Request<B>,
         rerender: Option<Arc<ErrorResponder>>,
     },
     Rejected(Response<Bytes>),
 }
 
 /// The boxed future of a cache miss: verifier lookup and policy checks.
-pub type VerifyFuture = Pin<Box<dyn Future<Output = Verified> + Send + 'static>>;
+pub type VerifyFuture<B> = Pin<Box<dyn Future<Output = Verified<B>> + Send + 'static>>;
 
 pin_project! {
     /// The response future of [`ApiKeyAuth`].
@@ -442,8 +455,7 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         Verify {
-            fut: VerifyFuture,
-            request: Option<Request<ReqBody>>,
+            fut: VerifyFuture<ReqBody>,
             inner: Option<S>,
         },
         Inner {
@@ -484,18 +496,9 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Verify {
-                    fut,
-                    request,
-                    inner,
-                } => match ready!(fut.as_mut().poll(cx)) {
-                    Verified(Outcome::Accepted {
-                        principal,
-                        rerender,
-                    }) => {
-                        let mut request = request.take().expect("polled after completion");
+                StateProj::Verify { fut, inner } => match ready!(fut.as_mut().poll(cx)) {
+                    Verified(Outcome::Accepted { request, rerender }) => {
                         let mut inner = inner.take().expect("polled after completion");
-                        request.extensions_mut().insert(principal);
                         let fut = inner.call(request);
                         state.set(State::Inner { fut, rerender });
                     }

@@ -71,6 +71,7 @@
 
 pub mod bearer;
 pub mod cache;
+pub mod client_ip;
 pub mod clock;
 pub mod error;
 #[cfg(feature = "axum")]
@@ -86,6 +87,7 @@ pub mod manage;
 pub mod policy;
 pub mod principal;
 pub mod record;
+pub mod restriction;
 pub mod scope;
 pub mod store;
 pub mod usage;

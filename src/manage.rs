@@ -39,13 +39,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -55,8 +56,11 @@ use crate::guard::ScopeGuardLayer;
 use crate::key::{Environment, KeyFormat, KeyId};
 use crate::principal::Principal;
 use crate::record::AccountStanding;
+use crate::restriction::Restrictions;
 use crate::scope::{Scope, Scopes};
-use crate::store::{CreatedKey, KeyInfo, KeyStore, NewKey, StoreError};
+use crate::store::{
+    CreatedKey, KeyChanges, KeyInfo, KeyStore, NewKey, Replacement, StoreError, StoredKey,
+};
 use crate::verify::KeyVerifier;
 
 /// The longest key name accepted.
@@ -103,6 +107,8 @@ pub struct CreateKey {
     pub project_id: Option<String>,
     /// When it stops working.
     pub expires_at: Option<OffsetDateTime>,
+    /// Where and for what it may be used; `None`: the creator's.
+    pub restrictions: Option<Restrictions>,
 }
 
 impl CreateKey {
@@ -119,6 +125,27 @@ impl CreateKey {
     #[must_use]
     pub fn scopes(mut self, scopes: impl Into<Scopes>) -> Self {
         self.scopes = Some(scopes.into());
+        self
+    }
+
+    /// Locks the key to a project.
+    #[must_use]
+    pub fn project(mut self, project_id: impl Into<String>) -> Self {
+        self.project_id = Some(project_id.into());
+        self
+    }
+
+    /// Sets an expiry.
+    #[must_use]
+    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets restrictions.
+    #[must_use]
+    pub fn restrictions(mut self, restrictions: Restrictions) -> Self {
+        self.restrictions = Some(restrictions);
         self
     }
 }
@@ -321,8 +348,19 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             }
             (asked, own) => asked.or_else(|| own.map(str::to_owned)),
         };
-        let mut new =
-            NewKey::new(creator.account_id(), name, creator.environment().clone()).scopes(scopes);
+        let own = &creator.record().restrictions;
+        let restrictions = match request.restrictions {
+            Some(asked) if !own.is_empty() && asked != *own => {
+                return Err(ManageError::invalid(
+                    "invalid_restrictions",
+                    "a restricted key can only create keys with its own restrictions",
+                ));
+            }
+            asked => asked.unwrap_or_else(|| own.clone()),
+        };
+        let mut new = NewKey::new(creator.account_id(), name, creator.environment().clone())
+            .scopes(scopes)
+            .restrictions(restrictions);
         new.project_id = project_id;
         new.expires_at = expires_at;
         self.insert(new).await
@@ -349,11 +387,12 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         request: CreateKey,
     ) -> Result<CreatedKey, ManageError> {
         let name = check_name(&request.name)?;
-        let mut new =
-            NewKey::new(account_id, name, environment).scopes(request.scopes.unwrap_or_default());
+        let mut new = NewKey::new(account_id, name, environment)
+            .scopes(request.scopes.unwrap_or_default())
+            .restrictions(request.restrictions.unwrap_or_default());
         new.project_id = request.project_id;
         new.expires_at = request.expires_at;
-        Ok(self.inner.store.create(&self.inner.format, new).await?)
+        self.insert(new).await
     }
 
     /// The account's active keys.
@@ -373,11 +412,60 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         id: &KeyId,
         name: &str,
     ) -> Result<KeyInfo, ManageError> {
-        let name = check_name(name)?;
-        let info = self.inner.store.rename(account_id, id, &name).await?;
-        // The principal carries the name: let the next request see the new one.
+        self.update(account_id, id, KeyChanges::name(name)).await
+    }
+
+    /// Changes a key's name and/or restrictions, effective for the next request.
+    pub async fn update(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        mut changes: KeyChanges,
+    ) -> Result<KeyInfo, ManageError> {
+        if let Some(name) = &changes.name {
+            changes.name = Some(check_name(name)?);
+        }
+        let info = self.inner.store.update(account_id, id, &changes).await?;
+        // The cached record carries name and restrictions.
         self.inner.cache.invalidate_key_id(id);
         Ok(info)
+    }
+
+    /// Rotates a key: a new key with the same name, scopes, project, restrictions,
+    /// environment and expiry, while the old one keeps working for `overlap` (zero:
+    /// revoked now), so integrations can move over without downtime. One transaction;
+    /// the old key's slot counts for the new one, so rotation works at the key limit.
+    pub async fn rotate(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        overlap: Duration,
+    ) -> Result<CreatedKey, ManageError> {
+        let old = self.inner.store.get(account_id, id).await?;
+        if old.revoked_at.is_some() {
+            return Err(ManageError::NotFound);
+        }
+        let mut new = NewKey::new(account_id, old.name, old.environment)
+            .scopes(old.scopes)
+            .restrictions(old.restrictions);
+        new.project_id = old.project_id;
+        new.expires_at = old.expires_at;
+        if !self.inner.format.environments().contains(&new.environment) {
+            return Err(ManageError::invalid(
+                "invalid_environment",
+                "keys of this environment are not issued here",
+            ));
+        }
+        let key = self.inner.format.generate(&new.environment);
+        let mut stored = StoredKey::new(&self.inner.format, &key, new);
+        let overlap = time::Duration::try_from(overlap).unwrap_or(time::Duration::MAX);
+        stored.replaces = Some(Replacement::new(
+            id.clone(),
+            OffsetDateTime::now_utc().saturating_add(overlap),
+        ));
+        let info = self.inner.store.insert(stored).await?;
+        self.inner.cache.invalidate_key_id(id);
+        Ok(CreatedKey::new(key, info))
     }
 
     /// Revokes a key (idempotent); the next request with it is refused on this
@@ -417,9 +505,10 @@ pub fn router_with_scope<S: KeyStore, V: KeyVerifier>(
         .route(
             "/api-keys/{id}",
             get(get_one::<S, V>)
-                .patch(rename::<S, V>)
+                .patch(update::<S, V>)
                 .delete(revoke::<S, V>),
-        );
+        )
+        .route("/api-keys/{id}/rotate", post(rotate::<S, V>));
     let routes = match scope {
         Some(scope) => routes.route_layer(ScopeGuardLayer::new(scope)),
         None => routes,
@@ -510,7 +599,20 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, 
         scopes,
         project_id,
         expires_at,
+        restrictions: restrictions_field(fields)?,
     })
+}
+
+fn restrictions_field(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<Restrictions>, ManageError> {
+    match fields.get("restrictions") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Restrictions::none())),
+        Some(value) => serde_json::from_value(value.clone())
+            .map(Some)
+            .map_err(|error| ManageError::invalid("invalid_restrictions", error.to_string())),
+    }
 }
 
 async fn create<S: KeyStore, V: KeyVerifier>(
@@ -558,19 +660,71 @@ async fn get_one<S: KeyStore, V: KeyVerifier>(
     ))
 }
 
-async fn rename<S: KeyStore, V: KeyVerifier>(
+async fn update<S: KeyStore, V: KeyVerifier>(
     State(manager): State<KeyManager<S, V>>,
     principal: Principal,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<KeyInfo>, ManageError> {
     let fields = parse_body(&body)?;
-    let name = name_field(&fields)?;
+    let mut changes = KeyChanges::default();
+    if fields.contains_key("name") {
+        changes.name = Some(name_field(&fields)?.to_owned());
+    }
+    if let Some(restrictions) = restrictions_field(&fields)? {
+        let own = &principal.record().restrictions;
+        if !own.is_empty() {
+            return Err(ManageError::invalid(
+                "invalid_restrictions",
+                "a restricted key cannot change restrictions",
+            ));
+        }
+        changes = changes.restrictions(restrictions);
+    }
+    if changes.is_empty() {
+        return Err(ManageError::invalid(
+            "invalid_body",
+            "give a new name and/or restrictions",
+        ));
+    }
     let id = KeyId::new(id);
     owned(&manager, &principal, &id).await?;
     Ok(axum::Json(
-        manager.rename(principal.account_id(), &id, name).await?,
+        manager.update(principal.account_id(), &id, changes).await?,
     ))
+}
+
+async fn rotate<S: KeyStore, V: KeyVerifier>(
+    State(manager): State<KeyManager<S, V>>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<Value>), ManageError> {
+    let overlap = if body.is_empty() {
+        0
+    } else {
+        match parse_body(&body)?.get("overlap_seconds") {
+            None | Some(Value::Null) => 0,
+            Some(value) => value
+                .as_u64()
+                .filter(|s| *s <= 90 * 24 * 3600)
+                .ok_or_else(|| {
+                    ManageError::invalid(
+                        "invalid_overlap",
+                        "overlap_seconds must be a whole number of seconds, at most 90 days",
+                    )
+                })?,
+        }
+    };
+    let id = KeyId::new(id);
+    owned(&manager, &principal, &id).await?;
+    let created = manager
+        .rotate(principal.account_id(), &id, Duration::from_secs(overlap))
+        .await?;
+    let mut body = serde_json::to_value(&created.info).expect("KeyInfo serializes");
+    body["key"] = Value::String(created.key.expose_secret().to_owned());
+    body["rotated_from"] = Value::String(id.to_string());
+    Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
 async fn revoke<S: KeyStore, V: KeyVerifier>(

@@ -1,93 +1,458 @@
-//! The request-time rules for a known key, as plain functions.
+//! The request-time rules for a known key, as plain functions, and [`Policy`], which
+//! applies them in a fixed order.
 //!
-//! Applied by the layer after the lookup, in this order; the first rule that fails
-//! decides the answer:
+//! The whole order, the first failing rule deciding the answer:
 //!
-//! 1. revoked → 401 `api_key_revoked`
-//! 2. expired → 401 `api_key_expired`
-//! 3. environment (when the deployment declares one) → 401 `environment_mismatch`
+//! | # | rule | answer |
+//! |---|---|---|
+//! | 1 | format and checksum ([`KeyFormat::parse`](crate::key::KeyFormat::parse)) | 401 `invalid_api_key` |
+//! | 2 | lookup (unknown key) | 401 `invalid_api_key` |
+//! | 3 | [`check_revoked`] | 401 `api_key_revoked` |
+//! | 4 | [`check_expiry`] | 401 `api_key_expired` |
+//! | 5 | [`check_environment`] | 401 `environment_mismatch` |
+//! | 6 | [`check_standing`] (past due beyond the grace period) | 402 `payment_required` |
+//! | 7 | [`check_project`] | 403 `project_forbidden` |
+//! | 8 | [`check_ip`], [`check_referrer`], [`check_endpoint`] | 403 `ip_not_allowed`, `referrer_not_allowed`, `endpoint_not_allowed` |
+//! | 9 | scope, per route ([`RequireScope`](crate::RequireScope), [`ScopeGuardLayer`](crate::guard::ScopeGuardLayer)) | 403 `insufficient_scope` |
 //!
-//! Scope checks are not here: they belong to each route, in the
-//! [`RequireScope`](crate::RequireScope) extractor or the
-//! [`ScopeGuardLayer`](crate::guard::ScopeGuardLayer).
+//! Rules 1–8 run in the layer; rule 9 belongs to each route.
 //!
 //! ```
-//! use tower_api_keys::{AuthError, KeyRecord, clock::SystemClock, key::{Environment, KeyId}};
-//! use tower_api_keys::policy::check_key;
+//! use tower_api_keys::{AuthError, KeyRecord, key::{Environment, KeyId}};
+//! use tower_api_keys::policy::{Policy, RequestView};
 //!
+//! let policy = Policy::new().environment(Environment::LIVE);
 //! let record = KeyRecord::new(KeyId::new("ak_1"), "k", "acct", Environment::TEST);
-//! assert_eq!(check_key(&record, Some(&Environment::TEST), &SystemClock), Ok(()));
-//! assert_eq!(
-//!     check_key(&record, Some(&Environment::LIVE), &SystemClock),
-//!     Err(AuthError::EnvironmentMismatch)
-//! );
+//! let request = http::Request::new(());
+//! assert_eq!(policy.check(&record, &RequestView::of(&request)), Err(AuthError::EnvironmentMismatch));
 //! ```
 
-use crate::clock::Clock;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap, Method, Request, Uri};
+use ipnet::IpNet;
+use time::OffsetDateTime;
+
+use crate::client_ip::client_ip;
+use crate::clock::{Clock, SystemClock};
 use crate::error::AuthError;
 use crate::key::Environment;
-use crate::record::KeyRecord;
+use crate::record::{AccountStanding, KeyRecord};
 
-/// Checks a known key against the request-time rules, in the documented order.
+/// What the rules may read of a request: borrowed, never copied.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'r> {
+    /// The method.
+    pub method: &'r Method,
+    /// The URI.
+    pub uri: &'r Uri,
+    /// The headers.
+    pub headers: &'r HeaderMap,
+    /// The extensions (where the server put the peer address).
+    pub extensions: &'r Extensions,
+}
+
+impl<'r> RequestView<'r> {
+    /// A view of `request`.
+    #[must_use]
+    pub fn of<B>(request: &'r Request<B>) -> Self {
+        RequestView {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }
+    }
+}
+
+/// Tells the layer which project a request addresses, so keys locked to another
+/// project get 403 `project_forbidden`. `None`: the route names no project.
 ///
-/// `deployment` is the environment this deployment serves (`None`: any). The clock is
-/// read only when the key has an expiry.
-pub fn check_key(
+/// [`ProjectFromPath`] covers `/…/projects/{project_id}/…`; implement the trait for
+/// anything else (a header, a subdomain).
+pub trait ProjectResolver: Send + Sync + 'static {
+    /// The project the request addresses, if any.
+    fn project_id<'r>(&self, request: &RequestView<'r>) -> Option<&'r str>;
+}
+
+/// The path segment after a fixed one: `ProjectFromPath::after("projects")` reads
+/// `proj_1` from `/v1/projects/proj_1/jobs`.
+///
+/// The layer sees the path as the router it wraps sees it: put the layer on the
+/// outermost router (or match on the path inside a `nest`).
+#[derive(Debug, Clone)]
+pub struct ProjectFromPath {
+    after: Box<str>,
+}
+
+impl ProjectFromPath {
+    /// The segment following `segment`.
+    #[must_use]
+    pub fn after(segment: &str) -> Self {
+        ProjectFromPath {
+            after: segment.into(),
+        }
+    }
+}
+
+impl ProjectResolver for ProjectFromPath {
+    fn project_id<'r>(&self, request: &RequestView<'r>) -> Option<&'r str> {
+        let mut segments = request.uri.path().split('/');
+        segments.find(|segment| **segment == *self.after)?;
+        segments.next().filter(|id| !id.is_empty())
+    }
+}
+
+/// Rule 3: a revoked key is refused.
+pub fn check_revoked(record: &KeyRecord) -> Result<(), AuthError> {
+    if record.is_revoked() {
+        Err(AuthError::Revoked)
+    } else {
+        Ok(())
+    }
+}
+
+/// Rule 4: a key is refused from its `expires_at` on.
+pub fn check_expiry(record: &KeyRecord, now: OffsetDateTime) -> Result<(), AuthError> {
+    if record.is_expired_at(now) {
+        Err(AuthError::Expired)
+    } else {
+        Ok(())
+    }
+}
+
+/// Rule 5: a deployment serving one environment refuses keys of another.
+pub fn check_environment(
     record: &KeyRecord,
     deployment: Option<&Environment>,
-    clock: &dyn Clock,
 ) -> Result<(), AuthError> {
-    if record.is_revoked() {
-        return Err(AuthError::Revoked);
+    match deployment {
+        Some(env) if *env != record.environment => Err(AuthError::EnvironmentMismatch),
+        _ => Ok(()),
     }
-    if record.expires_at.is_some() && record.is_expired_at(clock.now()) {
-        return Err(AuthError::Expired);
+}
+
+/// Rule 6: an account past due keeps full access through its grace period (up to and
+/// including `past_due_since + grace_days`), then gets 402.
+pub fn check_standing(standing: &AccountStanding, now: OffsetDateTime) -> Result<(), AuthError> {
+    match standing.past_due_since {
+        Some(since) if now > since + time::Duration::days(i64::from(standing.grace_days)) => {
+            Err(AuthError::PaymentRequired)
+        }
+        _ => Ok(()),
     }
-    if deployment.is_some_and(|env| *env != record.environment) {
-        return Err(AuthError::EnvironmentMismatch);
+}
+
+/// Rule 7: a key locked to a project is refused on another project's routes. A key
+/// without a project, or a route naming none, passes.
+pub fn check_project(record: &KeyRecord, requested: Option<&str>) -> Result<(), AuthError> {
+    match (record.project_id.as_deref(), requested) {
+        (Some(own), Some(requested)) if own != requested => Err(AuthError::ProjectForbidden),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Rule 8a: the client's address must be in the key's ranges, if it has any.
+pub fn check_ip(record: &KeyRecord, client: Option<IpAddr>) -> Result<(), AuthError> {
+    if record.restrictions.allows_ip(client) {
+        Ok(())
+    } else {
+        Err(AuthError::IpNotAllowed)
+    }
+}
+
+/// Rule 8b: the request's origin must be one of the key's, if it has any.
+pub fn check_referrer(record: &KeyRecord, headers: &HeaderMap) -> Result<(), AuthError> {
+    if record.restrictions.allows_referrer(headers) {
+        Ok(())
+    } else {
+        Err(AuthError::ReferrerNotAllowed)
+    }
+}
+
+/// Rule 8c: the endpoint must be one of the key's, if it has any.
+pub fn check_endpoint(record: &KeyRecord, method: &Method, path: &str) -> Result<(), AuthError> {
+    if record.restrictions.allows_endpoint(method, path) {
+        Ok(())
+    } else {
+        Err(AuthError::EndpointNotAllowed)
+    }
+}
+
+/// The layer's rules and what they need: the deployment's environment, the clock, the
+/// project resolver, the trusted proxies. Cheap to clone.
+#[derive(Clone)]
+pub struct Policy {
+    environment: Option<Environment>,
+    clock: Arc<dyn Clock>,
+    project: Option<Arc<dyn ProjectResolver>>,
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("environment", &self.environment)
+            .field("projects", &self.project.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy {
+    /// Every environment, the system clock, no project routes, no trusted proxy.
+    #[must_use]
+    pub fn new() -> Self {
+        Policy {
+            environment: None,
+            clock: Arc::new(SystemClock),
+            project: None,
+            trusted_proxies: Arc::new([]),
+        }
+    }
+
+    /// The environment this deployment serves.
+    #[must_use]
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
+        self
+    }
+
+    /// The clock for expiry and grace periods.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Where requests name their project.
+    #[must_use]
+    pub fn projects(mut self, resolver: impl ProjectResolver) -> Self {
+        self.project = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Proxies whose `X-Forwarded-For` entries are believed.
+    #[must_use]
+    pub fn trusted_proxies(mut self, ranges: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted_proxies = ranges.into_iter().collect();
+        self
+    }
+
+    /// The current time by this policy's clock.
+    #[must_use]
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Applies rules 3–8 in order. The clock is read only for keys with an expiry or
+    /// accounts past due; restrictions are looked at only when the key has some.
+    pub fn check(&self, record: &KeyRecord, request: &RequestView<'_>) -> Result<(), AuthError> {
+        check_revoked(record)?;
+        let needs_time = record.expires_at.is_some() || record.standing.past_due_since.is_some();
+        let now = needs_time.then(|| self.clock.now());
+        if let Some(now) = now {
+            check_expiry(record, now)?;
+        }
+        check_environment(record, self.environment.as_ref())?;
+        if let Some(now) = now {
+            check_standing(&record.standing, now)?;
+        }
+        if let Some(resolver) = &self.project {
+            check_project(record, resolver.project_id(request))?;
+        }
+        if !record.restrictions.is_empty() {
+            let client = if record.restrictions.allowed_ips.is_empty() {
+                None
+            } else {
+                client_ip(request.extensions, request.headers, &self.trusted_proxies)
+            };
+            check_ip(record, client)?;
+            check_referrer(record, request.headers)?;
+            check_endpoint(record, request.method, request.uri.path())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_ip::PeerAddr;
     use crate::clock::ManualClock;
     use crate::key::KeyId;
+    use crate::restriction::Restrictions;
     use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-06-01 0:00 UTC);
+
+    fn key(env: Environment) -> KeyRecord {
+        KeyRecord::new(KeyId::new("ak_1"), "k", "a", env)
+    }
+
+    fn get(path: &str) -> Request<()> {
+        let mut request = Request::get(path).body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("198.51.100.1:4000".parse().unwrap()));
+        request
+    }
+
+    fn policy() -> Policy {
+        Policy::new()
+            .environment(Environment::LIVE)
+            .clock(ManualClock::new(NOW))
+            .projects(ProjectFromPath::after("projects"))
+    }
 
     #[test]
     fn the_first_failing_rule_decides() {
-        let clock = ManualClock::new(datetime!(2026-06-01 0:00 UTC));
-        let base = KeyRecord::new(KeyId::new("ak_1"), "k", "a", Environment::TEST);
-        let live = Some(&Environment::LIVE);
-
-        // Revoked, expired and of the wrong environment: revoked wins.
-        let all_wrong = base
-            .clone()
-            .with_revoked_at(Some(datetime!(2026-05-01 0:00 UTC)))
-            .with_expires_at(Some(datetime!(2026-05-01 0:00 UTC)));
-        assert_eq!(check_key(&all_wrong, live, &clock), Err(AuthError::Revoked));
-
-        let expired = base
-            .clone()
-            .with_expires_at(Some(datetime!(2026-06-01 0:00 UTC)));
-        assert_eq!(check_key(&expired, live, &clock), Err(AuthError::Expired));
-
-        assert_eq!(
-            check_key(&base, live, &clock),
-            Err(AuthError::EnvironmentMismatch)
-        );
-        assert_eq!(check_key(&base, None, &clock), Ok(()));
+        let policy = policy();
+        let request = get("/v1/projects/proj_b/jobs");
+        let view = RequestView::of(&request);
+        let past = Some(datetime!(2026-05-01 0:00 UTC));
+        // Wrong in every way: each fix uncovers the next rule, in the documented order.
+        let mut record = key(Environment::TEST)
+            .with_revoked_at(past)
+            .with_expires_at(past)
+            .with_standing(AccountStanding::past_due(datetime!(2026-01-01 0:00 UTC)))
+            .with_project("proj_a");
+        record.restrictions = Restrictions::none()
+            .ips(["203.0.113.0/24".parse().unwrap()])
+            .referrers(["https://app.example.com".parse().unwrap()])
+            .endpoints(["GET /v1/other".parse().unwrap()]);
+        let expected = [
+            AuthError::Revoked,
+            AuthError::Expired,
+            AuthError::EnvironmentMismatch,
+            AuthError::PaymentRequired,
+            AuthError::ProjectForbidden,
+            AuthError::IpNotAllowed,
+            AuthError::ReferrerNotAllowed,
+            AuthError::EndpointNotAllowed,
+        ];
+        for (step, error) in expected.into_iter().enumerate() {
+            assert_eq!(policy.check(&record, &view), Err(error), "step {step}");
+            match step {
+                0 => record.revoked_at = None,
+                1 => record.expires_at = None,
+                2 => record.environment = Environment::LIVE,
+                3 => record.standing = AccountStanding::good(),
+                4 => record.project_id = Some("proj_b".into()),
+                5 => record.restrictions.allowed_ips.clear(),
+                6 => record.restrictions.allowed_referrers.clear(),
+                _ => record.restrictions.allowed_endpoints.clear(),
+            }
+        }
+        assert_eq!(policy.check(&record, &view), Ok(()));
     }
 
     #[test]
     fn expiry_is_exclusive_of_the_last_second() {
-        let clock = ManualClock::new(datetime!(2026-06-01 0:00 UTC));
-        let key = KeyRecord::new(KeyId::new("ak_1"), "k", "a", Environment::LIVE)
-            .with_expires_at(Some(datetime!(2026-06-01 0:00:01 UTC)));
-        assert_eq!(check_key(&key, None, &clock), Ok(()));
-        clock.advance(time::Duration::seconds(1));
-        assert_eq!(check_key(&key, None, &clock), Err(AuthError::Expired));
+        let key = key(Environment::LIVE).with_expires_at(Some(NOW + time::Duration::seconds(1)));
+        assert_eq!(check_expiry(&key, NOW), Ok(()));
+        assert_eq!(
+            check_expiry(&key, NOW + time::Duration::seconds(1)),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn the_grace_period_boundaries() {
+        let failed = datetime!(2026-05-01 12:00 UTC);
+        let standing = AccountStanding::past_due(failed);
+        let week = time::Duration::days(7);
+        let second = time::Duration::seconds(1);
+        assert_eq!(check_standing(&standing, failed), Ok(()));
+        assert_eq!(check_standing(&standing, failed + week - second), Ok(()));
+        assert_eq!(
+            check_standing(&standing, failed + week + second),
+            Err(AuthError::PaymentRequired)
+        );
+        let short = standing.with_grace_days(0);
+        assert_eq!(
+            check_standing(&short, failed + second),
+            Err(AuthError::PaymentRequired)
+        );
+        assert_eq!(
+            check_standing(&AccountStanding::good(), failed + week * 100),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn project_locks() {
+        let locked = key(Environment::LIVE).with_project("proj_a");
+        let free = key(Environment::LIVE);
+        assert_eq!(check_project(&locked, Some("proj_a")), Ok(()));
+        assert_eq!(
+            check_project(&locked, Some("proj_b")),
+            Err(AuthError::ProjectForbidden)
+        );
+        assert_eq!(check_project(&locked, None), Ok(()), "account routes");
+        assert_eq!(check_project(&free, Some("proj_b")), Ok(()));
+
+        let resolver = ProjectFromPath::after("projects");
+        let request = get("/v1/projects/proj_9/runs/1");
+        assert_eq!(
+            resolver.project_id(&RequestView::of(&request)),
+            Some("proj_9")
+        );
+        for path in ["/v1/projects", "/v1/projects/", "/v1/items/projects_x"] {
+            let request = get(path);
+            assert_eq!(
+                resolver.project_id(&RequestView::of(&request)),
+                None,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forged_forwarded_for_from_an_untrusted_peer_does_not_pass_an_ip_allowlist() {
+        let mut record = key(Environment::LIVE);
+        record.restrictions = Restrictions::none().ips(["203.0.113.0/24".parse().unwrap()]);
+        let mut request = get("/v1/x");
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", "203.0.113.10".parse().unwrap());
+        let trusting = policy().trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            trusting.check(&record, &RequestView::of(&request)),
+            Err(AuthError::IpNotAllowed)
+        );
+        // From a trusted proxy, the same header is believed.
+        request
+            .extensions_mut()
+            .insert(PeerAddr("10.0.0.1:4000".parse().unwrap()));
+        assert_eq!(trusting.check(&record, &RequestView::of(&request)), Ok(()));
+        // Without trusted proxies, never.
+        assert_eq!(
+            policy().check(&record, &RequestView::of(&request)),
+            Err(AuthError::IpNotAllowed)
+        );
+    }
+
+    #[test]
+    fn ipv6_ranges() {
+        let mut record = key(Environment::LIVE);
+        record.restrictions = Restrictions::none().ips(["2001:db8:abcd::/48".parse().unwrap()]);
+        assert_eq!(
+            check_ip(&record, Some("2001:db8:abcd:12::1".parse().unwrap())),
+            Ok(())
+        );
+        assert_eq!(
+            check_ip(&record, Some("2001:db8:abce::1".parse().unwrap())),
+            Err(AuthError::IpNotAllowed)
+        );
+        assert_eq!(check_ip(&record, None), Err(AuthError::IpNotAllowed));
     }
 }

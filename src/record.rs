@@ -3,6 +3,7 @@
 use time::OffsetDateTime;
 
 use crate::key::{Environment, KeyId};
+use crate::restriction::Restrictions;
 use crate::scope::Scopes;
 
 /// Everything the layer needs to decide on a request made with one key: who it belongs
@@ -42,6 +43,8 @@ pub struct KeyRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// The owning account's billing standing.
     pub standing: AccountStanding,
+    /// Where and for what the key may be used.
+    pub restrictions: Restrictions,
     /// When the usage recorder last noted this key (unix seconds); runtime state, not
     /// data: ignored by `==`, reset by `clone`.
     pub(crate) last_seen: crate::usage::UsageStamp,
@@ -111,6 +114,7 @@ impl KeyRecord {
             expires_at: None,
             revoked_at: None,
             standing: AccountStanding::default(),
+            restrictions: Restrictions::none(),
             last_seen: crate::usage::UsageStamp::default(),
         }
     }
@@ -154,6 +158,13 @@ impl KeyRecord {
     #[must_use]
     pub fn with_standing(mut self, standing: AccountStanding) -> Self {
         self.standing = standing;
+        self
+    }
+
+    /// Sets the restrictions.
+    #[must_use]
+    pub fn with_restrictions(mut self, restrictions: Restrictions) -> Self {
+        self.restrictions = restrictions;
         self
     }
 

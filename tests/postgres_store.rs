@@ -28,6 +28,14 @@ async fn postgres_keeps_the_store_contract() {
     support::store_contract::basics(store).await;
 }
 
+#[tokio::test]
+async fn postgres_rotates_atomically() {
+    let Some((store, _)) = store("replacement").await else {
+        return;
+    };
+    support::store_contract::replacement(store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_holds_the_limit_under_a_race() {
     let Some((store, _)) = store("race").await else {

@@ -82,3 +82,14 @@ async fn only_the_hash_is_stored() {
         );
     }
 }
+
+#[tokio::test]
+async fn sqlite_rotates_atomically() {
+    let db = TempDb::new("replacement");
+    support::store_contract::replacement(open(&db).await).await;
+}
+
+#[tokio::test]
+async fn memory_rotates_atomically() {
+    support::store_contract::replacement(MemoryStore::new()).await;
+}

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
+use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
 use crate::verify::{KeyVerifier, VerifyError};
@@ -77,16 +77,40 @@ impl fmt::Debug for MemoryStore {
 impl KeyStore for MemoryStore {
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
         let mut keys = self.keys();
+        let replaced = key.replaces.as_ref().map(|r| &r.id);
+        let replaceable = |keys: &Keys, id: &KeyId| {
+            keys.by_id
+                .get(id)
+                .is_some_and(|old| old.account_id == key.key.account_id && old.revoked_at.is_none())
+        };
+        if replaced.is_some_and(|id| !replaceable(&keys, id)) {
+            return Err(StoreError::NotFound);
+        }
         let active = keys
             .by_id
             .values()
-            .filter(|info| info.account_id == key.key.account_id && info.revoked_at.is_none())
+            .filter(|info| {
+                info.account_id == key.key.account_id
+                    && info.revoked_at.is_none()
+                    && Some(&info.id) != replaced
+            })
             .count();
         if active >= self.limit {
             return Err(StoreError::LimitReached { limit: self.limit });
         }
         if keys.by_hash.contains_key(key.hash.as_bytes()) || keys.by_id.contains_key(&key.id) {
             return Err(StoreError::Backend("duplicate key hash or id".into()));
+        }
+        if let Some(replacement) = &key.replaces {
+            let old = keys.by_id.get_mut(&replacement.id).expect("checked above");
+            if replacement.ends_at <= OffsetDateTime::now_utc() {
+                old.revoked_at = Some(replacement.ends_at);
+            } else {
+                old.expires_at = Some(
+                    old.expires_at
+                        .map_or(replacement.ends_at, |at| at.min(replacement.ends_at)),
+                );
+            }
         }
         let info = key.info();
         keys.by_hash.insert(*key.hash.as_bytes(), key.id.clone());
@@ -110,15 +134,20 @@ impl KeyStore for MemoryStore {
         Self::owned(&mut self.keys(), account_id, id).map(|info| info.clone())
     }
 
-    async fn rename(
+    async fn update(
         &self,
         account_id: &str,
         id: &KeyId,
-        name: &str,
+        changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
         let mut keys = self.keys();
         let info = Self::owned(&mut keys, account_id, id)?;
-        info.name = name.to_owned();
+        if let Some(name) = &changes.name {
+            info.name.clone_from(name);
+        }
+        if let Some(restrictions) = &changes.restrictions {
+            info.restrictions = restrictions.clone();
+        }
         Ok(info.clone())
     }
 

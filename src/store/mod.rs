@@ -41,9 +41,9 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.get(account_id, id).await
             }
-            async fn rename(&self, account_id: &str, id: &KeyId, name: &str) -> Result<KeyInfo, StoreError> {
+            async fn update(&self, account_id: &str, id: &KeyId, changes: &KeyChanges) -> Result<KeyInfo, StoreError> {
                 let $this = self;
-                $target.rename(account_id, id, name).await
+                $target.update(account_id, id, changes).await
             }
             async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
                 let $this = self;
@@ -102,6 +102,7 @@ use time::OffsetDateTime;
 
 use crate::key::{ApiKey, Environment, KeyFormat, KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
+use crate::restriction::Restrictions;
 use crate::scope::Scopes;
 use crate::verify::KeyVerifier;
 
@@ -124,6 +125,8 @@ pub struct NewKey {
     pub project_id: Option<String>,
     /// When the key stops working, if ever.
     pub expires_at: Option<OffsetDateTime>,
+    /// Where and for what the key may be used.
+    pub restrictions: Restrictions,
 }
 
 impl NewKey {
@@ -141,6 +144,7 @@ impl NewKey {
             environment,
             project_id: None,
             expires_at: None,
+            restrictions: Restrictions::none(),
         }
     }
 
@@ -164,6 +168,68 @@ impl NewKey {
         self.expires_at = Some(at);
         self
     }
+
+    /// Sets restrictions.
+    #[must_use]
+    pub fn restrictions(mut self, restrictions: Restrictions) -> Self {
+        self.restrictions = restrictions;
+        self
+    }
+}
+
+/// The key a new key replaces (rotation): it stops working at `ends_at`, in the same
+/// transaction that creates the new key, and does not count against the active-key
+/// limit for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replacement {
+    /// The old key.
+    pub id: KeyId,
+    /// When the old key stops: revoked if this is not in the future, else it expires
+    /// then (or earlier, if it already expired earlier).
+    pub ends_at: OffsetDateTime,
+}
+
+impl Replacement {
+    /// Replaces `id`, ending it at `ends_at`.
+    #[must_use]
+    pub fn new(id: KeyId, ends_at: OffsetDateTime) -> Self {
+        Replacement { id, ends_at }
+    }
+}
+
+/// Changes to a key; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyChanges {
+    /// A new name.
+    pub name: Option<String>,
+    /// New restrictions (replacing the old ones).
+    pub restrictions: Option<Restrictions>,
+}
+
+impl KeyChanges {
+    /// A rename.
+    #[must_use]
+    pub fn name(name: impl Into<String>) -> Self {
+        KeyChanges {
+            name: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// New restrictions.
+    #[must_use]
+    pub fn restrictions(mut self, restrictions: Restrictions) -> Self {
+        self.restrictions = Some(restrictions);
+        self
+    }
+
+    /// Whether nothing changes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.restrictions.is_none()
+    }
 }
 
 /// A new key as the store receives it: the request plus id, hash, hint and prefix. No
@@ -183,6 +249,8 @@ pub struct StoredKey {
     pub created_at: OffsetDateTime,
     /// What was asked for.
     pub key: NewKey,
+    /// The key this one replaces, if it is a rotation.
+    pub replaces: Option<Replacement>,
 }
 
 impl StoredKey {
@@ -196,6 +264,7 @@ impl StoredKey {
             prefix: format.display_prefix(&request.environment),
             created_at: now_in_millis(),
             key: request,
+            replaces: None,
         }
     }
 
@@ -215,6 +284,7 @@ impl StoredKey {
             last_used_at: None,
             expires_at: self.key.expires_at,
             revoked_at: None,
+            restrictions: self.key.restrictions.clone(),
         }
     }
 }
@@ -257,6 +327,8 @@ pub struct KeyInfo {
     /// When it was revoked, if it was.
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Where and for what it may be used.
+    pub restrictions: Restrictions,
 }
 
 impl KeyInfo {
@@ -274,6 +346,7 @@ impl KeyInfo {
         .with_expires_at(self.expires_at)
         .with_revoked_at(self.revoked_at)
         .with_project_id(self.project_id.clone())
+        .with_restrictions(self.restrictions.clone())
     }
 }
 
@@ -285,6 +358,14 @@ pub struct CreatedKey {
     pub key: ApiKey,
     /// The stored key.
     pub info: KeyInfo,
+}
+
+impl CreatedKey {
+    /// Pairs a generated key with what the store kept of it.
+    #[must_use]
+    pub fn new(key: ApiKey, info: KeyInfo) -> Self {
+        CreatedKey { key, info }
+    }
 }
 
 /// A store operation failed.
@@ -314,7 +395,9 @@ pub enum StoreError {
 #[async_trait]
 pub trait KeyStore: KeyVerifier {
     /// Stores a new key, unless its account already has its maximum of active keys
-    /// ([`StoreError::LimitReached`]). Checking and inserting are one atomic step.
+    /// ([`StoreError::LimitReached`]). Checking and inserting (and ending the key it
+    /// [replaces](StoredKey::replaces), which must be active: else
+    /// [`StoreError::NotFound`]) are one atomic step.
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError>;
 
     /// The account's active (not revoked) keys, oldest first.
@@ -323,9 +406,23 @@ pub trait KeyStore: KeyVerifier {
     /// One key of the account, revoked or not.
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
 
+    /// Changes a key's name and/or restrictions.
+    async fn update(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        changes: &KeyChanges,
+    ) -> Result<KeyInfo, StoreError>;
+
     /// Renames a key.
-    async fn rename(&self, account_id: &str, id: &KeyId, name: &str)
-    -> Result<KeyInfo, StoreError>;
+    async fn rename(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        name: &str,
+    ) -> Result<KeyInfo, StoreError> {
+        self.update(account_id, id, &KeyChanges::name(name)).await
+    }
 
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation
     /// time.

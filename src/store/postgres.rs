@@ -7,9 +7,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
 use super::sql::{
-    KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend, grace_days,
+    AFTER_KEY_COLUMNS, KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend,
+    grace_days, restrictions_json,
 };
-use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
+use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::cache::CachedVerifier;
 use crate::invalidate::RevocationListener;
 use crate::key::{KeyHash, KeyId};
@@ -65,6 +66,7 @@ fn key_columns(row: &PgRow) -> Result<KeyColumns, sqlx::Error> {
         last_used_at: row.try_get(9)?,
         expires_at: row.try_get(10)?,
         revoked_at: row.try_get(11)?,
+        restrictions: row.try_get(12)?,
     })
 }
 
@@ -184,10 +186,32 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        // The old key first: a rotation of a key that is not active is NotFound,
+        // whatever the count. (An error rolls the whole transaction back.)
+        if let Some(replacement) = &key.replaces {
+            let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL"
+            } else {
+                "UPDATE api_keys SET expires_at = LEAST(COALESCE(expires_at, $1), $1) \
+                 WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL"
+            };
+            let ended = sqlx::query(sql)
+                .bind(replacement.ends_at)
+                .bind(replacement.id.as_str())
+                .bind(&key.key.account_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if ended.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        }
+        let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL",
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL AND id <> $2",
         )
         .bind(&key.key.account_id)
+        .bind(replaced)
         .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
@@ -195,8 +219,8 @@ impl KeyStore for PostgresStore {
             return Err(StoreError::LimitReached { limit: self.limit });
         }
         sqlx::query(
-            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at, restrictions) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
         )
         .bind(key.id.as_str())
         .bind(&key.key.account_id)
@@ -209,6 +233,7 @@ impl KeyStore for PostgresStore {
         .bind(key.key.scopes.to_space_separated())
         .bind(key.created_at)
         .bind(key.key.expires_at)
+        .bind(restrictions_json(&key.key.restrictions))
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -240,18 +265,20 @@ impl KeyStore for PostgresStore {
         key_info(&row)
     }
 
-    async fn rename(
+    async fn update(
         &self,
         account_id: &str,
         id: &KeyId,
-        name: &str,
+        changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE api_keys SET name = $3 WHERE id = $1 AND account_id = $2 RETURNING {RETURNING_COLUMNS}"
+            "UPDATE api_keys SET name = COALESCE($3, name), restrictions = COALESCE($4::jsonb, restrictions) \
+             WHERE id = $1 AND account_id = $2 RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(account_id)
-        .bind(name)
+        .bind(changes.name.as_deref())
+        .bind(changes.restrictions.as_ref().map(restrictions_json))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?
@@ -294,8 +321,12 @@ impl KeyStore for PostgresStore {
         .map_err(backend)?;
         let Some(row) = row else { return Ok(None) };
         let standing = AccountStanding {
-            past_due_since: row.try_get(12).map_err(backend)?,
-            grace_days: grace_days(row.try_get::<i32, _>(13).map_err(backend)?.into()),
+            past_due_since: row.try_get(AFTER_KEY_COLUMNS).map_err(backend)?,
+            grace_days: grace_days(
+                row.try_get::<i32, _>(AFTER_KEY_COLUMNS + 1)
+                    .map_err(backend)?
+                    .into(),
+            ),
         };
         Ok(Some(key_info(&row)?.to_record().with_standing(standing)))
     }

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{KeyInfo, KeyStore, StoreError, StoredKey};
+use super::{KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
 use crate::verify::{KeyVerifier, VerifyError};

@@ -10,9 +10,10 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::sql::{
-    KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend, grace_days,
+    AFTER_KEY_COLUMNS, KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend,
+    grace_days, restrictions_json,
 };
-use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyInfo, KeyStore, StoreError, StoredKey};
+use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
 use crate::verify::{KeyVerifier, VerifyError};
@@ -73,6 +74,7 @@ fn key_columns(row: &SqliteRow) -> Result<KeyColumns, sqlx::Error> {
         last_used_at: opt_from_ms(row.try_get(9)?)?,
         expires_at: opt_from_ms(row.try_get(10)?)?,
         revoked_at: opt_from_ms(row.try_get(11)?)?,
+        restrictions: row.try_get(12)?,
     })
 }
 
@@ -184,10 +186,35 @@ impl KeyStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        // The old key first: a rotation of a key that is not active is NotFound,
+        // whatever the count. (An error rolls the whole transaction back.)
+        if let Some(replacement) = &key.replaces {
+            let ended = if replacement.ends_at <= OffsetDateTime::now_utc() {
+                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND account_id = ? AND revoked_at IS NULL")
+                    .bind(to_ms(replacement.ends_at))
+            } else {
+                sqlx::query(
+                    "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?), ?) \
+                     WHERE id = ? AND account_id = ? AND revoked_at IS NULL",
+                )
+                .bind(to_ms(replacement.ends_at))
+                .bind(to_ms(replacement.ends_at))
+            }
+            .bind(replacement.id.as_str())
+            .bind(&key.key.account_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if ended.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        }
+        let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = ? AND revoked_at IS NULL",
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = ? AND revoked_at IS NULL AND id <> ?",
         )
         .bind(&key.key.account_id)
+        .bind(replaced)
         .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
@@ -195,8 +222,8 @@ impl KeyStore for SqliteStore {
             return Err(StoreError::LimitReached { limit: self.limit });
         }
         sqlx::query(
-            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at, restrictions) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(key.id.as_str())
         .bind(&key.key.account_id)
@@ -209,6 +236,7 @@ impl KeyStore for SqliteStore {
         .bind(key.key.scopes.to_space_separated())
         .bind(to_ms(key.created_at))
         .bind(key.key.expires_at.map(to_ms))
+        .bind(restrictions_json(&key.key.restrictions))
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -240,16 +268,18 @@ impl KeyStore for SqliteStore {
         key_info(&row)
     }
 
-    async fn rename(
+    async fn update(
         &self,
         account_id: &str,
         id: &KeyId,
-        name: &str,
+        changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE api_keys SET name = ? WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
+            "UPDATE api_keys SET name = COALESCE(?, name), restrictions = COALESCE(?, restrictions) \
+             WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
         ))
-        .bind(name)
+        .bind(changes.name.as_deref())
+        .bind(changes.restrictions.as_ref().map(restrictions_json))
         .bind(id.as_str())
         .bind(account_id)
         .fetch_optional(&self.pool)
@@ -285,8 +315,9 @@ impl KeyStore for SqliteStore {
         .map_err(backend)?;
         let Some(row) = row else { return Ok(None) };
         let standing = AccountStanding {
-            past_due_since: opt_from_ms(row.try_get(12).map_err(backend)?).map_err(backend)?,
-            grace_days: grace_days(row.try_get(13).map_err(backend)?),
+            past_due_since: opt_from_ms(row.try_get(AFTER_KEY_COLUMNS).map_err(backend)?)
+                .map_err(backend)?,
+            grace_days: grace_days(row.try_get(AFTER_KEY_COLUMNS + 1).map_err(backend)?),
         };
         Ok(Some(key_info(&row)?.to_record().with_standing(standing)))
     }

@@ -2,8 +2,9 @@
 
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
 use tower_api_keys::record::AccountStanding;
+use tower_api_keys::restriction::Restrictions;
 use tower_api_keys::scope::Scope;
-use tower_api_keys::store::{KeyStore, NewKey, StoreError};
+use tower_api_keys::store::{KeyChanges, KeyStore, NewKey, Replacement, StoreError, StoredKey};
 
 fn format() -> KeyFormat {
     KeyFormat::new("sk")
@@ -147,6 +148,32 @@ pub async fn basics<S: KeyStore>(store: S) {
         AccountStanding::good()
     );
 
+    let restrictions: Restrictions = serde_json::from_str(
+        r#"{"allowed_ips": ["2001:db8::/32"], "allowed_endpoints": ["GET /v1/users/*"]}"#,
+    )
+    .unwrap();
+    let updated = store
+        .update(
+            "acct_a",
+            &id,
+            &KeyChanges::default().restrictions(restrictions.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.name.as_str(), &updated.restrictions),
+        ("renamed", &restrictions)
+    );
+    assert_eq!(
+        store
+            .find_by_hash(&created.key.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .restrictions,
+        restrictions
+    );
+
     let first = store
         .revoke("acct_a", &id)
         .await
@@ -169,4 +196,70 @@ pub async fn basics<S: KeyStore>(store: S) {
             .unwrap()
             .is_revoked()
     );
+}
+
+/// Rotation: the new key takes the old one's slot (works at the limit), the old one
+/// ends as asked, atomically; an inactive old key is `NotFound` and nothing is written.
+pub async fn replacement<S: KeyStore>(store: S) {
+    let account = "acct_rotate";
+    let mut old = Vec::new();
+    for i in 0..50 {
+        old.push(
+            store
+                .create(
+                    &format(),
+                    NewKey::new(account, format!("k{i}"), Environment::LIVE),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    let rotate = |id: &KeyId, ends_at| {
+        let key = format().generate(&Environment::LIVE);
+        let mut stored = StoredKey::new(
+            &format(),
+            &key,
+            NewKey::new(account, "k0", Environment::LIVE),
+        );
+        stored.replaces = Some(Replacement::new(id.clone(), ends_at));
+        stored
+    };
+    let now = time::OffsetDateTime::now_utc();
+    // At the limit, without overlap: the old key is revoked at once.
+    store.insert(rotate(&old[1].info.id, now)).await.unwrap();
+    assert!(
+        store
+            .get(account, &old[1].info.id)
+            .await
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    // At the limit, with an overlap: both work for now, the old one expires later.
+    let later = now + time::Duration::hours(1);
+    store.insert(rotate(&old[0].info.id, later)).await.unwrap();
+    let ended = store.get(account, &old[0].info.id).await.unwrap();
+    assert_eq!(
+        (
+            ended.revoked_at,
+            ended.expires_at.map(|t| t.unix_timestamp())
+        ),
+        (None, Some(later.unix_timestamp()))
+    );
+    // While it overlaps, the old key is active: 51 keys work, and no slot is free.
+    assert_eq!(store.list(account).await.unwrap().len(), 51);
+    // Rotating a revoked key fails and writes nothing.
+    let before = store.list(account).await.unwrap().len();
+    assert!(matches!(
+        store.insert(rotate(&old[1].info.id, later)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.list(account).await.unwrap().len(), before);
+    // The limit still holds for plain creates.
+    assert!(matches!(
+        store
+            .create(&format(), NewKey::new(account, "extra", Environment::LIVE))
+            .await,
+        Err(StoreError::LimitReached { .. })
+    ));
 }
