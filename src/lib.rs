@@ -50,8 +50,13 @@
 //! | 401 | `invalid_api_key` | wrong format or checksum, unknown key |
 //! | 401 | `api_key_revoked` / `api_key_expired` | revoked / past `expires_at` |
 //! | 401 | `environment_mismatch` | a key of another environment than the deployment's |
+//! | 402 | `payment_required` | the account is past due beyond its grace period |
+//! | 403 | `project_forbidden` | a key locked to another project |
+//! | 403 | `ip_not_allowed` / `referrer_not_allowed` / `endpoint_not_allowed` | the key's restrictions |
 //! | 403 | `insufficient_scope` | a scope guard fails |
 //! | 503 | `auth_unavailable` | the verifier failed and nothing was cached |
+//!
+//! The rules run in a fixed order; see [`policy`].
 //!
 //! # Feature flags
 //!

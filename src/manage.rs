@@ -5,8 +5,9 @@
 //! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?}` | 201, the key once |
 //! | `GET /api-keys` | list the account's active keys | 200 `{"data": [...]}` |
 //! | `GET /api-keys/{id}` | one key | 200 |
-//! | `PATCH /api-keys/{id}` | rename, body `{"name"}` | 200 |
+//! | `PATCH /api-keys/{id}` | rename and/or restrict, body `{"name"?, "restrictions"?}` | 200 |
 //! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
+//! | `POST /api-keys/{id}/rotate` | rotate, body `{"overlap_seconds"?}` (default 0) | 201, the new key once |
 //!
 //! The routes act on the caller's account and environment only (another account's key,
 //! or a live key seen with a test key, is a 404) and, by default, require the `admin`
@@ -32,7 +33,8 @@
 //! (missing, empty or over 100 characters), `invalid_scope` (not a string or not one of
 //! the manager's scopes), `invalid_project` (not a non-empty string, or not the
 //! caller's project), `invalid_expiry` (not RFC 3339, not in the future, or past the
-//! caller's own expiry), `invalid_environment`; 403 `insufficient_scope`
+//! caller's own expiry), `invalid_environment`, `invalid_restrictions` (unreadable, or
+//! differing from a restricted caller's own), `invalid_overlap`; 403 `insufficient_scope`
 //! (asking for a scope the caller does not hold); 404 `api_key_not_found`; 409
 //! `api_key_limit_reached`; 503 `store_unavailable`. Nothing is written when a request
 //! is refused.
@@ -161,7 +163,8 @@ pub enum ManageError {
     #[error("{message}")]
     Invalid {
         /// `invalid_body`, `invalid_name`, `invalid_scope`, `invalid_project`,
-        /// `invalid_expiry` or `invalid_environment`.
+        /// `invalid_expiry`, `invalid_environment`, `invalid_restrictions` or
+        /// `invalid_overlap`.
         code: &'static str,
         /// What is wrong, for humans.
         message: String,
