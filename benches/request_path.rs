@@ -1,0 +1,268 @@
+//! Per-request cost of each auth variant as a ratio to a baseline measured right before
+//! it, in alternation, over several runs. `cargo bench --bench request_path`
+//! (`RUNS=9` for more runs).
+//!
+//! Every variant builds the same fresh request (with an `Authorization` header) and
+//! drives a clone of the service with `oneshot`, as a server does; routers are finished
+//! with `.with_state(())` as `axum::serve` does. Each measurement is the 10th percentile
+//! of 21 batches of 2,000 requests; each ratio is taken within one run; the table shows
+//! the median over runs and the range.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{HeaderValue, Request};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_api_keys::key::{Environment, KeyFormat};
+use tower_api_keys::scope::{Scope, Write};
+use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_keys::{ApiKeyLayer, CachedVerifier, RequireScope};
+
+const BATCH: u32 = 2_000;
+const SAMPLES: usize = 21;
+
+fn measure<S>(runtime: &tokio::runtime::Runtime, service: &S, authorization: &HeaderValue) -> f64
+where
+    S: Service<Request<Body>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut samples: Vec<Duration> = (0..SAMPLES)
+        .map(|_| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..BATCH {
+                    let response = service
+                        .clone()
+                        .oneshot(support::request(authorization))
+                        .await
+                        .unwrap();
+                    black_box(response);
+                }
+                start.elapsed() / BATCH
+            })
+        })
+        .collect();
+    samples.sort();
+    samples[SAMPLES / 10].as_nanos() as f64
+}
+
+type Measure<'a> = Box<dyn Fn() -> f64 + 'a>;
+
+fn main() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(7);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let format = KeyFormat::new("sk");
+    let store = MemoryStore::new();
+    let key = runtime
+        .block_on(store.create(
+            &format,
+            NewKey::new("acct", "bench", Environment::LIVE).scopes([Scope::Write]),
+        ))
+        .unwrap()
+        .key;
+    let cache = CachedVerifier::builder(store)
+        .negative_ttl(Duration::from_secs(3600))
+        .build();
+    let layer = ApiKeyLayer::new(format.clone(), cache.clone()).environment(Environment::LIVE);
+
+    let header = |value: String| HeaderValue::from_str(&value).unwrap();
+    let hit = header(format!("Bearer {}", key.expose_secret()));
+    let unknown = header(format!(
+        "Bearer {}",
+        format.generate(&Environment::LIVE).expose_secret()
+    ));
+    let mut typo = key.expose_secret().to_owned();
+    typo.replace_range(10..11, if &typo[10..11] == "x" { "y" } else { "x" });
+    let malformed = header(format!("Bearer {typo}"));
+    let secret = b"bench secret, 32 bytes long.....";
+    let jwt = header(format!("Bearer {}", support::JwtHs256::token(secret)));
+    let static_token = header("Bearer static-token-of-similar-length-to-an-api-key-000".into());
+
+    let scoped_router = || Router::new().route("/", get(|_: RequireScope<Write>| async { "ok" }));
+    let bare = support::router().with_state(());
+
+    // Around the whole router (ServiceBuilder) …
+    let around_static = ServiceBuilder::new()
+        .layer(support::StaticBearer::new(
+            "static-token-of-similar-length-to-an-api-key-000",
+        ))
+        .service(bare.clone());
+    let around_jwt = ServiceBuilder::new()
+        .layer(support::JwtHs256::new(secret))
+        .service(bare.clone());
+    let around_key = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(bare.clone());
+    let around_scope = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(scoped_router().with_state(()));
+    // … and with Router::layer.
+    let inside_static = support::router()
+        .layer(support::StaticBearer::new(
+            "static-token-of-similar-length-to-an-api-key-000",
+        ))
+        .with_state(());
+    let inside_jwt = support::router()
+        .layer(support::JwtHs256::new(secret))
+        .with_state(());
+    let inside_key = support::router().layer(layer.clone()).with_state(());
+    let inside_scope = scoped_router().layer(layer.clone()).with_state(());
+
+    // Warm the cache (hit and negative entry) and check every variant answers as meant.
+    for (service, auth, status) in [
+        (&around_key, &hit, 200),
+        (&around_key, &unknown, 401),
+        (&around_key, &malformed, 401),
+    ] {
+        let response = runtime
+            .block_on(service.clone().oneshot(support::request(auth)))
+            .unwrap();
+        assert_eq!(response.status(), status);
+    }
+    assert_eq!(cache.stats().verifier_calls, 2);
+
+    let m = |service: &'static str| -> Measure<'_> {
+        let (runtime, hit, unknown, malformed, jwt, static_token) =
+            (&runtime, &hit, &unknown, &malformed, &jwt, &static_token);
+        let (bare, around_static, around_jwt, around_key, around_scope) = (
+            &bare,
+            &around_static,
+            &around_jwt,
+            &around_key,
+            &around_scope,
+        );
+        let (inside_static, inside_jwt, inside_key, inside_scope) =
+            (&inside_static, &inside_jwt, &inside_key, &inside_scope);
+        match service {
+            "bare" => Box::new(move || measure(runtime, bare, hit)),
+            "static_bearer" => Box::new(move || measure(runtime, around_static, static_token)),
+            "jwt_hs256" => Box::new(move || measure(runtime, around_jwt, jwt)),
+            "api_key_hit" => Box::new(move || measure(runtime, around_key, hit)),
+            "api_key_hit_scope" => Box::new(move || measure(runtime, around_scope, hit)),
+            "api_key_malformed" => Box::new(move || measure(runtime, around_key, malformed)),
+            "api_key_unknown_cached" => Box::new(move || measure(runtime, around_key, unknown)),
+            "static_bearer (Router::layer)" => {
+                Box::new(move || measure(runtime, inside_static, static_token))
+            }
+            "jwt_hs256 (Router::layer)" => Box::new(move || measure(runtime, inside_jwt, jwt)),
+            "api_key_hit (Router::layer)" => Box::new(move || measure(runtime, inside_key, hit)),
+            "api_key_hit_scope (Router::layer)" => {
+                Box::new(move || measure(runtime, inside_scope, hit))
+            }
+            "api_key_malformed (Router::layer)" => {
+                Box::new(move || measure(runtime, inside_key, malformed))
+            }
+            "api_key_unknown_cached (Router::layer)" => {
+                Box::new(move || measure(runtime, inside_key, unknown))
+            }
+            other => panic!("unknown variant {other}"),
+        }
+    };
+
+    // (label, variant, baseline): each ratio is variant / baseline, measured back to back.
+    let pairs: &[(&str, &str, &str)] = &[
+        ("api_key_hit / bare (around router)", "api_key_hit", "bare"),
+        (
+            "api_key_hit / bare (Router::layer)",
+            "api_key_hit (Router::layer)",
+            "bare",
+        ),
+        (
+            "api_key_hit / static_bearer",
+            "api_key_hit",
+            "static_bearer",
+        ),
+        ("api_key_hit / jwt_hs256", "api_key_hit", "jwt_hs256"),
+        (
+            "static_bearer / bare (around router)",
+            "static_bearer",
+            "bare",
+        ),
+        ("jwt_hs256 / bare (around router)", "jwt_hs256", "bare"),
+        (
+            "api_key_hit_scope / bare (around router)",
+            "api_key_hit_scope",
+            "bare",
+        ),
+        (
+            "api_key_malformed / bare (around router)",
+            "api_key_malformed",
+            "bare",
+        ),
+        (
+            "api_key_unknown_cached / bare (around router)",
+            "api_key_unknown_cached",
+            "bare",
+        ),
+        (
+            "static_bearer / bare (Router::layer)",
+            "static_bearer (Router::layer)",
+            "bare",
+        ),
+        (
+            "jwt_hs256 / bare (Router::layer)",
+            "jwt_hs256 (Router::layer)",
+            "bare",
+        ),
+        (
+            "api_key_hit_scope / bare (Router::layer)",
+            "api_key_hit_scope (Router::layer)",
+            "bare",
+        ),
+        (
+            "api_key_malformed / bare (Router::layer)",
+            "api_key_malformed (Router::layer)",
+            "bare",
+        ),
+        (
+            "api_key_unknown_cached / bare (Router::layer)",
+            "api_key_unknown_cached (Router::layer)",
+            "bare",
+        ),
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
+    let mut bare_ns = Vec::new();
+    for run in 0..runs {
+        for (i, (_, variant, baseline)) in pairs.iter().enumerate() {
+            let base = m(baseline)();
+            let value = m(variant)();
+            if *baseline == "bare" {
+                bare_ns.push(base);
+            }
+            ratios[i].push(value / base);
+        }
+        eprintln!("run {}/{runs} done", run + 1);
+    }
+
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        values[values.len() / 2]
+    };
+    println!(
+        "bare router: {:.0} ns per request (median of {} measurements)",
+        median(&mut bare_ns),
+        bare_ns.len()
+    );
+    println!();
+    println!("| ratio | median | range over {runs} runs |");
+    println!("|---|---|---|");
+    for (i, (label, _, _)) in pairs.iter().enumerate() {
+        let values = &mut ratios[i];
+        let mid = median(values);
+        println!(
+            "| `{label}` | {mid:.2} | {:.2}–{:.2} |",
+            values[0],
+            values[values.len() - 1]
+        );
+    }
+}
