@@ -52,16 +52,26 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
         .map_err(|_| AuthError::InvalidRequest(InvalidRequest::IllegalCharacters))
 }
 
+/// RFC 6750 `b64token` body characters: `A-Z a-z 0-9 - . _ ~ + /`.
+const B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
 fn is_b64token(token: &[u8]) -> bool {
     let body_end = token
         .iter()
         .rposition(|b| *b != b'=')
         .map_or(0, |at| at + 1);
-    body_end > 0
-        && token[..body_end].iter().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+    body_end > 0 && token[..body_end].iter().all(|&b| B64TOKEN[b as usize])
 }
 
 #[cfg(test)]

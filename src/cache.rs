@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -62,12 +62,34 @@ pub struct CacheStats {
 
 type Flight = Arc<OnceCell<Result<Lookup, VerifyError>>>;
 
+/// Slots of the hot-entry table in front of moka (a power of two).
+const HOT_SLOTS: usize = 1024;
+
+/// What moka holds: the answer and when it stops being fresh.
+#[derive(Clone)]
+struct Entry {
+    lookup: Lookup,
+    deadline: Instant,
+}
+
+/// A recently read entry, in a small direct-mapped table probed before moka: a hit
+/// costs a read lock, a hash comparison and a clock read instead of moka's read
+/// bookkeeping. Valid only while the cache's generation is the one it was read at, so
+/// any invalidation empties the whole table at once.
+struct HotEntry {
+    hash: KeyHash,
+    entry: Entry,
+    generation: u64,
+}
+
 struct CacheCore<V> {
     verifier: V,
-    entries: moka::sync::Cache<KeyHash, Lookup>,
+    entries: moka::sync::Cache<KeyHash, Entry>,
+    hot: Box<[RwLock<Option<HotEntry>>]>,
     in_flight: Mutex<HashMap<KeyHash, Flight>>,
-    /// Bumped by every invalidation; a lookup that started before a bump does not
-    /// write its answer into the cache.
+    /// Bumped before and after every invalidation: a lookup that started before a bump
+    /// does not write its answer into the cache, and a hot entry read before one is
+    /// not served.
     generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -135,16 +157,14 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
     pub fn build(self) -> CachedVerifier<V> {
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
-            .expire_after(EntryExpiry {
-                positive_ttl: self.positive_ttl,
-                negative_ttl: self.negative_ttl,
-            })
+            .expire_after(EntryExpiry)
             .support_invalidation_closures()
             .build();
         CachedVerifier {
             core: Arc::new(CacheCore {
                 verifier: self.verifier,
                 entries,
+                hot: (0..HOT_SLOTS).map(|_| RwLock::new(None)).collect(),
                 in_flight: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 hits: AtomicU64::new(0),
@@ -181,14 +201,35 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// The cached answer for `hash`, if there is one. Synchronous; counts a hit or a
     /// miss.
     pub fn get_cached(&self, hash: &KeyHash) -> Option<Lookup> {
-        let found = self.core.entries.get(hash);
-        let counter = if found.is_some() {
-            &self.core.hits
-        } else {
-            &self.core.misses
+        let core = &*self.core;
+        let slot = &core.hot[hot_index(hash)];
+        // Read before moka: an invalidation racing with this read bumps it after.
+        let generation = core.generation.load(Ordering::Acquire);
+        if let Ok(hot) = slot.read() {
+            if let Some(hot) = hot.as_ref() {
+                if hot.hash == *hash
+                    && hot.generation == generation
+                    && Instant::now() < hot.entry.deadline
+                {
+                    core.hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(hot.entry.lookup.clone());
+                }
+            }
+        }
+        let Some(entry) = core.entries.get(hash) else {
+            core.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        core.hits.fetch_add(1, Ordering::Relaxed);
+        let lookup = entry.lookup.clone();
+        if let Ok(mut hot) = slot.try_write() {
+            *hot = Some(HotEntry {
+                hash: *hash,
+                entry,
+                generation,
+            });
+        }
+        Some(lookup)
     }
 
     /// The answer for `hash`: from the cache, or from the verifier (one call however
@@ -211,8 +252,8 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                 .unwrap_or_else(PoisonError::into_inner);
             // Checked under the lock: a flight that just landed wrote the cache before
             // leaving the map.
-            if let Some(found) = core.entries.get(&hash) {
-                return Ok(found);
+            if let Some(entry) = core.entries.get(&hash) {
+                return Ok(entry.lookup);
             }
             Arc::clone(in_flight.entry(hash).or_default())
         };
@@ -241,7 +282,12 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     .unwrap_or_else(PoisonError::into_inner);
                 if let Ok(found) = &answer {
                     if core.generation.load(Ordering::Acquire) == generation {
-                        core.entries.insert(hash, found.clone());
+                        let deadline = Instant::now() + core.ttl(found);
+                        let entry = Entry {
+                            lookup: found.clone(),
+                            deadline,
+                        };
+                        core.entries.insert(hash, entry);
                     }
                 }
                 if in_flight
@@ -260,54 +306,60 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 impl<V> CachedVerifier<V> {
     /// Forgets the answer for one key hash.
     pub fn invalidate(&self, hash: &KeyHash) {
-        let mut in_flight = self.begin_invalidation();
-        in_flight.remove(hash);
-        self.core.entries.invalidate(hash);
+        self.invalidating(|entries, in_flight| {
+            in_flight.remove(hash);
+            entries.invalidate(hash);
+        });
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
     /// knows the id but not the key).
     pub fn invalidate_key_id(&self, id: &KeyId) {
-        let mut in_flight = self.begin_invalidation();
-        in_flight.clear();
         let id = id.clone();
-        self.core
-            .entries
-            .invalidate_entries_if(
-                move |_, found| matches!(found, Lookup::Found(record) if record.id == id),
-            )
-            .expect("invalidation closures are enabled at build time");
+        self.invalidate_where(move |record| record.id == id);
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
     /// another account-wide property changed).
     pub fn invalidate_account(&self, account_id: &str) {
-        let mut in_flight = self.begin_invalidation();
-        in_flight.clear();
         let account_id = account_id.to_owned();
-        self.core
-            .entries
-            .invalidate_entries_if(move |_, found| {
-                matches!(found, Lookup::Found(record) if record.account_id == account_id)
-            })
-            .expect("invalidation closures are enabled at build time");
+        self.invalidate_where(move |record| record.account_id == account_id);
     }
 
     /// Forgets every answer.
     pub fn invalidate_all(&self) {
-        let mut in_flight = self.begin_invalidation();
-        in_flight.clear();
-        self.core.entries.invalidate_all();
+        self.invalidating(|entries, in_flight| {
+            in_flight.clear();
+            entries.invalidate_all();
+        });
     }
 
-    fn begin_invalidation(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, Flight>> {
-        let guard = self
-            .core
+    fn invalidate_where(&self, matches: impl Fn(&KeyRecord) -> bool + Send + Sync + 'static) {
+        self.invalidating(|entries, in_flight| {
+            in_flight.clear();
+            entries
+                .invalidate_entries_if(move |_, entry| {
+                    matches!(&entry.lookup, Lookup::Found(record) if matches(record))
+                })
+                .expect("invalidation closures are enabled at build time");
+        });
+    }
+
+    /// Runs an invalidation between two generation bumps, holding the in-flight lock:
+    /// lookups in flight across it do not cache their answer (first bump), and hot
+    /// entries read before it ends are not served (second bump).
+    fn invalidating(
+        &self,
+        invalidate: impl FnOnce(&moka::sync::Cache<KeyHash, Entry>, &mut HashMap<KeyHash, Flight>),
+    ) {
+        let core = &*self.core;
+        let mut in_flight = core
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        self.core.generation.fetch_add(1, Ordering::AcqRel);
-        guard
+        core.generation.fetch_add(1, Ordering::AcqRel);
+        invalidate(&core.entries, &mut in_flight);
+        core.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The counters.
@@ -355,14 +407,15 @@ impl<V> Drop for AbandonedFlight<'_, V> {
     }
 }
 
-/// Per-entry lifetimes: positive TTL capped by the key's expiry; negative TTL for
-/// unknown keys and for keys already expired (expiry is final).
-struct EntryExpiry {
-    positive_ttl: Duration,
-    negative_ttl: Duration,
+/// The hot slot of a hash: its last two bytes (the moka hasher reads the first eight).
+fn hot_index(hash: &KeyHash) -> usize {
+    let bytes = hash.as_bytes();
+    usize::from(u16::from_le_bytes([bytes[30], bytes[31]])) & (HOT_SLOTS - 1)
 }
 
-impl EntryExpiry {
+impl<V> CacheCore<V> {
+    /// How long an answer stays fresh: the positive TTL capped by the key's expiry; the
+    /// negative TTL for unknown keys and keys already expired (expiry is final).
     fn ttl(&self, found: &Lookup) -> Duration {
         match found {
             Lookup::Unknown => self.negative_ttl,
@@ -379,19 +432,22 @@ impl EntryExpiry {
     }
 }
 
-impl Expiry<KeyHash, Lookup> for EntryExpiry {
-    fn expire_after_create(&self, _: &KeyHash, found: &Lookup, _: Instant) -> Option<Duration> {
-        Some(self.ttl(found))
+/// Each entry lives until its own deadline.
+struct EntryExpiry;
+
+impl Expiry<KeyHash, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &KeyHash, entry: &Entry, now: Instant) -> Option<Duration> {
+        Some(entry.deadline.saturating_duration_since(now))
     }
 
     fn expire_after_update(
         &self,
         _: &KeyHash,
-        found: &Lookup,
-        _: Instant,
+        entry: &Entry,
+        now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(self.ttl(found))
+        Some(entry.deadline.saturating_duration_since(now))
     }
 }
 
@@ -484,7 +540,12 @@ mod tests {
         assert_eq!(cache.stats().verifier_calls, 1);
         assert_eq!(cache.stats().hits, 1);
 
+        assert!(
+            cache.get_cached(&hash).is_some(),
+            "now in the hot table too"
+        );
         cache.invalidate(&hash);
+        assert!(cache.get_cached(&hash).is_none(), "gone from both tables");
         cache.lookup(&hash).await.unwrap();
         assert_eq!(cache.stats().verifier_calls, 2);
 

@@ -416,6 +416,10 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
 }
 
 fn record_accepted(span: &tracing::Span, principal: &Principal) {
+    // Recording into a disabled span still builds its value set: skip it.
+    if span.is_disabled() {
+        return;
+    }
     span.record("key_id", principal.key_id().as_str());
     span.record("account_id", principal.account_id());
     span.record("outcome", "accepted");
