@@ -256,10 +256,14 @@ pub struct JsonErrorFormat;
 
 impl ErrorFormat for JsonErrorFormat {
     fn render(&self, error: &AuthError) -> ErrorBody {
-        let body = serde_json::json!({
-            "error": { "code": error.code(), "message": error.message() }
-        });
-        ErrorBody::json(Bytes::from(body.to_string()))
+        // Codes and messages are fixed strings without quotes or backslashes (a unit
+        // test checks), so plain formatting is valid JSON: one allocation per rejection.
+        let body = format!(
+            r#"{{"error":{{"code":"{}","message":"{}"}}}}"#,
+            error.code(),
+            error.message()
+        );
+        ErrorBody::json(Bytes::from(body))
     }
 }
 
@@ -274,6 +278,18 @@ pub(crate) struct ErrorResponder {
     realm: Arc<str>,
     retry_after: Duration,
     format: Arc<dyn ErrorFormat>,
+    /// The challenges for missing keys, malformed requests and bad tokens, built once
+    /// per realm: rejections stay cheap under a flood of bad keys.
+    challenges: [HeaderValue; 3],
+}
+
+fn challenges(realm: &str) -> [HeaderValue; 3] {
+    [
+        AuthError::MissingKey,
+        AuthError::InvalidRequest(InvalidRequest::EmptyToken),
+        AuthError::InvalidKey,
+    ]
+    .map(|error| error.www_authenticate(realm).expect("a checked realm"))
 }
 
 impl fmt::Debug for ErrorResponder {
@@ -291,6 +307,7 @@ impl Default for ErrorResponder {
             realm: DEFAULT_REALM.into(),
             retry_after: DEFAULT_RETRY_AFTER,
             format: Arc::new(JsonErrorFormat),
+            challenges: challenges(DEFAULT_REALM),
         }
     }
 }
@@ -310,6 +327,7 @@ impl ErrorResponder {
             "the realm must be a valid header value without quotes or backslashes"
         );
         self.realm = realm.into();
+        self.challenges = challenges(realm);
     }
 
     pub(crate) fn set_retry_after(&mut self, after: Duration) {
@@ -327,7 +345,16 @@ impl ErrorResponder {
         *response.status_mut() = error.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, content_type);
-        if let Some(challenge) = error.www_authenticate(&self.realm) {
+        let challenge = match error {
+            AuthError::MissingKey => Some(self.challenges[0].clone()),
+            AuthError::InvalidRequest(_) => Some(self.challenges[1].clone()),
+            AuthError::InvalidKey
+            | AuthError::Revoked
+            | AuthError::Expired
+            | AuthError::EnvironmentMismatch => Some(self.challenges[2].clone()),
+            other => other.www_authenticate(&self.realm),
+        };
+        if let Some(challenge) = challenge {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
         if matches!(error, AuthError::Unavailable) {
@@ -386,6 +413,35 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(body["error"]["code"], "api_key_revoked");
         assert_eq!(body["error"]["message"], "The API key has been revoked.");
+    }
+
+    #[test]
+    fn every_default_body_is_valid_json() {
+        let errors = [
+            AuthError::MissingKey,
+            AuthError::InvalidRequest(InvalidRequest::DuplicateHeader),
+            AuthError::InvalidRequest(InvalidRequest::EmptyToken),
+            AuthError::InvalidRequest(InvalidRequest::IllegalCharacters),
+            AuthError::InvalidKey,
+            AuthError::Revoked,
+            AuthError::Expired,
+            AuthError::EnvironmentMismatch,
+            AuthError::PaymentRequired,
+            AuthError::ProjectForbidden,
+            AuthError::IpNotAllowed,
+            AuthError::ReferrerNotAllowed,
+            AuthError::EndpointNotAllowed,
+            AuthError::InsufficientScope {
+                required: Scope::Admin,
+            },
+            AuthError::Unavailable,
+        ];
+        for error in errors {
+            let body = JsonErrorFormat.render(&error).body;
+            let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed["error"]["code"], error.code());
+            assert_eq!(parsed["error"]["message"], error.message());
+        }
     }
 
     #[test]
