@@ -21,6 +21,7 @@ fn micro(c: &mut Criterion) {
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     for (label, n) in [

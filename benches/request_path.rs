@@ -60,6 +60,7 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let format = KeyFormat::new("sk");

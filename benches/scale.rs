@@ -111,6 +111,7 @@ fn main() {
     );
 
     let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let n = 1_000_000;

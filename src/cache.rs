@@ -56,6 +56,9 @@ pub struct CacheStats {
     pub misses: u64,
     /// Calls made to the wrapped verifier.
     pub verifier_calls: u64,
+    /// Hits on entries past their fresh TTL, served while a refresh runs or while the
+    /// backend is down.
+    pub stale_hits: u64,
     /// Entries in the cache (approximate, as moka counts them).
     pub entries: u64,
 }
@@ -65,12 +68,19 @@ type Flight = Arc<OnceCell<Result<Lookup, VerifyError>>>;
 /// Slots of the hot-entry table in front of moka (a power of two).
 const HOT_SLOTS: usize = 1024;
 
-/// What moka holds: the answer and when it stops being fresh.
+/// What moka holds: the answer, when it stops being fresh, and until when it may still
+/// be served stale (while a refresh runs, or while the backend is down).
 #[derive(Clone)]
 struct Entry {
     lookup: Lookup,
     deadline: Instant,
+    stale_until: Instant,
+    /// No background refresh before this (set after a failed one).
+    refresh_after: Instant,
 }
+
+/// How long to wait after a failed background refresh before trying again.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 /// A recently read entry, in a small direct-mapped table probed before moka: a hit
 /// costs a read lock, a hash comparison and a clock read instead of moka's read
@@ -96,6 +106,9 @@ struct CacheCore<V> {
     verifier_calls: AtomicU64,
     positive_ttl: Duration,
     negative_ttl: Duration,
+    stale_window: Duration,
+    verify_timeout: Option<Duration>,
+    stale_hits: AtomicU64,
 }
 
 /// A caching, single-flight [`KeyVerifier`] wrapper. Cheap to clone (one `Arc`); clones
@@ -132,6 +145,8 @@ pub struct CachedVerifierBuilder<V> {
     positive_ttl: Duration,
     negative_ttl: Duration,
     max_capacity: u64,
+    stale_window: Duration,
+    verify_timeout: Option<Duration>,
 }
 
 impl<V: KeyVerifier> CachedVerifierBuilder<V> {
@@ -144,6 +159,22 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
     /// How long an unknown key is remembered as unknown (default 5 s).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
+        self
+    }
+
+    /// How long past its fresh TTL a known key may still be served (default 5 min):
+    /// at once, while one background task re-verifies it, or, if the backend is down,
+    /// until the window ends. Zero turns stale serving off.
+    pub fn stale_window(mut self, window: Duration) -> Self {
+        self.stale_window = window;
+        self
+    }
+
+    /// How long a verifier call may take before it counts as a backend failure
+    /// (default 2 s; needs a Tokio runtime with timers, as `#[tokio::main]` builds).
+    /// `None`: no limit.
+    pub fn verify_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.verify_timeout = timeout;
         self
     }
 
@@ -172,6 +203,9 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                 verifier_calls: AtomicU64::new(0),
                 positive_ttl: self.positive_ttl,
                 negative_ttl: self.negative_ttl,
+                stale_window: self.stale_window,
+                verify_timeout: self.verify_timeout,
+                stale_hits: AtomicU64::new(0),
             }),
         }
     }
@@ -190,6 +224,8 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             max_capacity: 100_000,
+            stale_window: Duration::from_secs(300),
+            verify_timeout: Some(Duration::from_secs(2)),
         }
     }
 
@@ -222,6 +258,15 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         };
         core.hits.fetch_add(1, Ordering::Relaxed);
         let lookup = entry.lookup.clone();
+        let now = Instant::now();
+        if now >= entry.deadline {
+            // Stale: served at once, re-verified in the background.
+            core.stale_hits.fetch_add(1, Ordering::Relaxed);
+            if now >= entry.refresh_after {
+                self.refresh_in_background(*hash);
+            }
+            return Some(lookup);
+        }
         if let Ok(mut hot) = slot.try_write() {
             *hot = Some(HotEntry {
                 hash: *hash,
@@ -264,36 +309,80 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             hash,
             flight: &flight,
         };
+        self.fly(hash, &flight).await
+    }
+
+    /// Starts one background re-verification of a stale entry, unless one runs.
+    fn refresh_in_background(&self, hash: KeyHash) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let flight = {
+            let mut in_flight = self
+                .core
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if in_flight.contains_key(&hash) {
+                return;
+            }
+            Arc::clone(in_flight.entry(hash).or_default())
+        };
+        let cache = self.clone();
+        runtime.spawn(async move {
+            if let Err(error) = cache.fly(hash, &flight).await {
+                tracing::warn!(%error, "background re-verification of a cached API key failed");
+            }
+        });
+    }
+
+    /// Runs (or joins) the verifier call of `flight` and records its answer.
+    async fn fly(&self, hash: KeyHash, flight: &Flight) -> Result<Lookup, VerifyError> {
+        let core = &*self.core;
         let answer = flight
             .get_or_init(|| async {
                 let generation = core.generation.load(Ordering::Acquire);
                 core.verifier_calls.fetch_add(1, Ordering::Relaxed);
-                let answer = core
-                    .verifier
-                    .verify(&hash)
-                    .await
-                    .map(|record| match record {
-                        Some(record) => Lookup::Found(Arc::new(record)),
-                        None => Lookup::Unknown,
-                    });
+                let verification = core.verifier.verify(&hash);
+                let answer = match core.verify_timeout {
+                    Some(limit) => tokio::time::timeout(limit, verification)
+                        .await
+                        .unwrap_or_else(|_| Err(VerifyError::timeout())),
+                    None => verification.await,
+                }
+                .map(|record| match record {
+                    Some(record) => Lookup::Found(Arc::new(record)),
+                    None => Lookup::Unknown,
+                });
                 let mut in_flight = core
                     .in_flight
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if let Ok(found) = &answer {
-                    if core.generation.load(Ordering::Acquire) == generation {
-                        let deadline = Instant::now() + core.ttl(found);
-                        let entry = Entry {
-                            lookup: found.clone(),
-                            deadline,
-                        };
-                        core.entries.insert(hash, entry);
+                if core.generation.load(Ordering::Acquire) == generation {
+                    let now = Instant::now();
+                    match &answer {
+                        Ok(found) => {
+                            let (fresh, served) = core.lifetimes(found);
+                            let (deadline, stale_until) = (now + fresh, now + served);
+                            let entry = Entry {
+                                lookup: found.clone(),
+                                deadline,
+                                stale_until,
+                                refresh_after: deadline,
+                            };
+                            core.entries.insert(hash, entry);
+                        }
+                        // The backend is down: keep serving a stale entry, and let the
+                        // next refresh wait a little.
+                        Err(_) => {
+                            if let Some(mut entry) = core.entries.get(&hash) {
+                                entry.refresh_after = now + REFRESH_RETRY;
+                                core.entries.insert(hash, entry);
+                            }
+                        }
                     }
                 }
-                if in_flight
-                    .get(&hash)
-                    .is_some_and(|f| Arc::ptr_eq(f, &flight))
-                {
+                if in_flight.get(&hash).is_some_and(|f| Arc::ptr_eq(f, flight)) {
                     in_flight.remove(&hash);
                 }
                 answer
@@ -368,6 +457,7 @@ impl<V> CachedVerifier<V> {
             hits: self.core.hits.load(Ordering::Relaxed),
             misses: self.core.misses.load(Ordering::Relaxed),
             verifier_calls: self.core.verifier_calls.load(Ordering::Relaxed),
+            stale_hits: self.core.stale_hits.load(Ordering::Relaxed),
             entries: self.core.entries.entry_count(),
         }
     }
@@ -414,17 +504,20 @@ fn hot_index(hash: &KeyHash) -> usize {
 }
 
 impl<V> CacheCore<V> {
-    /// How long an answer stays fresh: the positive TTL capped by the key's expiry; the
-    /// negative TTL for unknown keys and keys already expired (expiry is final).
-    fn ttl(&self, found: &Lookup) -> Duration {
+    /// How long an answer stays fresh, and how long it may be served at all (fresh,
+    /// then stale): the positive TTL and stale window, both capped by the key's expiry;
+    /// the negative TTL, without a stale window, for unknown keys and keys already
+    /// expired (expiry is final).
+    fn lifetimes(&self, found: &Lookup) -> (Duration, Duration) {
+        let known = (self.positive_ttl, self.positive_ttl + self.stale_window);
         match found {
-            Lookup::Unknown => self.negative_ttl,
+            Lookup::Unknown => (self.negative_ttl, self.negative_ttl),
             Lookup::Found(record) => match record.expires_at {
-                None => self.positive_ttl,
+                None => known,
                 Some(expires_at) => {
                     match Duration::try_from(expires_at - OffsetDateTime::now_utc()) {
-                        Ok(left) if !left.is_zero() => left.min(self.positive_ttl),
-                        _ => self.negative_ttl,
+                        Ok(left) if !left.is_zero() => (known.0.min(left), known.1.min(left)),
+                        _ => (self.negative_ttl, self.negative_ttl),
                     }
                 }
             },
@@ -432,12 +525,12 @@ impl<V> CacheCore<V> {
     }
 }
 
-/// Each entry lives until its own deadline.
+/// Each entry lives in moka until the end of its stale window.
 struct EntryExpiry;
 
 impl Expiry<KeyHash, Entry> for EntryExpiry {
     fn expire_after_create(&self, _: &KeyHash, entry: &Entry, now: Instant) -> Option<Duration> {
-        Some(entry.deadline.saturating_duration_since(now))
+        Some(entry.stale_until.saturating_duration_since(now))
     }
 
     fn expire_after_update(
@@ -447,7 +540,7 @@ impl Expiry<KeyHash, Entry> for EntryExpiry {
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.deadline.saturating_duration_since(now))
+        Some(entry.stale_until.saturating_duration_since(now))
     }
 }
 

@@ -61,7 +61,7 @@ async fn create_use_revoke_rejected() {
     assert!(listed.contains(&id) && listed.contains("bootstrap") && !listed.contains(&key));
 
     // A server on the same database accepts the key. Another process (the CLI) revokes
-    // it: on SQLite the server sees that when its cache entry expires (here after
+    // it: on SQLite the server sees that when its cache entry is re-verified (here after
     // 200 ms); on PostgreSQL, NOTIFY makes it immediate.
     let store = SqliteStore::open(db.path()).await.unwrap();
     let cache = CachedVerifier::builder(store)
@@ -80,6 +80,10 @@ async fn create_use_revoke_rejected() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("revoked {id}"));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first request past the TTL is served from the stale entry and starts the
+    // re-verification (stale-while-revalidate); the next one sees the revocation.
+    let _ = send(&server, get_with("/whoami", Some(&auth))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let response = send(&server, get_with("/whoami", Some(&auth))).await;
     assert_eq!(response.status(), 401);
     assert_eq!(code_of(response).await, "api_key_revoked");
