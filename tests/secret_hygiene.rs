@@ -97,3 +97,195 @@ async fn no_key_in_trace_output() {
     }
     assert!(!output.contains(&typo[8..]));
 }
+
+/// Every management route and every rejection, with TRACE captured: the key is in no
+/// log line, in no body but the one create (or rotate) response, in no `Debug` output;
+/// its hash is in no body and no log line.
+#[tokio::test(flavor = "current_thread")]
+async fn no_key_or_hash_anywhere_across_every_route_and_rejection() {
+    use axum::body::Body;
+    use http::Request;
+    use tower_api_keys::key::{Environment, KeyFormat};
+    use tower_api_keys::manage::{self, CreateKey, KeyManager};
+    use tower_api_keys::record::AccountStanding;
+    use tower_api_keys::restriction::Restrictions;
+    use tower_api_keys::scope::Scope;
+    use tower_api_keys::store::MemoryStore;
+    use tower_api_keys::{ApiKeyLayer, KeyVerifier};
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(FmtSpan::FULL)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let store = MemoryStore::new();
+    let verifier = Counting::new(store.clone());
+    let cache = CachedVerifier::new(verifier.clone());
+    let format = KeyFormat::new("sk");
+    let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
+    let create = |request: CreateKey| {
+        let manager = manager.clone();
+        async move {
+            manager
+                .create_for_account("acct_1", Environment::LIVE, request)
+                .await
+                .unwrap()
+        }
+    };
+    let admin = create(CreateKey::named("admin").scopes(Scope::Admin)).await;
+    let reader = create(CreateKey::named("reader").scopes(Scope::Read)).await;
+    let restricted = create(
+        CreateKey::named("restricted")
+            .scopes(Scope::Admin)
+            .restrictions(Restrictions::none().ips(["203.0.113.0/24".parse().unwrap()])),
+    )
+    .await;
+    let past_due = create(CreateKey::named("past due").scopes(Scope::Admin)).await;
+    let app = routes()
+        .nest("/v1/account", manage::router(manager.clone()))
+        .layer(ApiKeyLayer::new(format.clone(), cache.clone()))
+        .with_state(());
+
+    let mut secrets = vec![
+        admin.key.expose_secret().to_owned(),
+        reader.key.expose_secret().to_owned(),
+    ];
+    secrets.push(restricted.key.expose_secret().to_owned());
+    secrets.push(past_due.key.expose_secret().to_owned());
+    let call = |method: &str, uri: &str, key: &str, body: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let response = send(&app, request).await;
+            let status = response.status().as_u16();
+            (status, body_json(response).await.to_string())
+        }
+    };
+    let mut bodies = Vec::new();
+    let mut shown_once = Vec::new();
+
+    let (status, body) = call(
+        "POST",
+        "/v1/account/api-keys",
+        admin.key.expose_secret(),
+        r#"{"name": "new"}"#,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new_id = created["id"].as_str().unwrap().to_owned();
+    secrets.push(created["key"].as_str().unwrap().to_owned());
+    shown_once.push(body);
+    let (status, body) = call(
+        "POST",
+        &format!("/v1/account/api-keys/{new_id}/rotate"),
+        admin.key.expose_secret(),
+        r#"{"overlap_seconds": 60}"#,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let rotated: serde_json::Value = serde_json::from_str(&body).unwrap();
+    secrets.push(rotated["key"].as_str().unwrap().to_owned());
+    shown_once.push(body);
+
+    let admin_key = admin.key.expose_secret();
+    for (method, uri, key, body) in [
+        ("GET", "/v1/account/api-keys".to_owned(), admin_key, ""),
+        (
+            "GET",
+            format!("/v1/account/api-keys/{new_id}"),
+            admin_key,
+            "",
+        ),
+        (
+            "PATCH",
+            format!("/v1/account/api-keys/{new_id}"),
+            admin_key,
+            r#"{"name": "renamed"}"#,
+        ),
+        (
+            "DELETE",
+            format!("/v1/account/api-keys/{new_id}"),
+            admin_key,
+            "",
+        ),
+        (
+            "POST",
+            "/v1/account/api-keys".to_owned(),
+            admin_key,
+            "{broken",
+        ),
+        (
+            "POST",
+            "/v1/account/api-keys".to_owned(),
+            reader.key.expose_secret(),
+            r#"{"name": "x"}"#,
+        ),
+        (
+            "GET",
+            "/whoami".to_owned(),
+            restricted.key.expose_secret(),
+            "",
+        ),
+        ("GET", "/whoami".to_owned(), "sk_live_notakey", ""),
+        ("GET", "/whoami".to_owned(), &secrets[4], ""),
+    ] {
+        let (_, body) = call(method, &uri, key, body).await;
+        bodies.push(body);
+    }
+    manager
+        .set_standing(
+            "acct_1",
+            AccountStanding::past_due(time::OffsetDateTime::UNIX_EPOCH),
+        )
+        .await
+        .unwrap();
+    bodies.push(
+        call("GET", "/whoami", past_due.key.expose_secret(), "")
+            .await
+            .1,
+    );
+    manager
+        .set_standing("acct_1", AccountStanding::good())
+        .await
+        .unwrap();
+    verifier.fail(true);
+    cache.invalidate_all();
+    bodies.push(call("GET", "/whoami", admin_key, "").await.1);
+
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(output.contains("api_key_auth"));
+    let debug = format!(
+        "{admin:?} {:?} {:?}",
+        verifier.verify(&admin.key.hash()).await,
+        cache
+    );
+    for secret in &secrets {
+        let hash = tower_api_keys::key::KeyHash::of(secret).to_hex();
+        assert!(!output.contains(&secret[8..]), "a key in the trace output");
+        assert!(!output.contains(&hash), "a hash in the trace output");
+        assert!(!debug.contains(&secret[8..]), "a key in Debug output");
+        for body in &bodies {
+            assert!(
+                !body.contains(&secret[8..]) && !body.contains(&hash),
+                "a key or hash in {body}"
+            );
+        }
+        for body in &shown_once {
+            assert!(!body.contains(&hash), "a hash in {body}");
+        }
+    }
+    // Each shown-once body holds exactly its own key.
+    assert!(shown_once[0].contains(&secrets[4]) && !shown_once[0].contains(&secrets[5]));
+    assert!(shown_once[1].contains(&secrets[5]));
+}
