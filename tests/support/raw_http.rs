@@ -96,3 +96,51 @@ impl Client {
         raw_request(self.addr, method, path, &headers, body.as_bytes()).await
     }
 }
+
+/// One keep-alive HTTP/1.1 connection: requests in sequence, replies read by
+/// Content-Length (enough for the servers under test).
+pub struct KeepAlive {
+    stream: tokio::io::BufReader<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        KeepAlive {
+            stream: tokio::io::BufReader::new(TcpStream::connect(addr).await.unwrap()),
+            addr,
+        }
+    }
+
+    /// Sends a request; returns status and body.
+    pub async fn send(&mut self, method: &str, path: &str, authorization: &str, body: &str) -> std::io::Result<(u16, String)> {
+        use tokio::io::AsyncBufReadExt;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line).await?;
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
