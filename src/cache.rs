@@ -63,7 +63,28 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
-type Flight = Arc<OnceCell<Result<Lookup, VerifyError>>>;
+/// One verifier call that concurrent lookups of a key share, tagged with the cache
+/// generation it started in: lookups after an invalidation start a new one, and its
+/// answer is cached only if no invalidation happened meanwhile.
+struct FlightCell {
+    generation: u64,
+    answer: OnceCell<Result<Lookup, VerifyError>>,
+}
+
+type Flight = Arc<FlightCell>;
+
+fn new_flight(generation: u64) -> Flight {
+    Arc::new(FlightCell {
+        generation,
+        answer: OnceCell::new(),
+    })
+}
+
+/// Adds without overflowing: lifetimes configured as `Duration::MAX` mean "very long".
+fn later(now: Instant, after: Duration) -> Instant {
+    const CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(after.min(CAP)).unwrap_or(now)
+}
 
 /// Slots of the hot-entry table in front of moka (a power of two).
 const HOT_SLOTS: usize = 1024;
@@ -300,7 +321,16 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             if let Some(entry) = core.entries.get(&hash) {
                 return Ok(entry.lookup);
             }
-            Arc::clone(in_flight.entry(hash).or_default())
+            // Read under the lock, which invalidations hold while they bump it.
+            let generation = core.generation.load(Ordering::Acquire);
+            match in_flight.get(&hash) {
+                Some(flight) if flight.generation == generation => Arc::clone(flight),
+                _ => {
+                    let flight = new_flight(generation);
+                    in_flight.insert(hash, Arc::clone(&flight));
+                    flight
+                }
+            }
         };
         // Removes the flight if every request waiting on it goes away before it lands
         // (client disconnects), so abandoned flights cannot pile up.
@@ -326,10 +356,18 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             if in_flight.contains_key(&hash) {
                 return;
             }
-            Arc::clone(in_flight.entry(hash).or_default())
+            let flight = new_flight(self.core.generation.load(Ordering::Acquire));
+            in_flight.insert(hash, Arc::clone(&flight));
+            flight
         };
         let cache = self.clone();
         runtime.spawn(async move {
+            // Leaves the map even if this task dies before landing.
+            let _abandoned = AbandonedFlight {
+                core: &cache.core,
+                hash,
+                flight: &flight,
+            };
             if let Err(error) = cache.fly(hash, &flight).await {
                 tracing::warn!(%error, "background re-verification of a cached API key failed");
             }
@@ -340,8 +378,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     async fn fly(&self, hash: KeyHash, flight: &Flight) -> Result<Lookup, VerifyError> {
         let core = &*self.core;
         let answer = flight
+            .answer
             .get_or_init(|| async {
-                let generation = core.generation.load(Ordering::Acquire);
+                let generation = flight.generation;
                 core.verifier_calls.fetch_add(1, Ordering::Relaxed);
                 let verification = core.verifier.verify(&hash);
                 let answer = match core.verify_timeout {
@@ -363,7 +402,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     match &answer {
                         Ok(found) => {
                             let (fresh, served) = core.lifetimes(found);
-                            let (deadline, stale_until) = (now + fresh, now + served);
+                            let (deadline, stale_until) = (later(now, fresh), later(now, served));
                             let entry = Entry {
                                 lookup: found.clone(),
                                 deadline,
@@ -376,7 +415,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                         // next refresh wait a little.
                         Err(_) => {
                             if let Some(mut entry) = core.entries.get(&hash) {
-                                entry.refresh_after = now + REFRESH_RETRY;
+                                entry.refresh_after = later(now, REFRESH_RETRY);
                                 core.entries.insert(hash, entry);
                             }
                         }
@@ -395,10 +434,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 impl<V> CachedVerifier<V> {
     /// Forgets the answer for one key hash.
     pub fn invalidate(&self, hash: &KeyHash) {
-        self.invalidating(|entries, in_flight| {
-            in_flight.remove(hash);
-            entries.invalidate(hash);
-        });
+        self.invalidating(|entries| entries.invalidate(hash));
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
@@ -417,15 +453,16 @@ impl<V> CachedVerifier<V> {
 
     /// Forgets every answer.
     pub fn invalidate_all(&self) {
-        self.invalidating(|entries, in_flight| {
-            in_flight.clear();
-            entries.invalidate_all();
+        // Not moka's `invalidate_all`: it spares entries written in the same clock tick.
+        self.invalidating(|entries| {
+            entries
+                .invalidate_entries_if(|_, _| true)
+                .expect("invalidation closures are enabled at build time");
         });
     }
 
     fn invalidate_where(&self, matches: impl Fn(&KeyRecord) -> bool + Send + Sync + 'static) {
-        self.invalidating(|entries, in_flight| {
-            in_flight.clear();
+        self.invalidating(|entries| {
             entries
                 .invalidate_entries_if(move |_, entry| {
                     matches!(&entry.lookup, Lookup::Found(record) if matches(record))
@@ -434,20 +471,18 @@ impl<V> CachedVerifier<V> {
         });
     }
 
-    /// Runs an invalidation between two generation bumps, holding the in-flight lock:
-    /// lookups in flight across it do not cache their answer (first bump), and hot
-    /// entries read before it ends are not served (second bump).
-    fn invalidating(
-        &self,
-        invalidate: impl FnOnce(&moka::sync::Cache<KeyHash, Entry>, &mut HashMap<KeyHash, Flight>),
-    ) {
+    /// Runs an invalidation between two generation bumps, holding the in-flight lock
+    /// (under which answers are written): flights started before it do not cache their
+    /// answer and are not joined by later lookups (first bump), and hot entries read
+    /// before it ends are not served (second bump).
+    fn invalidating(&self, invalidate: impl FnOnce(&moka::sync::Cache<KeyHash, Entry>)) {
         let core = &*self.core;
-        let mut in_flight = core
+        let _in_flight = core
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         core.generation.fetch_add(1, Ordering::AcqRel);
-        invalidate(&core.entries, &mut in_flight);
+        invalidate(&core.entries);
         core.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -477,7 +512,7 @@ struct AbandonedFlight<'a, V> {
 
 impl<V> Drop for AbandonedFlight<'_, V> {
     fn drop(&mut self) {
-        if self.flight.initialized() {
+        if self.flight.answer.initialized() {
             return;
         }
         let mut in_flight = self
@@ -509,7 +544,10 @@ impl<V> CacheCore<V> {
     /// the negative TTL, without a stale window, for unknown keys and keys already
     /// expired (expiry is final).
     fn lifetimes(&self, found: &Lookup) -> (Duration, Duration) {
-        let known = (self.positive_ttl, self.positive_ttl + self.stale_window);
+        let known = (
+            self.positive_ttl,
+            self.positive_ttl.saturating_add(self.stale_window),
+        );
         match found {
             Lookup::Unknown => (self.negative_ttl, self.negative_ttl),
             Lookup::Found(record) => match record.expires_at {
@@ -671,6 +709,48 @@ mod tests {
         cache.invalidate(&hash);
         assert!(pending.await.unwrap().is_ok());
         assert!(cache.get_cached(&hash).is_none());
+    }
+
+    #[tokio::test]
+    async fn lookups_after_an_invalidation_do_not_join_an_older_flight() {
+        let cache = CachedVerifier::new(fixture(200));
+        let hash = KeyHash::of("known");
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.lookup(&hash).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        cache.invalidate_key_id(&KeyId::new("ak_1"));
+        // A new flight, not the one that started before the revocation.
+        cache.lookup(&hash).await.unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(cache.stats().verifier_calls, 2);
+        assert!(
+            cache.get_cached(&hash).is_some(),
+            "the newer answer is cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalidate_all_right_after_a_lookup_forgets_it() {
+        let cache = CachedVerifier::new(fixture(0));
+        for _ in 0..200 {
+            let hash = KeyHash::of("known");
+            cache.lookup(&hash).await.unwrap();
+            cache.invalidate_all();
+            assert!(cache.get_cached(&hash).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn unbounded_lifetimes_do_not_overflow() {
+        let cache = CachedVerifier::builder(fixture(0))
+            .positive_ttl(Duration::MAX)
+            .stale_window(Duration::MAX)
+            .build();
+        let hash = KeyHash::of("known");
+        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Found(_))));
+        assert!(cache.get_cached(&hash).is_some());
     }
 
     #[tokio::test]

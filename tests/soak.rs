@@ -23,16 +23,26 @@ use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0.0);
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
     pages * 4096.0 / (1024.0 * 1024.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a 60 s soak; run it on purpose"]
 async fn soak() {
-    let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let db = TempDb::new("soak");
-    let store = SqliteStore::open(db.path()).await.unwrap().with_active_key_limit(10_000);
+    let store = SqliteStore::open(db.path())
+        .await
+        .unwrap()
+        .with_active_key_limit(10_000);
     store.migrate().await.unwrap();
     let format = KeyFormat::new("sk");
     let cache = CachedVerifier::new(store.clone());
@@ -43,10 +53,17 @@ async fn soak() {
         let manager = manager.clone();
         async move {
             let created = manager
-                .create_for_account("acct_soak", Environment::LIVE, CreateKey::named(name).scopes(Scope::Admin))
+                .create_for_account(
+                    "acct_soak",
+                    Environment::LIVE,
+                    CreateKey::named(name).scopes(Scope::Admin),
+                )
                 .await
                 .unwrap();
-            (created.info.id.to_string(), created.key.expose_secret().to_owned())
+            (
+                created.info.id.to_string(),
+                created.key.expose_secret().to_owned(),
+            )
         }
     };
     let admin = make("admin".into()).await.1;
@@ -55,12 +72,28 @@ async fn soak() {
         valid.push(make(format!("valid {i}")).await.1);
     }
     let (revoked_id, revoked) = make("revoked".into()).await;
-    manager.revoke("acct_soak", &tower_api_keys::key::KeyId::new(revoked_id)).await.unwrap();
-    let unknown: Vec<String> = (0..16).map(|_| format.generate(&Environment::LIVE).expose_secret().to_owned()).collect();
-    let malformed: Vec<String> = valid.iter().map(|k| format!("{}x", &k[..k.len() - 1])).collect();
+    manager
+        .revoke("acct_soak", &tower_api_keys::key::KeyId::new(revoked_id))
+        .await
+        .unwrap();
+    let unknown: Vec<String> = (0..16)
+        .map(|_| {
+            format
+                .generate(&Environment::LIVE)
+                .expose_secret()
+                .to_owned()
+        })
+        .collect();
+    let malformed: Vec<String> = valid
+        .iter()
+        .map(|k| format!("{}x", &k[..k.len() - 1]))
+        .collect();
 
     let app = axum::Router::new()
-        .route("/whoami", axum::routing::get(|p: tower_api_keys::Principal| async move { axum::Json(p) }))
+        .route(
+            "/whoami",
+            axum::routing::get(|p: tower_api_keys::Principal| async move { axum::Json(p) }),
+        )
         .nest("/v1/account", manage::router(manager.clone()))
         .layer(ApiKeyLayer::new(format.clone(), cache.clone()).record_usage(usage.clone()));
     let addr = serve(app).await;
@@ -74,23 +107,45 @@ async fn soak() {
 
     // The admin: create a key, use it, revoke it, over and over.
     let admin_task = {
-        let (revoked_at, churn, violations, admin) = (revoked_at.clone(), churn.clone(), violations.clone(), admin.clone());
+        let (revoked_at, churn, violations, admin) = (
+            revoked_at.clone(),
+            churn.clone(),
+            violations.clone(),
+            admin.clone(),
+        );
         tokio::spawn(async move {
             let mut conn = KeepAlive::connect(addr).await;
             let auth = format!("Bearer {admin}");
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
-                let (status, body) = conn.send("POST", "/v1/account/api-keys", &auth, &format!(r#"{{"name": "churn {n}"}}"#)).await.unwrap();
+                let (status, body) = conn
+                    .send(
+                        "POST",
+                        "/v1/account/api-keys",
+                        &auth,
+                        &format!(r#"{{"name": "churn {n}"}}"#),
+                    )
+                    .await
+                    .unwrap();
                 if status != 201 {
-                    violations.lock().unwrap().push(format!("create: {status} {body}"));
+                    violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("create: {status} {body}"));
                     continue;
                 }
                 let created: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let (id, key) = (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned());
+                let (id, key) = (
+                    created["id"].as_str().unwrap().to_owned(),
+                    created["key"].as_str().unwrap().to_owned(),
+                );
                 churn.lock().unwrap().push(key.clone());
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let (status, _) = conn.send("DELETE", &format!("/v1/account/api-keys/{id}"), &auth, "").await.unwrap();
+                let (status, _) = conn
+                    .send("DELETE", &format!("/v1/account/api-keys/{id}"), &auth, "")
+                    .await
+                    .unwrap();
                 if status != 204 {
                     violations.lock().unwrap().push(format!("revoke: {status}"));
                 }
@@ -102,13 +157,26 @@ async fn soak() {
 
     let clients: Vec<_> = (0..64)
         .map(|client| {
-            let (valid, unknown, malformed, revoked) = (valid.clone(), unknown.clone(), malformed.clone(), revoked.clone());
-            let (revoked_at, churn, violations, requests) = (revoked_at.clone(), churn.clone(), violations.clone(), requests.clone());
+            let (valid, unknown, malformed, revoked) = (
+                valid.clone(),
+                unknown.clone(),
+                malformed.clone(),
+                revoked.clone(),
+            );
+            let (revoked_at, churn, violations, requests) = (
+                revoked_at.clone(),
+                churn.clone(),
+                violations.clone(),
+                requests.clone(),
+            );
             tokio::spawn(async move {
                 let mut conn = KeepAlive::connect(addr).await;
                 let mut i = client as usize;
                 while Instant::now() < deadline {
-                    i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 1;
+                    i = i
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407)
+                        >> 1;
                     let (key, expect): (String, &[u16]) = match i % 5 {
                         0 => (valid[i % valid.len()].clone(), &[200]),
                         1 => (unknown[i % unknown.len()].clone(), &[401]),
@@ -123,7 +191,10 @@ async fn soak() {
                         }
                     };
                     let sent_at = Instant::now();
-                    let (status, body) = conn.send("GET", "/whoami", &format!("Bearer {key}"), "").await.unwrap();
+                    let (status, body) = conn
+                        .send("GET", "/whoami", &format!("Bearer {key}"), "")
+                        .await
+                        .unwrap();
                     requests.fetch_add(1, Ordering::Relaxed);
                     if !expect.contains(&status) {
                         violations.lock().unwrap().push(format!("{status} {body}"));
@@ -131,7 +202,10 @@ async fn soak() {
                     if status == 200 {
                         if let Some(at) = revoked_at.lock().unwrap().get(&key) {
                             if *at < sent_at {
-                                violations.lock().unwrap().push("a revoked key was accepted after its revocation returned".into());
+                                violations.lock().unwrap().push(
+                                    "a revoked key was accepted after its revocation returned"
+                                        .into(),
+                                );
                             }
                         }
                     }
@@ -154,6 +228,14 @@ async fn soak() {
         total as f64 / seconds as f64,
         violations.len()
     );
-    assert!(violations.is_empty(), "{:?}", &violations[..violations.len().min(5)]);
-    assert!(end - warm < 32.0, "memory grew {:.1} MiB after warm-up", end - warm);
+    assert!(
+        violations.is_empty(),
+        "{:?}",
+        &violations[..violations.len().min(5)]
+    );
+    assert!(
+        end - warm < 32.0,
+        "memory grew {:.1} MiB after warm-up",
+        end - warm
+    );
 }

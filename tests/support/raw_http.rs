@@ -113,7 +113,13 @@ impl KeepAlive {
     }
 
     /// Sends a request; returns status and body.
-    pub async fn send(&mut self, method: &str, path: &str, authorization: &str, body: &str) -> std::io::Result<(u16, String)> {
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         use tokio::io::AsyncBufReadExt;
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -123,7 +129,11 @@ impl KeepAlive {
         self.stream.get_mut().write_all(request.as_bytes()).await?;
         let mut status_line = String::new();
         self.stream.read_line(&mut status_line).await?;
-        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let mut length = 0usize;
         loop {
             let mut line = String::new();
