@@ -210,7 +210,6 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .expire_after(EntryExpiry)
-            .support_invalidation_closures()
             .build();
         CachedVerifier {
             core: Arc::new(CacheCore {
@@ -440,34 +439,36 @@ impl<V> CachedVerifier<V> {
     /// Forgets the answer for the key with this id (for revocation, where the caller
     /// knows the id but not the key).
     pub fn invalidate_key_id(&self, id: &KeyId) {
-        let id = id.clone();
-        self.invalidate_where(move |record| record.id == id);
+        self.invalidate_where(|found| matches!(found, Lookup::Found(record) if record.id == *id));
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
     /// another account-wide property changed).
     pub fn invalidate_account(&self, account_id: &str) {
-        let account_id = account_id.to_owned();
-        self.invalidate_where(move |record| record.account_id == account_id);
+        self.invalidate_where(
+            |found| matches!(found, Lookup::Found(record) if record.account_id == account_id),
+        );
     }
 
     /// Forgets every answer.
     pub fn invalidate_all(&self) {
-        // Not moka's `invalidate_all`: it spares entries written in the same clock tick.
-        self.invalidating(|entries| {
-            entries
-                .invalidate_entries_if(|_, _| true)
-                .expect("invalidation closures are enabled at build time");
-        });
+        self.invalidate_where(|_| true);
     }
 
-    fn invalidate_where(&self, matches: impl Fn(&KeyRecord) -> bool + Send + Sync + 'static) {
+    /// Removes every matching entry now, one by one. (moka's `invalidate_entries_if`
+    /// and `invalidate_all` apply lazily and, under concurrent reads, let a matching
+    /// entry be read for a moment after they return: a concurrency test caught
+    /// revoked keys served that way.) Costs a pass over the cache: revocations are rare.
+    fn invalidate_where(&self, matches: impl Fn(&Lookup) -> bool) {
         self.invalidating(|entries| {
-            entries
-                .invalidate_entries_if(move |_, entry| {
-                    matches!(&entry.lookup, Lookup::Found(record) if matches(record))
-                })
-                .expect("invalidation closures are enabled at build time");
+            let matching: Vec<Arc<KeyHash>> = entries
+                .iter()
+                .filter(|(_, entry)| matches(&entry.lookup))
+                .map(|(hash, _)| hash)
+                .collect();
+            for hash in matching {
+                entries.invalidate(&*hash);
+            }
         });
     }
 

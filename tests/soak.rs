@@ -202,10 +202,10 @@ async fn soak() {
                     if status == 200 {
                         if let Some(at) = revoked_at.lock().unwrap().get(&key) {
                             if *at < sent_at {
-                                violations.lock().unwrap().push(
-                                    "a revoked key was accepted after its revocation returned"
-                                        .into(),
-                                );
+                                violations.lock().unwrap().push(format!(
+                                    "a revoked key was accepted {:?} after its revocation returned: {body}",
+                                    sent_at - *at
+                                ));
                             }
                         }
                     }

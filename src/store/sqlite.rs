@@ -261,9 +261,11 @@ impl KeyStore for SqliteStore {
         ))
         .bind(id.as_str())
         .bind(account_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(backend)?
+        .into_iter()
+        .next()
         .ok_or(StoreError::NotFound)?;
         key_info(&row)
     }
@@ -274,7 +276,12 @@ impl KeyStore for SqliteStore {
         id: &KeyId,
         changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
-        let row = sqlx::query(&format!(
+        // `fetch_all` everywhere, never `fetch_optional`: a statement not stepped to
+        // completion keeps its transaction open on the pooled connection, so an
+        // `UPDATE … RETURNING` would not be committed yet when this returns, and a
+        // `SELECT` would keep a read snapshot that later queries on that connection
+        // share (the soak test caught revoked keys accepted for milliseconds).
+        let rows = sqlx::query(&format!(
             "UPDATE api_keys SET name = COALESCE(?, name), restrictions = COALESCE(?, restrictions) \
              WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
         ))
@@ -282,26 +289,25 @@ impl KeyStore for SqliteStore {
         .bind(changes.restrictions.as_ref().map(restrictions_json))
         .bind(id.as_str())
         .bind(account_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
-        key_info(&row)
+        .map_err(backend)?;
+        key_info(rows.first().ok_or(StoreError::NotFound)?)
     }
 
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        let row = sqlx::query(&format!(
+        // Stepped to completion (see `update`): the revocation is committed on return.
+        let rows = sqlx::query(&format!(
             "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) \
              WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(to_ms(OffsetDateTime::now_utc()))
         .bind(id.as_str())
         .bind(account_id)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
-        key_info(&row)
+        .map_err(backend)?;
+        key_info(rows.first().ok_or(StoreError::NotFound)?)
     }
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
@@ -310,9 +316,11 @@ impl KeyStore for SqliteStore {
              JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = ?"
         ))
         .bind(&hash.as_bytes()[..])
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(backend)?
+        .into_iter()
+        .next();
         let Some(row) = row else { return Ok(None) };
         let standing = AccountStanding {
             past_due_since: opt_from_ms(row.try_get(AFTER_KEY_COLUMNS).map_err(backend)?)
@@ -347,18 +355,22 @@ impl KeyStore for SqliteStore {
             "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?"
         ))
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(backend)?
+        .into_iter()
+        .next();
         row.as_ref().map(key_info).transpose()
     }
 
     async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
         let row = sqlx::query("SELECT past_due_since, grace_days FROM accounts WHERE id = ?")
             .bind(account_id)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(backend)?
+            .into_iter()
+            .next();
         let Some(row) = row else {
             return Ok(AccountStanding::default());
         };
