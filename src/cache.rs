@@ -7,7 +7,13 @@
 //!   5 s), so a client retrying a wrong key does not reach the store each time.
 //! - **Backend errors are never cached.**
 //! - **Single-flight:** concurrent misses on one key share one `verify` call.
-//! - **Invalidation** by hash, by key id, or all, takes effect for the next request;
+//! - **Hot keys** are served from a small table in front of moka (a read lock and a hash
+//!   compare instead of moka's read bookkeeping), emptied by any invalidation.
+//! - **Stale-while-revalidate:** past its fresh TTL a known key is served at once while
+//!   one background task re-verifies it, and keeps being served for the stale window
+//!   (default 5 min) if the backend is down; verifier calls time out (default 2 s).
+//! - **Invalidation** by hash, by key id, by account, or all, takes effect for the next
+//!   request (matching entries are removed before the call returns);
 //!   a lookup that was in flight when the invalidation happened does not write its
 //!   (possibly outdated) answer into the cache.
 //!
