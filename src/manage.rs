@@ -366,11 +366,18 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             .restrictions(restrictions);
         new.project_id = project_id;
         new.expires_at = expires_at;
-        self.insert(new).await
+        self.insert(new, None).await
     }
 
-    async fn insert(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
-        if !self.inner.format.environments().contains(&new.environment) {
+    /// Generates the key, stores it (ending the key it replaces, if any), and returns
+    /// the plaintext once.
+    async fn insert(
+        &self,
+        new: NewKey,
+        replaces: Option<Replacement>,
+    ) -> Result<CreatedKey, ManageError> {
+        let format = &self.inner.format;
+        if !format.environments().contains(&new.environment) {
             return Err(ManageError::invalid(
                 "invalid_environment",
                 format!(
@@ -379,7 +386,11 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
                 ),
             ));
         }
-        Ok(self.inner.store.create(&self.inner.format, new).await?)
+        let key = format.generate(&new.environment);
+        let mut stored = StoredKey::new(format, &key, new);
+        stored.replaces = replaces;
+        let info = self.inner.store.insert(stored).await?;
+        Ok(CreatedKey::new(key, info))
     }
 
     /// Creates a key for an account directly: for bootstrapping and operator tools.
@@ -395,7 +406,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             .restrictions(request.restrictions.unwrap_or_default());
         new.project_id = request.project_id;
         new.expires_at = request.expires_at;
-        self.insert(new).await
+        self.insert(new, None).await
     }
 
     /// The account's active keys.
@@ -453,22 +464,13 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             .restrictions(old.restrictions);
         new.project_id = old.project_id;
         new.expires_at = old.expires_at;
-        if !self.inner.format.environments().contains(&new.environment) {
-            return Err(ManageError::invalid(
-                "invalid_environment",
-                "keys of this environment are not issued here",
-            ));
-        }
-        let key = self.inner.format.generate(&new.environment);
-        let mut stored = StoredKey::new(&self.inner.format, &key, new);
         let overlap = time::Duration::try_from(overlap).unwrap_or(time::Duration::MAX);
-        stored.replaces = Some(Replacement::new(
-            id.clone(),
-            OffsetDateTime::now_utc().saturating_add(overlap),
-        ));
-        let info = self.inner.store.insert(stored).await?;
+        let ends_at = OffsetDateTime::now_utc().saturating_add(overlap);
+        let created = self
+            .insert(new, Some(Replacement::new(id.clone(), ends_at)))
+            .await?;
         self.inner.cache.invalidate_key_id(id);
-        Ok(CreatedKey::new(key, info))
+        Ok(created)
     }
 
     /// Revokes a key (idempotent); the next request with it is refused on this
@@ -618,6 +620,13 @@ fn restrictions_field(
     }
 }
 
+/// A new key as answered the one time its plaintext is shown.
+fn shown_once(created: &CreatedKey) -> Value {
+    let mut body = serde_json::to_value(&created.info).expect("KeyInfo serializes");
+    body["key"] = Value::String(created.key.expose_secret().to_owned());
+    body
+}
+
 async fn create<S: KeyStore, V: KeyVerifier>(
     State(manager): State<KeyManager<S, V>>,
     principal: Principal,
@@ -625,9 +634,7 @@ async fn create<S: KeyStore, V: KeyVerifier>(
 ) -> Result<(StatusCode, axum::Json<Value>), ManageError> {
     let request = create_request(&parse_body(&body)?)?;
     let created = manager.create(&principal, request).await?;
-    let mut body = serde_json::to_value(&created.info).expect("KeyInfo serializes");
-    body["key"] = Value::String(created.key.expose_secret().to_owned());
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    Ok((StatusCode::CREATED, axum::Json(shown_once(&created))))
 }
 
 async fn list<S: KeyStore, V: KeyVerifier>(
@@ -724,8 +731,7 @@ async fn rotate<S: KeyStore, V: KeyVerifier>(
     let created = manager
         .rotate(principal.account_id(), &id, Duration::from_secs(overlap))
         .await?;
-    let mut body = serde_json::to_value(&created.info).expect("KeyInfo serializes");
-    body["key"] = Value::String(created.key.expose_secret().to_owned());
+    let mut body = shown_once(&created);
     body["rotated_from"] = Value::String(id.to_string());
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
