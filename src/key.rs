@@ -289,6 +289,15 @@ impl KeyFormat {
         ApiKey { secret: key }
     }
 
+    /// Whether `token` claims to be a key of this format (it starts with `{prefix}_`),
+    /// valid or not. A token that does not is another kind of credential.
+    #[must_use]
+    pub fn claims(&self, token: &str) -> bool {
+        token
+            .strip_prefix(&*self.prefix)
+            .is_some_and(|rest| rest.starts_with('_'))
+    }
+
     /// Checks a presented key: prefix, environment tag, length, alphabet, checksum.
     ///
     /// Pure and allocation-free; a key that fails here never reaches a cache or a store.
@@ -651,6 +660,11 @@ mod tests {
             KeyFormatError::Alphabet
         );
         assert_eq!(format.parse("").unwrap_err(), KeyFormatError::Prefix);
+        assert!(format.claims("sk_"));
+        assert!(format.claims("sk_live_nonsense"));
+        assert!(!format.claims("sk"));
+        assert!(!format.claims("skx_live"));
+        assert!(!format.claims("eyJhbGciOiJIUzI1NiJ9.e30.sig"));
         assert_eq!(
             format.parse("sk_live").unwrap_err(),
             KeyFormatError::Environment

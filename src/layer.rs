@@ -47,8 +47,8 @@ use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
 use crate::error::{AuthError, ErrorFormat, ErrorResponder, RenderedByDefault};
 use crate::key::{Environment, KeyFormat, KeyHash};
-use crate::policy::{Policy, ProjectResolver, RequestView};
-use crate::principal::{Anonymous, Principal};
+use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
+use crate::principal::{Anonymous, ForeignToken, Principal};
 use crate::usage::UsageRecorder;
 use crate::verify::KeyVerifier;
 
@@ -58,6 +58,7 @@ struct Shared<V> {
     cache: CachedVerifier<V>,
     policy: Policy,
     optional: bool,
+    pass_foreign: bool,
     responder: Arc<ErrorResponder>,
     /// Whether `responder` differs from the defaults that extractors render with.
     custom_responses: bool,
@@ -71,6 +72,7 @@ impl<V> Clone for Shared<V> {
             cache: self.cache.clone(),
             policy: self.policy.clone(),
             optional: self.optional,
+            pass_foreign: self.pass_foreign,
             responder: Arc::clone(&self.responder),
             custom_responses: self.custom_responses,
             usage: self.usage.clone(),
@@ -123,6 +125,7 @@ impl<V> fmt::Debug for ApiKeyLayer<V> {
             .field("format", &self.shared.format)
             .field("policy", &self.shared.policy)
             .field("optional", &self.shared.optional)
+            .field("pass_foreign_tokens", &self.shared.pass_foreign)
             .field("responder", &self.shared.responder)
             .finish_non_exhaustive()
     }
@@ -140,6 +143,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
                 cache,
                 policy: Policy::new(),
                 optional: false,
+                pass_foreign: false,
                 responder: Arc::new(ErrorResponder::default()),
                 custom_responses: false,
                 usage: None,
@@ -166,11 +170,32 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
         self.with_shared(|shared| shared.policy = shared.policy.clone().environment(environment))
     }
 
+    /// The environment each request is served in, chosen by `resolver` (such as
+    /// [`EnvironmentByHost`](crate::policy::EnvironmentByHost): one host per
+    /// environment): keys of another environment get 401 `environment_mismatch`.
+    /// Replaces [`environment`](Self::environment).
+    #[must_use]
+    pub fn environment_by(self, resolver: impl EnvironmentResolver) -> Self {
+        self.with_shared(|shared| shared.policy = shared.policy.clone().environment_by(resolver))
+    }
+
     /// Lets requests without a key through with no [`Principal`] (handlers take
     /// `Option<Principal>`). A key that is present but bad is still rejected.
     #[must_use]
     pub fn optional(self) -> Self {
         self.with_shared(|shared| shared.optional = true)
+    }
+
+    /// Hands requests whose bearer token is not an API key at all (it does not start
+    /// with the format's `{prefix}_`: a session JWT, an OAuth token) on to the inner
+    /// service without a [`Principal`] and with a
+    /// [`ForeignToken`](crate::principal::ForeignToken) marker, so one `Authorization`
+    /// header can carry either a key or another credential that the service checks
+    /// itself. A token that does start with the prefix is a key, and a bad one is
+    /// still refused with 401 `invalid_api_key`.
+    #[must_use]
+    pub fn pass_foreign_tokens(self) -> Self {
+        self.with_shared(|shared| shared.pass_foreign = true)
     }
 
     /// The realm in `WWW-Authenticate` challenges (default `api`).
@@ -298,6 +323,11 @@ where
         let hash = match bearer_token(request.headers()) {
             Ok(Some(token)) => match shared.format.parse(token) {
                 Ok(parsed) => parsed.hash(),
+                Err(_) if shared.pass_foreign && !shared.format.claims(token) => {
+                    span.record("outcome", "foreign_token");
+                    request.extensions_mut().insert(ForeignToken);
+                    return self.call_inner(request);
+                }
                 Err(reason) => {
                     tracing::debug!(parent: &span, %reason, "malformed API key");
                     return self.reject(&span, AuthError::InvalidKey);

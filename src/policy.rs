@@ -105,6 +105,92 @@ impl ProjectResolver for ProjectFromPath {
     }
 }
 
+/// Tells the layer which environment a request is served in, when that depends on the
+/// request (a host per environment, say): keys of another environment get 401
+/// `environment_mismatch`. `None`: no environment is served here, and every key is
+/// refused with that code.
+///
+/// [`EnvironmentByHost`] covers one host per environment.
+pub trait EnvironmentResolver: Send + Sync + 'static {
+    /// The environment `request` is served in.
+    fn environment<'s>(&'s self, request: &RequestView<'_>) -> Option<&'s Environment>;
+}
+
+/// The environment by the request's host (the `Host` header, or the URI's authority in
+/// HTTP/2), ignoring the port and ASCII case:
+///
+/// ```
+/// use tower_api_keys::key::Environment;
+/// use tower_api_keys::policy::{EnvironmentByHost, EnvironmentResolver, RequestView};
+///
+/// let hosts = EnvironmentByHost::new()
+///     .host("api.bytekit.com", Environment::LIVE)
+///     .host("api-stg.bytekit.com", Environment::TEST);
+/// let request = http::Request::get("/v1/scrape").header("host", "API-stg.bytekit.com:443").body(()).unwrap();
+/// assert_eq!(hosts.environment(&RequestView::of(&request)), Some(&Environment::TEST));
+/// let elsewhere = http::Request::get("/").header("host", "localhost").body(()).unwrap();
+/// assert_eq!(hosts.environment(&RequestView::of(&elsewhere)), None);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentByHost {
+    hosts: Vec<(Box<str>, Environment)>,
+    otherwise: Option<Environment>,
+}
+
+impl EnvironmentByHost {
+    /// No host yet: every key is refused until hosts are added.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests to `host` (a name without port) are served in `environment`.
+    #[must_use]
+    pub fn host(mut self, host: &str, environment: Environment) -> Self {
+        self.hosts
+            .push((host.to_ascii_lowercase().into(), environment));
+        self
+    }
+
+    /// Requests to any other host (or without one) are served in `environment`; by
+    /// default they serve none, and every key is refused there.
+    #[must_use]
+    pub fn otherwise(mut self, environment: Environment) -> Self {
+        self.otherwise = Some(environment);
+        self
+    }
+}
+
+/// The host a request was sent to, without port: `Host`, else the URI's authority.
+fn request_host<'r>(request: &RequestView<'r>) -> Option<&'r str> {
+    let authority = match request.headers.get(http::header::HOST) {
+        Some(value) => value.to_str().ok()?,
+        None => request.uri.host()?,
+    };
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:8080`.
+        &authority[..rest.find(']')? + 2]
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _port)| host)
+    };
+    Some(host.strip_suffix('.').unwrap_or(host))
+}
+
+impl EnvironmentResolver for EnvironmentByHost {
+    fn environment<'s>(&'s self, request: &RequestView<'_>) -> Option<&'s Environment> {
+        let host = request_host(request);
+        host.and_then(|host| {
+            self.hosts
+                .iter()
+                .find(|(known, _)| known.eq_ignore_ascii_case(host))
+                .map(|(_, environment)| environment)
+        })
+        .or(self.otherwise.as_ref())
+    }
+}
+
 /// Rule 3: a revoked key is refused.
 pub fn check_revoked(record: &KeyRecord) -> Result<(), AuthError> {
     if record.is_revoked() {
@@ -181,11 +267,29 @@ pub fn check_endpoint(record: &KeyRecord, method: &Method, path: &str) -> Result
     }
 }
 
+/// Which environments a deployment serves.
+#[derive(Clone)]
+enum Deployment {
+    Any,
+    One(Environment),
+    PerRequest(Arc<dyn EnvironmentResolver>),
+}
+
+impl fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Deployment::Any => f.write_str("Any"),
+            Deployment::One(environment) => f.debug_tuple("One").field(environment).finish(),
+            Deployment::PerRequest(_) => f.write_str("PerRequest"),
+        }
+    }
+}
+
 /// The layer's rules and what they need: the deployment's environment, the clock, the
 /// project resolver, the trusted proxies. Cheap to clone.
 #[derive(Clone)]
 pub struct Policy {
-    environment: Option<Environment>,
+    environment: Deployment,
     clock: Arc<dyn Clock>,
     project: Option<Arc<dyn ProjectResolver>>,
     trusted_proxies: Arc<[IpNet]>,
@@ -212,7 +316,7 @@ impl Policy {
     #[must_use]
     pub fn new() -> Self {
         Policy {
-            environment: None,
+            environment: Deployment::Any,
             clock: Arc::new(SystemClock),
             project: None,
             trusted_proxies: Arc::new([]),
@@ -222,7 +326,15 @@ impl Policy {
     /// The environment this deployment serves.
     #[must_use]
     pub fn environment(mut self, environment: Environment) -> Self {
-        self.environment = Some(environment);
+        self.environment = Deployment::One(environment);
+        self
+    }
+
+    /// The environment each request is served in, by `resolver` (replaces
+    /// [`environment`](Self::environment)).
+    #[must_use]
+    pub fn environment_by(mut self, resolver: impl EnvironmentResolver) -> Self {
+        self.environment = Deployment::PerRequest(Arc::new(resolver));
         self
     }
 
@@ -262,7 +374,14 @@ impl Policy {
         if let Some(now) = now {
             check_expiry(record, now)?;
         }
-        check_environment(record, self.environment.as_ref())?;
+        match &self.environment {
+            Deployment::Any => {}
+            Deployment::One(environment) => check_environment(record, Some(environment))?,
+            Deployment::PerRequest(resolver) => match resolver.environment(request) {
+                Some(environment) => check_environment(record, Some(environment))?,
+                None => return Err(AuthError::EnvironmentMismatch),
+            },
+        }
         if let Some(now) = now {
             check_standing(&record.standing, now)?;
         }
@@ -311,6 +430,64 @@ mod tests {
             .environment(Environment::LIVE)
             .clock(ManualClock::new(NOW))
             .projects(ProjectFromPath::after("projects"))
+    }
+
+    #[test]
+    fn hosts_choose_the_environment() {
+        let hosts = EnvironmentByHost::new()
+            .host("api.example.com", Environment::LIVE)
+            .host("::1", Environment::TEST);
+        let host = |value: &str| {
+            let request = Request::get("/").header("host", value).body(()).unwrap();
+            hosts.environment(&RequestView::of(&request)).cloned()
+        };
+        assert_eq!(host("api.example.com"), Some(Environment::LIVE));
+        assert_eq!(host("API.Example.COM:8443"), Some(Environment::LIVE));
+        assert_eq!(host("api.example.com."), Some(Environment::LIVE));
+        assert_eq!(
+            host("[::1]:3100"),
+            None,
+            "the brackets stay: hosts name IPv6 with them"
+        );
+        assert_eq!(host("evil.api.example.com"), None);
+        assert_eq!(host("api.example.com.evil"), None);
+        assert_eq!(host(""), None);
+        // HTTP/2 has no Host header: the URI's authority counts.
+        let h2 = Request::get("https://api.example.com/v1").body(()).unwrap();
+        assert_eq!(
+            hosts.environment(&RequestView::of(&h2)),
+            Some(&Environment::LIVE)
+        );
+        let anywhere = hosts.clone().otherwise(Environment::TEST);
+        let request = Request::get("/")
+            .header("host", "localhost")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            anywhere.environment(&RequestView::of(&request)),
+            Some(&Environment::TEST)
+        );
+    }
+
+    #[test]
+    fn a_host_without_environment_refuses_every_key() {
+        let policy = Policy::new().environment_by(
+            EnvironmentByHost::new().host("api-stg.example.com", Environment::TEST),
+        );
+        let at = |host: &str| Request::get("/").header("host", host).body(()).unwrap();
+        let test_key = key(Environment::TEST);
+        let live_key = key(Environment::LIVE);
+        let staging = at("api-stg.example.com");
+        assert_eq!(policy.check(&test_key, &RequestView::of(&staging)), Ok(()));
+        assert_eq!(
+            policy.check(&live_key, &RequestView::of(&staging)),
+            Err(AuthError::EnvironmentMismatch)
+        );
+        let unknown = at("localhost");
+        assert_eq!(
+            policy.check(&test_key, &RequestView::of(&unknown)),
+            Err(AuthError::EnvironmentMismatch)
+        );
     }
 
     #[test]

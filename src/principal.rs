@@ -107,15 +107,26 @@ impl serde::Serialize for Principal {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Anonymous;
 
+/// Marks a request whose bearer token is not an API key at all (it lacks the key
+/// prefix: a session JWT, say) and that an [`ApiKeyLayer`](crate::ApiKeyLayer) with
+/// [`pass_foreign_tokens`](crate::ApiKeyLayer::pass_foreign_tokens) handed on without a
+/// [`Principal`], for the service behind it to authenticate another way.
+///
+/// Extractors treat it as "no principal": `Option<Principal>` is `None` and
+/// `Principal` answers 401 `invalid_api_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ForeignToken;
+
 /// The principal of a request that went through the layer: `Ok(None)` behind an
-/// optional layer without a key.
+/// optional layer without a key, or for a foreign token that was passed on.
 pub(crate) fn authenticated(
     extensions: &http::Extensions,
 ) -> Result<Option<Principal>, crate::error::MissingApiKeyLayer> {
     if let Some(principal) = extensions.get::<Principal>() {
         return Ok(Some(principal.clone()));
     }
-    if extensions.get::<Anonymous>().is_some() {
+    if extensions.get::<Anonymous>().is_some() || extensions.get::<ForeignToken>().is_some() {
         return Ok(None);
     }
     Err(crate::error::MissingApiKeyLayer)
@@ -127,7 +138,14 @@ pub(crate) fn require(
     extensions: &http::Extensions,
     required: Option<&Scope>,
 ) -> Result<Principal, crate::error::PrincipalRejection> {
-    let principal = authenticated(extensions)?.ok_or(crate::AuthError::MissingKey)?;
+    let Some(principal) = authenticated(extensions)? else {
+        let error = if extensions.get::<ForeignToken>().is_some() {
+            crate::AuthError::InvalidKey
+        } else {
+            crate::AuthError::MissingKey
+        };
+        return Err(error.into());
+    };
     if let Some(required) = required {
         if !principal.has_scope(required) {
             return Err(crate::AuthError::InsufficientScope {

@@ -1,19 +1,23 @@
-//! Key management: [`KeyManager`] (the domain) and [`router`] (its HTTP face).
+//! Key management: [`KeyManager`] (the domain) and [`KeyRoutes`] / [`router`] (its
+//! HTTP face).
 //!
-//! | route | does | answers |
+//! | route | does | answers (default [`KeyRoutes`]) |
 //! |---|---|---|
-//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?}` | 201, the key once |
-//! | `GET /api-keys` | list the account's active keys | 200 `{"data": [...]}` |
+//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?, "restrictions"?}` | 201, the key once |
+//! | `GET /api-keys` | list the caller's active keys | 200 `{"data": [...]}` |
 //! | `GET /api-keys/{id}` | one key | 200 |
 //! | `PATCH /api-keys/{id}` | rename and/or restrict, body `{"name"?, "restrictions"?}` | 200 |
 //! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
 //! | `POST /api-keys/{id}/rotate` | rotate, body `{"overlap_seconds"?}` (default 0) | 201, the new key once |
 //!
-//! The routes act on the caller's account and environment only (another account's key,
-//! or a live key seen with a test key, is a 404) and, by default, require the `admin`
-//! scope. A key never creates a key with more than it has: not a scope it lacks, not
-//! another project than its own, not a later expiry. Mount them under any prefix, behind the
-//! [`ApiKeyLayer`](crate::ApiKeyLayer):
+//! The caller is the request's [`Principal`] (an API key, which by default needs the
+//! `admin` scope) or, for dashboards, a [`KeyOwner`] that your session middleware put
+//! into the request's extensions. The routes act on the caller's account, environment
+//! and project only (another's key is a 404). A key never creates a key with more than
+//! it has: not a scope it lacks, not another project than its own, not a later expiry.
+//! [`KeyRoutes`] shapes the answers: an [`Envelope`](crate::envelope::Envelope), the
+//! fields of a key, what PATCH and DELETE answer, whether keys can be renamed. Mount
+//! them under any prefix, behind the [`ApiKeyLayer`](crate::ApiKeyLayer):
 //!
 //! ```
 //! use axum::Router;
@@ -30,31 +34,31 @@
 //! ```
 //!
 //! Errors: 400 `invalid_json`; 422 `invalid_body` (not a JSON object), `invalid_name`
-//! (missing, empty or over 100 characters), `invalid_scope` (not a string or not one of
-//! the manager's scopes), `invalid_project` (not a non-empty string, or not the
-//! caller's project), `invalid_expiry` (not RFC 3339, not in the future, or past the
-//! caller's own expiry), `invalid_environment`, `invalid_restrictions` (unreadable, or
-//! differing from a restricted caller's own), `invalid_overlap`; 403 `insufficient_scope`
-//! (asking for a scope the caller does not hold); 404 `api_key_not_found`; 409
+//! (missing, empty or over 100 characters), `rename_not_allowed` (renaming is turned
+//! off), `invalid_scope` (not a string or not one of the manager's scopes),
+//! `invalid_project` (not a non-empty string, or not the caller's project),
+//! `invalid_expiry` (not RFC 3339, not in the future, or past the caller's own expiry),
+//! `invalid_environment`, `invalid_restrictions` (unreadable, or differing from a
+//! restricted caller's own), `invalid_overlap`; 403 `insufficient_scope` (asking for a
+//! scope the caller does not hold); 404 `api_key_not_found`; 409
 //! `api_key_limit_reached`; 503 `store_unavailable`. Nothing is written when a request
 //! is refused.
+
+mod routes;
+
+pub use routes::{Ack, KeyRoutes, router, router_with_scope};
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::cache::CachedVerifier;
+use crate::envelope::Envelope;
 use crate::error::AuthError;
-use crate::guard::ScopeGuardLayer;
 use crate::key::{Environment, KeyFormat, KeyId};
 use crate::principal::Principal;
 use crate::record::AccountStanding;
@@ -68,6 +72,41 @@ use crate::verify::KeyVerifier;
 /// The longest key name accepted.
 pub const MAX_NAME_LEN: usize = 100;
 
+/// Who manages keys when the caller is not an API key: a user signed in to your
+/// dashboard, say. Your session middleware puts one into the request's extensions and
+/// the management routes act for it: its account, its environment, and its project if
+/// it has one (keys it creates are locked to that project; it sees only that project's
+/// keys). It may create keys with any of the manager's scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyOwner {
+    /// The account the keys belong to.
+    pub account_id: String,
+    /// The environment of the keys it manages.
+    pub environment: Environment,
+    /// The project its keys are locked to, if any.
+    pub project_id: Option<String>,
+}
+
+impl KeyOwner {
+    /// An owner of `account_id`'s keys in `environment`.
+    #[must_use]
+    pub fn new(account_id: impl Into<String>, environment: Environment) -> Self {
+        KeyOwner {
+            account_id: account_id.into(),
+            environment,
+            project_id: None,
+        }
+    }
+
+    /// Limits the owner to one project's keys.
+    #[must_use]
+    pub fn project(mut self, project_id: impl Into<String>) -> Self {
+        self.project_id = Some(project_id.into());
+        self
+    }
+}
+
 /// Creates, lists, renames and revokes keys, keeping the cache in step. Cheap to clone.
 pub struct KeyManager<S, V> {
     inner: Arc<ManagerInner<S, V>>,
@@ -78,6 +117,7 @@ struct ManagerInner<S, V> {
     cache: CachedVerifier<V>,
     format: KeyFormat,
     scopes: Vec<Scope>,
+    id_prefix: Box<str>,
 }
 
 impl<S, V> Clone for KeyManager<S, V> {
@@ -93,6 +133,7 @@ impl<S, V> fmt::Debug for KeyManager<S, V> {
         f.debug_struct("KeyManager")
             .field("format", &self.inner.format)
             .field("scopes", &self.inner.scopes)
+            .field("id_prefix", &self.inner.id_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -162,7 +203,7 @@ pub enum ManageError {
     /// A field is missing or wrong (422, with `code` naming the field's rule).
     #[error("{message}")]
     Invalid {
-        /// `invalid_body`, `invalid_name`, `invalid_scope`, `invalid_project`,
+        /// `invalid_body`, `invalid_name`, `rename_not_allowed`, `invalid_scope`, `invalid_project`,
         /// `invalid_expiry`, `invalid_environment`, `invalid_restrictions` or
         /// `invalid_overlap`.
         code: &'static str,
@@ -197,7 +238,7 @@ impl From<StoreError> for ManageError {
 }
 
 impl ManageError {
-    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         ManageError::Invalid {
             code,
             message: message.into(),
@@ -231,8 +272,11 @@ impl ManageError {
     }
 }
 
-impl IntoResponse for ManageError {
-    fn into_response(self) -> Response {
+impl ManageError {
+    /// The response, with the body in `envelope`. An [`AuthError`] keeps its default
+    /// rendering (and its challenge), which an enclosing layer re-renders its own way.
+    #[must_use]
+    pub fn respond(self, envelope: Envelope) -> Response {
         match self {
             ManageError::Auth(error) => return error.into_response(),
             ManageError::Unavailable(ref error) => {
@@ -246,8 +290,14 @@ impl IntoResponse for ManageError {
             }
             other => other.to_string(),
         };
-        let body = json!({ "error": { "code": self.code(), "message": message } });
+        let body = envelope.error(self.code(), &message);
         (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for ManageError {
+    fn into_response(self) -> Response {
+        self.respond(Envelope::Plain)
     }
 }
 
@@ -278,6 +328,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
                 cache,
                 format,
                 scopes: vec![Scope::Read, Scope::Write, Scope::Admin],
+                id_prefix: KeyId::DEFAULT_PREFIX.into(),
             }),
         }
     }
@@ -289,6 +340,15 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         if !inner.scopes.contains(&scope) {
             inner.scopes.push(scope);
         }
+        self
+    }
+
+    /// Gives new keys ids starting with `{prefix}_` instead of `ak_` (`key` for
+    /// `key_…`); an empty prefix gives bare ids. Ids of existing keys do not change.
+    #[must_use]
+    pub fn id_prefix(mut self, prefix: &str) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configure the manager before cloning it");
+        inner.id_prefix = prefix.into();
         self
     }
 
@@ -308,13 +368,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let scopes = match request.scopes {
             None => creator.scopes().clone(),
             Some(scopes) => {
+                self.check_known(&scopes)?;
                 for scope in scopes.iter() {
-                    if !self.inner.scopes.contains(scope) {
-                        return Err(ManageError::invalid(
-                            "invalid_scope",
-                            format!("unknown scope {:?}", scope.as_str()),
-                        ));
-                    }
                     if !creator.has_scope(scope) {
                         return Err(AuthError::InsufficientScope {
                             required: scope.clone(),
@@ -388,6 +443,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         }
         let key = format.generate(&new.environment);
         let mut stored = StoredKey::new(format, &key, new);
+        stored.id = KeyId::generate_with_prefix(&self.inner.id_prefix);
         stored.replaces = replaces;
         let info = self.inner.store.insert(stored).await?;
         Ok(CreatedKey::new(key, info))
@@ -407,6 +463,63 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         new.project_id = request.project_id;
         new.expires_at = request.expires_at;
         self.insert(new, None).await
+    }
+
+    /// Creates a key for a [`KeyOwner`] (a dashboard session, say): in its account and
+    /// environment, locked to its project if it has one, with the asked scopes (each one
+    /// of the manager's) or none.
+    pub async fn create_for_owner(
+        &self,
+        owner: &KeyOwner,
+        mut request: CreateKey,
+    ) -> Result<CreatedKey, ManageError> {
+        if let Some(scopes) = &request.scopes {
+            self.check_known(scopes)?;
+        }
+        match (&request.project_id, &owner.project_id) {
+            (Some(asked), Some(own)) if asked != own => {
+                return Err(ManageError::invalid(
+                    "invalid_project",
+                    "keys created here are locked to this project",
+                ));
+            }
+            (None, Some(own)) => request.project_id = Some(own.clone()),
+            _ => {}
+        }
+        self.create_for_account(&owner.account_id, owner.environment.clone(), request)
+            .await
+    }
+
+    /// Revokes the account's active keys named like `request` in `environment`, then
+    /// creates one: for credentials a server issues itself on every start (demo and
+    /// bootstrap keys), so restarts neither pile keys up nor reuse a printed secret.
+    pub async fn reissue(
+        &self,
+        account_id: &str,
+        environment: Environment,
+        request: CreateKey,
+    ) -> Result<CreatedKey, ManageError> {
+        let name = check_name(&request.name)?;
+        for key in self.list(account_id).await? {
+            if key.name == name && key.environment == environment && key.revoked_at.is_none() {
+                self.revoke(account_id, &key.id).await?;
+            }
+        }
+        self.create_for_account(account_id, environment, request)
+            .await
+    }
+
+    fn check_known(&self, scopes: &Scopes) -> Result<(), ManageError> {
+        match scopes
+            .iter()
+            .find(|scope| !self.inner.scopes.contains(scope))
+        {
+            Some(unknown) => Err(ManageError::invalid(
+                "invalid_scope",
+                format!("unknown scope {:?}", unknown.as_str()),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The account's active keys.
@@ -494,299 +607,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
     }
 }
 
-/// The management routes, requiring the `admin` scope. See the [module docs](self).
-pub fn router<S: KeyStore, V: KeyVerifier>(manager: KeyManager<S, V>) -> Router {
-    router_with_scope(manager, Some(Scope::Admin))
-}
-
-/// The management routes, requiring `scope` (or only a valid key, with `None`). A key
-/// can never create a key with scopes it does not hold itself.
-pub fn router_with_scope<S: KeyStore, V: KeyVerifier>(
-    manager: KeyManager<S, V>,
-    scope: Option<Scope>,
-) -> Router {
-    let routes = Router::new()
-        .route("/api-keys", get(list::<S, V>).post(create::<S, V>))
-        .route(
-            "/api-keys/{id}",
-            get(get_one::<S, V>)
-                .patch(update::<S, V>)
-                .delete(revoke::<S, V>),
-        )
-        .route("/api-keys/{id}/rotate", post(rotate::<S, V>));
-    let routes = match scope {
-        Some(scope) => routes.route_layer(ScopeGuardLayer::new(scope)),
-        None => routes,
-    };
-    routes.with_state(manager)
-}
-
-fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ManageError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(ManageError::invalid(
-            "invalid_body",
-            "the body must be a JSON object",
-        )),
-        Err(_) => Err(ManageError::InvalidJson),
-    }
-}
-
-fn name_field(fields: &serde_json::Map<String, Value>) -> Result<&str, ManageError> {
-    match fields.get("name") {
-        Some(Value::String(name)) => Ok(name),
-        Some(_) => Err(ManageError::invalid(
-            "invalid_name",
-            "name must be a string",
-        )),
-        None => Err(ManageError::invalid("invalid_name", "name is required")),
-    }
-}
-
-fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, ManageError> {
-    let name = name_field(fields)?.to_owned();
-    let scopes = match fields.get("scopes") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => {
-            let mut scopes = Vec::with_capacity(items.len());
-            for item in items {
-                let scope = item
-                    .as_str()
-                    .and_then(|s| s.parse::<Scope>().ok())
-                    .ok_or_else(|| {
-                        ManageError::invalid("invalid_scope", format!("invalid scope {item}"))
-                    })?;
-                scopes.push(scope);
-            }
-            if scopes.is_empty() {
-                return Err(ManageError::invalid(
-                    "invalid_scope",
-                    "scopes must not be empty",
-                ));
-            }
-            Some(scopes.into_iter().collect())
-        }
-        Some(_) => {
-            return Err(ManageError::invalid(
-                "invalid_scope",
-                "scopes must be an array of strings",
-            ));
-        }
-    };
-    let project_id = match fields.get("project_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(project)) if !project.is_empty() && project.len() <= 200 => {
-            Some(project.clone())
-        }
-        Some(_) => {
-            return Err(ManageError::invalid(
-                "invalid_project",
-                "project_id must be a non-empty string",
-            ));
-        }
-    };
-    let expires_at = match fields.get("expires_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(at)) => Some(
-            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
-                |_| ManageError::invalid("invalid_expiry", "expires_at must be an RFC 3339 time"),
-            )?,
-        ),
-        Some(_) => {
-            return Err(ManageError::invalid(
-                "invalid_expiry",
-                "expires_at must be an RFC 3339 time",
-            ));
-        }
-    };
-    Ok(CreateKey {
-        name,
-        scopes,
-        project_id,
-        expires_at,
-        restrictions: restrictions_field(fields)?,
-    })
-}
-
-fn restrictions_field(
-    fields: &serde_json::Map<String, Value>,
-) -> Result<Option<Restrictions>, ManageError> {
-    match fields.get("restrictions") {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(Restrictions::none())),
-        Some(value) => serde_json::from_value(value.clone())
-            .map(Some)
-            .map_err(|error| ManageError::invalid("invalid_restrictions", error.to_string())),
-    }
-}
-
-/// A new key as answered the one time its plaintext is shown.
-fn shown_once(created: &CreatedKey) -> Value {
-    let mut body = serde_json::to_value(&created.info).expect("KeyInfo serializes");
-    body["key"] = Value::String(created.key.expose_secret().to_owned());
-    body
-}
-
-async fn create<S: KeyStore, V: KeyVerifier>(
-    State(manager): State<KeyManager<S, V>>,
-    principal: Principal,
-    body: Bytes,
-) -> Result<(StatusCode, axum::Json<Value>), ManageError> {
-    let request = create_request(&parse_body(&body)?)?;
-    let created = manager.create(&principal, request).await?;
-    Ok((StatusCode::CREATED, axum::Json(shown_once(&created))))
-}
-
-async fn list<S: KeyStore, V: KeyVerifier>(
-    State(manager): State<KeyManager<S, V>>,
-    principal: Principal,
-) -> Result<axum::Json<Value>, ManageError> {
-    let mut keys = manager.list(principal.account_id()).await?;
-    keys.retain(|key| key.environment == *principal.environment());
-    Ok(axum::Json(json!({ "data": keys })))
-}
-
-/// The caller's key `id`: of its account and its environment (a test key cannot see or
-/// touch live keys), or `NotFound`.
-async fn owned<S: KeyStore, V: KeyVerifier>(
-    manager: &KeyManager<S, V>,
-    principal: &Principal,
-    id: &KeyId,
-) -> Result<KeyInfo, ManageError> {
-    let key = manager.get(principal.account_id(), id).await?;
-    if key.environment != *principal.environment() {
-        return Err(ManageError::NotFound);
-    }
-    Ok(key)
-}
-
-async fn get_one<S: KeyStore, V: KeyVerifier>(
-    State(manager): State<KeyManager<S, V>>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<axum::Json<KeyInfo>, ManageError> {
-    Ok(axum::Json(
-        owned(&manager, &principal, &KeyId::new(id)).await?,
-    ))
-}
-
-async fn update<S: KeyStore, V: KeyVerifier>(
-    State(manager): State<KeyManager<S, V>>,
-    principal: Principal,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<axum::Json<KeyInfo>, ManageError> {
-    let fields = parse_body(&body)?;
-    let mut changes = KeyChanges::default();
-    if fields.contains_key("name") {
-        changes.name = Some(name_field(&fields)?.to_owned());
-    }
-    if let Some(restrictions) = restrictions_field(&fields)? {
-        let own = &principal.record().restrictions;
-        if !own.is_empty() {
-            return Err(ManageError::invalid(
-                "invalid_restrictions",
-                "a restricted key cannot change restrictions",
-            ));
-        }
-        changes = changes.restrictions(restrictions);
-    }
-    if changes.is_empty() {
-        return Err(ManageError::invalid(
-            "invalid_body",
-            "give a new name and/or restrictions",
-        ));
-    }
-    let id = KeyId::new(id);
-    owned(&manager, &principal, &id).await?;
-    Ok(axum::Json(
-        manager.update(principal.account_id(), &id, changes).await?,
-    ))
-}
-
-async fn rotate<S: KeyStore, V: KeyVerifier>(
-    State(manager): State<KeyManager<S, V>>,
-    principal: Principal,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<(StatusCode, axum::Json<Value>), ManageError> {
-    let overlap = if body.is_empty() {
-        0
-    } else {
-        match parse_body(&body)?.get("overlap_seconds") {
-            None | Some(Value::Null) => 0,
-            Some(value) => value
-                .as_u64()
-                .filter(|s| *s <= 90 * 24 * 3600)
-                .ok_or_else(|| {
-                    ManageError::invalid(
-                        "invalid_overlap",
-                        "overlap_seconds must be a whole number of seconds, at most 90 days",
-                    )
-                })?,
-        }
-    };
-    let id = KeyId::new(id);
-    owned(&manager, &principal, &id).await?;
-    let created = manager
-        .rotate(principal.account_id(), &id, Duration::from_secs(overlap))
-        .await?;
-    let mut body = shown_once(&created);
-    body["rotated_from"] = Value::String(id.to_string());
-    Ok((StatusCode::CREATED, axum::Json(body)))
-}
-
-async fn revoke<S: KeyStore, V: KeyVerifier>(
-    State(manager): State<KeyManager<S, V>>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ManageError> {
-    let id = KeyId::new(id);
-    owned(&manager, &principal, &id).await?;
-    manager.revoke(principal.account_id(), &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(body: &str) -> serde_json::Map<String, Value> {
-        parse_body(&Bytes::from(body.to_owned())).unwrap()
-    }
-
-    #[test]
-    fn create_bodies_are_checked_field_by_field() {
-        assert!(matches!(
-            parse_body(&Bytes::from_static(b"{nope")),
-            Err(ManageError::InvalidJson)
-        ));
-        let code = |body: &str| create_request(&fields(body)).err().map(|e| e.code());
-        assert_eq!(code(r#"{}"#), Some("invalid_name"));
-        assert_eq!(code(r#"{"name": 3}"#), Some("invalid_name"));
-        assert_eq!(
-            code(r#"{"name": "a", "scopes": "read"}"#),
-            Some("invalid_scope")
-        );
-        assert_eq!(
-            code(r#"{"name": "a", "scopes": ["bad scope"]}"#),
-            Some("invalid_scope")
-        );
-        assert_eq!(
-            code(r#"{"name": "a", "scopes": []}"#),
-            Some("invalid_scope")
-        );
-        assert_eq!(
-            code(r#"{"name": "a", "expires_at": "tomorrow"}"#),
-            Some("invalid_expiry")
-        );
-        let ok = create_request(&fields(
-            r#"{"name": "a", "scopes": ["read"], "expires_at": "2030-01-01T00:00:00Z"}"#,
-        ))
-        .unwrap();
-        assert_eq!(ok.scopes, Some(Scope::Read.into()));
-        assert!(ok.expires_at.is_some());
-    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

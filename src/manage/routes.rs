@@ -1,0 +1,608 @@
+//! The HTTP face of [`KeyManager`]: [`KeyRoutes`], and the [`router`] shorthands.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{CreateKey, KeyManager, KeyOwner, ManageError};
+use crate::envelope::Envelope;
+use crate::key::{Environment, KeyId};
+use crate::principal::{Principal, require};
+use crate::restriction::Restrictions;
+use crate::scope::Scope;
+use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore};
+use crate::verify::KeyVerifier;
+
+/// The management routes with the `admin` scope required and the default answers. See
+/// the [module docs](super).
+pub fn router<S: KeyStore, V: KeyVerifier>(manager: KeyManager<S, V>) -> Router {
+    KeyRoutes::new(manager).into_router()
+}
+
+/// The management routes requiring `scope` of API keys (or only a valid key, with
+/// `None`). A key can never create a key with scopes it does not hold itself.
+pub fn router_with_scope<S: KeyStore, V: KeyVerifier>(
+    manager: KeyManager<S, V>,
+    scope: Option<Scope>,
+) -> Router {
+    KeyRoutes::new(manager).scope(scope).into_router()
+}
+
+/// What a route answers when it has nothing to return but success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ack {
+    /// 204 No Content.
+    NoContent,
+    /// 200 with the key as it now is (in the envelope).
+    Key,
+    /// 200 with [`Envelope::done`]: `{"success": true}`, and a message if given.
+    Done(Option<Cow<'static, str>>),
+}
+
+type KeyView = dyn Fn(&KeyInfo) -> Value + Send + Sync;
+type CreatedView = dyn Fn(&KeyInfo, &str) -> Value + Send + Sync;
+
+/// The management routes, shaped to an API's documentation: the scope API keys need,
+/// the [`Envelope`], the fields of a key, what PATCH and DELETE answer, whether keys can
+/// be renamed.
+///
+/// ```
+/// use axum::Router;
+/// use serde_json::json;
+/// use tower_api_keys::{CachedVerifier, envelope::Envelope, key::KeyFormat, store::MemoryStore};
+/// use tower_api_keys::manage::{Ack, KeyManager, KeyRoutes};
+///
+/// let store = MemoryStore::new();
+/// let manager = KeyManager::new(store.clone(), CachedVerifier::new(store), KeyFormat::new("sk"))
+///     .id_prefix("key");
+/// let routes: Router = KeyRoutes::new(manager)
+///     .envelope(Envelope::Success)
+///     .key_view(|key| json!({ "id": key.id, "name": key.name, "created_at": key.created_at.unix_timestamp() }))
+///     .revoked(Ack::Done(Some("API key revoked successfully".into())))
+///     .into_router();
+/// ```
+pub struct KeyRoutes<S, V> {
+    manager: KeyManager<S, V>,
+    scope: Option<Scope>,
+    envelope: Envelope,
+    key_view: Arc<KeyView>,
+    created_view: Option<Arc<CreatedView>>,
+    updated: Ack,
+    revoked: Ack,
+    renames: bool,
+}
+
+impl<S, V> Clone for KeyRoutes<S, V> {
+    fn clone(&self) -> Self {
+        KeyRoutes {
+            manager: self.manager.clone(),
+            scope: self.scope.clone(),
+            envelope: self.envelope,
+            key_view: Arc::clone(&self.key_view),
+            created_view: self.created_view.clone(),
+            updated: self.updated.clone(),
+            revoked: self.revoked.clone(),
+            renames: self.renames,
+        }
+    }
+}
+
+impl<S, V> fmt::Debug for KeyRoutes<S, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRoutes")
+            .field("manager", &self.manager)
+            .field("scope", &self.scope)
+            .field("envelope", &self.envelope)
+            .field("updated", &self.updated)
+            .field("revoked", &self.revoked)
+            .field("renames", &self.renames)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every field of [`KeyInfo`], as serialized.
+fn full_view(key: &KeyInfo) -> Value {
+    serde_json::to_value(key).expect("KeyInfo serializes")
+}
+
+impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
+    /// The defaults: API keys need `admin`; [`Envelope::Plain`]; every field of
+    /// [`KeyInfo`]; PATCH answers the key, DELETE 204; renaming allowed.
+    pub fn new(manager: KeyManager<S, V>) -> Self {
+        KeyRoutes {
+            manager,
+            scope: Some(Scope::Admin),
+            envelope: Envelope::Plain,
+            key_view: Arc::new(full_view),
+            created_view: None,
+            updated: Ack::Key,
+            revoked: Ack::NoContent,
+            renames: true,
+        }
+    }
+
+    /// The scope an API key needs here (`None`: any valid key). A [`KeyOwner`] needs
+    /// none.
+    #[must_use]
+    pub fn scope(mut self, scope: Option<Scope>) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The envelope of answers and errors.
+    #[must_use]
+    pub fn envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = envelope;
+        self
+    }
+
+    /// The JSON of a key in lists and single answers (default: every field of
+    /// [`KeyInfo`]). It never sees the secret.
+    #[must_use]
+    pub fn key_view(mut self, view: impl Fn(&KeyInfo) -> Value + Send + Sync + 'static) -> Self {
+        self.key_view = Arc::new(view);
+        self
+    }
+
+    /// The JSON of a key when created or rotated, given the secret to show once
+    /// (default: the [`key_view`](Self::key_view) plus `"key"`).
+    #[must_use]
+    pub fn created_view(
+        mut self,
+        view: impl Fn(&KeyInfo, &str) -> Value + Send + Sync + 'static,
+    ) -> Self {
+        self.created_view = Some(Arc::new(view));
+        self
+    }
+
+    /// What a successful PATCH answers (default [`Ack::Key`]).
+    #[must_use]
+    pub fn updated(mut self, ack: Ack) -> Self {
+        self.updated = ack;
+        self
+    }
+
+    /// What a DELETE answers, the first time and every time after (default
+    /// [`Ack::NoContent`]).
+    #[must_use]
+    pub fn revoked(mut self, ack: Ack) -> Self {
+        self.revoked = ack;
+        self
+    }
+
+    /// Whether PATCH may change a key's name (default yes; if not, a name in the body
+    /// is 422 `rename_not_allowed`).
+    #[must_use]
+    pub fn renames(mut self, allowed: bool) -> Self {
+        self.renames = allowed;
+        self
+    }
+
+    /// The routes, ready to [`nest`](Router::nest) under any prefix, including one with
+    /// path parameters of its own (`/projects/{project_id}`).
+    pub fn into_router(self) -> Router {
+        Router::new()
+            .route("/api-keys", get(list::<S, V>).post(create::<S, V>))
+            .route(
+                "/api-keys/{id}",
+                get(get_one::<S, V>)
+                    .patch(update::<S, V>)
+                    .delete(revoke::<S, V>),
+            )
+            .route("/api-keys/{id}/rotate", post(rotate::<S, V>))
+            .with_state(Arc::new(self))
+    }
+
+    /// 201 with the new key, its secret shown this once; `rotated_from` names the key
+    /// it replaces (in the default view).
+    fn created(&self, created: &CreatedKey, rotated_from: Option<&KeyId>) -> Response {
+        let secret = created.key.expose_secret();
+        let body = match &self.created_view {
+            Some(view) => view(&created.info, secret),
+            None => {
+                let mut body = (self.key_view)(&created.info);
+                body["key"] = Value::String(secret.to_owned());
+                if let Some(old) = rotated_from {
+                    body["rotated_from"] = Value::String(old.to_string());
+                }
+                body
+            }
+        };
+        (StatusCode::CREATED, axum::Json(self.envelope.data(body))).into_response()
+    }
+
+    fn ack(&self, ack: &Ack, key: &KeyInfo) -> Response {
+        match ack {
+            Ack::NoContent => StatusCode::NO_CONTENT.into_response(),
+            Ack::Key => axum::Json(self.envelope.data((self.key_view)(key))).into_response(),
+            Ack::Done(message) => {
+                axum::Json(self.envelope.done(message.as_deref())).into_response()
+            }
+        }
+    }
+}
+
+type Routes<S, V> = State<Arc<KeyRoutes<S, V>>>;
+
+/// Who is managing keys: an API key or a [`KeyOwner`].
+enum Caller {
+    Key(Principal),
+    Owner(KeyOwner),
+}
+
+impl Caller {
+    fn account_id(&self) -> &str {
+        match self {
+            Caller::Key(principal) => principal.account_id(),
+            Caller::Owner(owner) => &owner.account_id,
+        }
+    }
+
+    fn environment(&self) -> &Environment {
+        match self {
+            Caller::Key(principal) => principal.environment(),
+            Caller::Owner(owner) => &owner.environment,
+        }
+    }
+
+    fn project_id(&self) -> Option<&str> {
+        match self {
+            Caller::Key(principal) => principal.project_id(),
+            Caller::Owner(owner) => owner.project_id.as_deref(),
+        }
+    }
+
+    /// Whether `key` is one this caller manages: same account, environment and (for a
+    /// caller locked to a project) project.
+    fn manages(&self, key: &KeyInfo) -> bool {
+        key.account_id == self.account_id()
+            && key.environment == *self.environment()
+            && self
+                .project_id()
+                .is_none_or(|own| key.project_id.as_deref() == Some(own))
+    }
+}
+
+impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        routes: &Arc<KeyRoutes<S, V>>,
+    ) -> Result<Self, Self::Rejection> {
+        if parts.extensions.get::<Principal>().is_none() {
+            if let Some(owner) = parts.extensions.get::<KeyOwner>() {
+                return Ok(Caller::Owner(owner.clone()));
+            }
+        }
+        require(&parts.extensions, routes.scope.as_ref())
+            .map(Caller::Key)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+/// The `{id}` of the route, whatever other parameters an enclosing `nest` has.
+struct KeyIdParam(KeyId);
+
+impl<St: Send + Sync> FromRequestParts<St> for KeyIdParam {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        params
+            .iter()
+            .find(|(name, _)| *name == "id")
+            .map(|(_, id)| KeyIdParam(KeyId::new(id)))
+            .ok_or_else(|| ManageError::NotFound.into_response())
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ManageError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ManageError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        )),
+        Err(_) => Err(ManageError::InvalidJson),
+    }
+}
+
+fn name_field(fields: &serde_json::Map<String, Value>) -> Result<&str, ManageError> {
+    match fields.get("name") {
+        Some(Value::String(name)) => Ok(name),
+        Some(_) => Err(ManageError::invalid(
+            "invalid_name",
+            "name must be a string",
+        )),
+        None => Err(ManageError::invalid("invalid_name", "name is required")),
+    }
+}
+
+fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, ManageError> {
+    let name = name_field(fields)?.to_owned();
+    let scopes = match fields.get("scopes") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut scopes = Vec::with_capacity(items.len());
+            for item in items {
+                let scope = item
+                    .as_str()
+                    .and_then(|s| s.parse::<Scope>().ok())
+                    .ok_or_else(|| {
+                        ManageError::invalid("invalid_scope", format!("invalid scope {item}"))
+                    })?;
+                scopes.push(scope);
+            }
+            if scopes.is_empty() {
+                return Err(ManageError::invalid(
+                    "invalid_scope",
+                    "scopes must not be empty",
+                ));
+            }
+            Some(scopes.into_iter().collect())
+        }
+        Some(_) => {
+            return Err(ManageError::invalid(
+                "invalid_scope",
+                "scopes must be an array of strings",
+            ));
+        }
+    };
+    let project_id = match fields.get("project_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(project)) if !project.is_empty() && project.len() <= 200 => {
+            Some(project.clone())
+        }
+        Some(_) => {
+            return Err(ManageError::invalid(
+                "invalid_project",
+                "project_id must be a non-empty string",
+            ));
+        }
+    };
+    let expires_at = match fields.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(at)) => Some(
+            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
+                |_| ManageError::invalid("invalid_expiry", "expires_at must be an RFC 3339 time"),
+            )?,
+        ),
+        Some(_) => {
+            return Err(ManageError::invalid(
+                "invalid_expiry",
+                "expires_at must be an RFC 3339 time",
+            ));
+        }
+    };
+    Ok(CreateKey {
+        name,
+        scopes,
+        project_id,
+        expires_at,
+        restrictions: restrictions_field(fields)?,
+    })
+}
+
+fn restrictions_field(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<Restrictions>, ManageError> {
+    match fields.get("restrictions") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Restrictions::none())),
+        Some(value) => serde_json::from_value(value.clone())
+            .map(Some)
+            .map_err(|error| ManageError::invalid("invalid_restrictions", error.to_string())),
+    }
+}
+
+/// Runs a handler body, rendering its error in the routes' envelope.
+fn answer(
+    routes: &KeyRoutes<impl Sized, impl Sized>,
+    result: Result<Response, ManageError>,
+) -> Response {
+    result.unwrap_or_else(|error| error.respond(routes.envelope))
+}
+
+/// The caller's key `id`, or `NotFound`.
+async fn owned<S: KeyStore, V: KeyVerifier>(
+    routes: &KeyRoutes<S, V>,
+    caller: &Caller,
+    id: &KeyId,
+) -> Result<KeyInfo, ManageError> {
+    let key = routes.manager.get(caller.account_id(), id).await?;
+    if !caller.manages(&key) {
+        return Err(ManageError::NotFound);
+    }
+    Ok(key)
+}
+
+async fn create<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let request = create_request(&parse_body(&body)?)?;
+        let created = match &caller {
+            Caller::Key(principal) => routes.manager.create(principal, request).await?,
+            Caller::Owner(owner) => routes.manager.create_for_owner(owner, request).await?,
+        };
+        Ok(routes.created(&created, None))
+    };
+    answer(&routes, result.await)
+}
+
+async fn list<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+) -> Response {
+    let result = async {
+        let keys = routes.manager.list(caller.account_id()).await?;
+        let items = keys
+            .iter()
+            .filter(|key| caller.manages(key))
+            .map(|key| (routes.key_view)(key))
+            .collect();
+        Ok(axum::Json(routes.envelope.list(items)).into_response())
+    };
+    answer(&routes, result.await)
+}
+
+async fn get_one<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    KeyIdParam(id): KeyIdParam,
+) -> Response {
+    let result = async {
+        let key = owned(&routes, &caller, &id).await?;
+        Ok(axum::Json(routes.envelope.data((routes.key_view)(&key))).into_response())
+    };
+    answer(&routes, result.await)
+}
+
+async fn update<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    KeyIdParam(id): KeyIdParam,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let fields = parse_body(&body)?;
+        let mut changes = KeyChanges::default();
+        if fields.contains_key("name") {
+            if !routes.renames {
+                return Err(ManageError::invalid(
+                    "rename_not_allowed",
+                    "keys cannot be renamed; create a new key instead",
+                ));
+            }
+            changes.name = Some(name_field(&fields)?.to_owned());
+        }
+        if let Some(restrictions) = restrictions_field(&fields)? {
+            if let Caller::Key(principal) = &caller {
+                if !principal.record().restrictions.is_empty() {
+                    return Err(ManageError::invalid(
+                        "invalid_restrictions",
+                        "a restricted key cannot change restrictions",
+                    ));
+                }
+            }
+            changes = changes.restrictions(restrictions);
+        }
+        if changes.is_empty() {
+            return Err(ManageError::invalid(
+                "invalid_body",
+                "give a new name and/or restrictions",
+            ));
+        }
+        owned(&routes, &caller, &id).await?;
+        let key = routes
+            .manager
+            .update(caller.account_id(), &id, changes)
+            .await?;
+        Ok(routes.ack(&routes.updated, &key))
+    };
+    answer(&routes, result.await)
+}
+
+async fn rotate<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    KeyIdParam(id): KeyIdParam,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let overlap = if body.is_empty() {
+            0
+        } else {
+            match parse_body(&body)?.get("overlap_seconds") {
+                None | Some(Value::Null) => 0,
+                Some(value) => value.as_u64().filter(|s| *s <= 90 * 24 * 3600).ok_or_else(
+                    || {
+                        ManageError::invalid(
+                            "invalid_overlap",
+                            "overlap_seconds must be a whole number of seconds, at most 90 days",
+                        )
+                    },
+                )?,
+            }
+        };
+        owned(&routes, &caller, &id).await?;
+        let created = routes
+            .manager
+            .rotate(caller.account_id(), &id, Duration::from_secs(overlap))
+            .await?;
+        Ok(routes.created(&created, Some(&id)))
+    };
+    answer(&routes, result.await)
+}
+
+async fn revoke<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    KeyIdParam(id): KeyIdParam,
+) -> Response {
+    let result = async {
+        owned(&routes, &caller, &id).await?;
+        let key = routes.manager.revoke(caller.account_id(), &id).await?;
+        Ok(routes.ack(&routes.revoked, &key))
+    };
+    answer(&routes, result.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> serde_json::Map<String, Value> {
+        parse_body(&Bytes::from(body.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn create_bodies_are_checked_field_by_field() {
+        assert!(matches!(
+            parse_body(&Bytes::from_static(b"{nope")),
+            Err(ManageError::InvalidJson)
+        ));
+        let code = |body: &str| create_request(&fields(body)).err().map(|e| e.code());
+        assert_eq!(code(r#"{}"#), Some("invalid_name"));
+        assert_eq!(code(r#"{"name": 3}"#), Some("invalid_name"));
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": "read"}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": ["bad scope"]}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": []}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "expires_at": "tomorrow"}"#),
+            Some("invalid_expiry")
+        );
+        let ok = create_request(&fields(
+            r#"{"name": "a", "scopes": ["read"], "expires_at": "2030-01-01T00:00:00Z"}"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.scopes, Some(Scope::Read.into()));
+        assert!(ok.expires_at.is_some());
+    }
+}
