@@ -7,6 +7,9 @@
 //! | [`Data`](Envelope::Data) | `{"data": …}` | `{"data": [...]}` | `{"error": {"code", "message"}}` |
 //! | [`Success`](Envelope::Success) | `{"success": true, "data": …}` | `{"success": true, "data": [...]}` | `{"success": false, "error": {"code", "message"}}` |
 //!
+//! An answer without data (a revocation, say) is `{"success": true}` in all three, with
+//! a `"message"` if one is given ([`Envelope::done`]).
+//!
 //! Use it for the layer with [`ApiKeyLayer::error_format`](crate::ApiKeyLayer::error_format)
 //! and for the management routes with `KeyRoutes::envelope` (feature `axum`):
 //!
@@ -55,14 +58,11 @@ impl Envelope {
         }
     }
 
-    /// A successful answer without data: `{"success": true}` plus `message` if given
-    /// (`{"message": …}` alone, or `{}`, outside [`Success`](Envelope::Success)).
+    /// A successful answer without data, in every envelope: `{"success": true}`, plus
+    /// `"message"` if given.
     #[must_use]
     pub fn done(self, message: Option<&str>) -> Value {
-        let mut body = match self {
-            Envelope::Success => json!({ "success": true }),
-            Envelope::Plain | Envelope::Data => json!({}),
-        };
+        let mut body = json!({ "success": true });
         if let Some(message) = message {
             body["message"] = Value::from(message);
         }

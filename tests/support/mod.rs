@@ -1,6 +1,8 @@
 //! Shared fixtures for the behaviour tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "sqlite")]
+pub mod example_server;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod raw_http;

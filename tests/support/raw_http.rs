@@ -42,8 +42,14 @@ pub async fn raw_request(
     body: &[u8],
 ) -> Reply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n").into_bytes();
+    // The peer's address as Host, unless the caller sends its own.
+    if !header_lines
+        .iter()
+        .any(|line| line.len() > 5 && line[..5].eq_ignore_ascii_case(b"host:"))
+    {
+        request.extend_from_slice(format!("Host: {addr}\r\n").as_bytes());
+    }
     for line in header_lines {
         request.extend_from_slice(line);
         request.extend_from_slice(b"\r\n");

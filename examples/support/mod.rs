@@ -1,0 +1,84 @@
+//! What every example server shares, per the example contract in DESIGN.md: the store
+//! (SQLite file unless `DATABASE_URL`), the cache and usage recording around it, and
+//! serving on `127.0.0.1:$PORT` with `READY` and a clean Ctrl-C.
+#![allow(dead_code)] // each example uses what it needs
+
+use std::error::Error;
+use std::time::Duration;
+
+use tower_api_keys::CachedVerifier;
+use tower_api_keys::store::SqlStore;
+use tower_api_keys::usage::UsageRecorder;
+
+pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The store, the layer's cache over it, and the usage recorder flushing into it.
+pub(crate) struct Backend {
+    pub(crate) store: SqlStore,
+    pub(crate) cache: CachedVerifier<SqlStore>,
+    pub(crate) usage: UsageRecorder,
+    flusher: tokio::task::JoinHandle<()>,
+    #[cfg(feature = "postgres")]
+    _revocations: Option<tower_api_keys::invalidate::RevocationListener>,
+}
+
+impl Backend {
+    /// Opens `DATABASE_URL`, or the SQLite file `default_file`, and migrates it.
+    pub(crate) async fn open(default_file: &str) -> Result<Self, BoxError> {
+        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| default_file.to_owned());
+        let store = SqlStore::open(&url).await?;
+        store.migrate().await?;
+        let cache = CachedVerifier::new(store.clone());
+        let usage = UsageRecorder::new();
+        let flusher = usage.spawn_flusher(store.clone(), Duration::from_secs(1));
+        Ok(Backend {
+            #[cfg(feature = "postgres")]
+            _revocations: store.listen_for_revocations(cache.clone()),
+            store,
+            cache,
+            usage,
+            flusher,
+        })
+    }
+
+    /// Stops the flusher and writes the last usage stamps.
+    pub(crate) async fn close(self) -> Result<(), BoxError> {
+        self.flusher.abort();
+        self.usage.flush(&self.store).await?;
+        Ok(())
+    }
+}
+
+/// `127.0.0.1:$PORT`, `default_port` without `PORT`.
+pub(crate) async fn bind(default_port: u16) -> Result<tokio::net::TcpListener, BoxError> {
+    let port = match std::env::var("PORT") {
+        Ok(port) => port.parse::<u16>()?,
+        Err(_) => default_port,
+    };
+    Ok(tokio::net::TcpListener::bind(("127.0.0.1", port)).await?)
+}
+
+/// Prints a bootstrap credential as `NAME=value`.
+pub(crate) fn credential(name: &str, value: &str) {
+    println!("{name}={value}");
+}
+
+/// Serves `app` (with the peer address, for IP restrictions) until Ctrl-C, printing
+/// `READY` once the socket accepts connections, then closes `backend`.
+pub(crate) async fn serve(
+    app: axum::Router,
+    default_port: u16,
+    backend: Backend,
+) -> Result<(), BoxError> {
+    let listener = bind(default_port).await?;
+    println!("READY");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    backend.close().await
+}

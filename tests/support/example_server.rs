@@ -1,0 +1,148 @@
+//! Runs an example server's binary the way its README does: `PORT` and `DATABASE_URL`
+//! (a fresh SQLite file) in the environment, `NAME=value` lines then `READY` on stdout,
+//! Ctrl-C (SIGINT) to stop.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::raw_http::{Client, Reply, raw_request};
+use super::temp_db::TempDb;
+
+pub struct ExampleServer {
+    name: &'static str,
+    child: Child,
+    pub addr: SocketAddr,
+    credentials: HashMap<String, String>,
+    _db: TempDb,
+}
+
+/// `target/<profile>/examples/<name>`: `cargo test` builds every example before it runs
+/// the tests.
+fn binary(name: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let profile = deps.parent().unwrap().parent().unwrap();
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples; alone, run `cargo build --examples` first",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ExampleServer {
+    /// Starts `name` and waits (at most 60 s) for `READY`.
+    pub async fn start(name: &'static str) -> Self {
+        let db = TempDb::new(name);
+        let port = free_port();
+        let mut child = Command::new(binary(name))
+            .env("PORT", port.to_string())
+            .env("DATABASE_URL", db.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                if line == "READY" {
+                    return Some(lines);
+                }
+                lines.push(line);
+            }
+            None
+        });
+        let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+            .await
+            .unwrap_or_else(|_| panic!("{name} printed no READY within 60 s"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} exited before READY"));
+        let credentials = lines
+            .iter()
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        ExampleServer {
+            name,
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            credentials,
+            _db: db,
+        }
+    }
+
+    /// A `NAME=value` the server printed before `READY`.
+    pub fn credential(&self, name: &str) -> String {
+        self.credentials
+            .get(name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no {name}: {:?}",
+                    self.name,
+                    self.credentials.keys()
+                )
+            })
+            .clone()
+    }
+
+    /// A client sending the printed credential `name` as its bearer token.
+    pub fn client(&self, name: &str) -> Client {
+        Client::new(self.addr, &self.credential(name))
+    }
+
+    /// One request with `Authorization: Bearer {token}` (if any) and extra header lines.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        extra: &[&str],
+        body: &str,
+    ) -> Reply {
+        let authorization = token.map(|token| format!("Authorization: Bearer {token}"));
+        let mut headers: Vec<&[u8]> = extra.iter().map(|line| line.as_bytes()).collect();
+        if let Some(line) = &authorization {
+            headers.push(line.as_bytes());
+        }
+        if !body.is_empty() {
+            headers.push(b"Content-Type: application/json");
+        }
+        raw_request(self.addr, method, path, &headers, body.as_bytes()).await
+    }
+
+    /// Ctrl-C, and the exit status (within 10 s).
+    pub fn interrupt(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} ignored Ctrl-C", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ExampleServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
