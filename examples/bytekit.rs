@@ -27,7 +27,10 @@ use tower_api_keys::{ApiKeyLayer, Principal};
 const ACCOUNT: &str = "acct_bytekit";
 
 /// `POST /v1/scrape`, any valid key: `{"url": "https://…"}` → 202 with the job.
-async fn scrape(principal: Principal, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+async fn scrape(
+    principal: Principal,
+    support::JsonBody(body): support::JsonBody,
+) -> (StatusCode, Json<Value>) {
     match body.get("url").and_then(Value::as_str) {
         Some(url) if url.starts_with("https://") || url.starts_with("http://") => (
             StatusCode::ACCEPTED,

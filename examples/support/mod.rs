@@ -82,3 +82,29 @@ pub(crate) async fn serve(
     .await?;
     backend.close().await
 }
+
+/// A JSON request body; anything else is 400 `invalid_json` in the examples' error shape
+/// (axum's `Json` would answer plain text).
+pub(crate) struct JsonBody(pub(crate) serde_json::Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBody {
+    type Rejection = (axum::http::StatusCode, axum::Json<serde_json::Value>);
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let invalid = || {
+            let error = serde_json::json!({
+                "error": { "code": "invalid_json", "message": "the body must be JSON" }
+            });
+            (axum::http::StatusCode::BAD_REQUEST, axum::Json(error))
+        };
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|_| invalid())?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|_| invalid())
+    }
+}
