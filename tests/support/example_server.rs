@@ -19,18 +19,39 @@ pub struct ExampleServer {
     _db: TempDb,
 }
 
-/// `target/<profile>/examples/<name>`: `cargo test` builds every example before it runs
-/// the tests.
+/// `target/<profile>/examples/<name>`, built now with this test's features: `cargo test`
+/// builds every example first, but `cargo test --test …` alone would run a stale one.
 fn binary(name: &str) -> std::path::PathBuf {
+    let features: Vec<&str> = [
+        (cfg!(feature = "axum"), "axum"),
+        (cfg!(feature = "sqlite"), "sqlite"),
+        (cfg!(feature = "postgres"), "postgres"),
+        (cfg!(feature = "cli"), "cli"),
+    ]
+    .into_iter()
+    .filter_map(|(on, feature)| on.then_some(feature))
+    .collect();
     let deps = std::env::current_exe().unwrap();
     let profile = deps.parent().unwrap().parent().unwrap();
-    let path = profile.join("examples").join(name);
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--no-default-features",
+            "--example",
+            name,
+        ])
+        .args(["--features", &features.join(",")]);
+    if profile.ends_with("release") {
+        build.arg("--release");
+    }
     assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples; alone, run `cargo build --examples` first",
-        path.display()
+        build.status().unwrap().success(),
+        "cargo build --example {name} failed"
     );
-    path
+    profile.join("examples").join(name)
 }
 
 fn free_port() -> u16 {
