@@ -1,1 +1,233 @@
-fn main() {}
+//! AzScraper (seed 004): project-scoped keys beside session JWTs on one header.
+//! `cargo run --example azscraper`.
+//!
+//! `GET /projects/{projectId}/jobs` takes a session JWT or an API key as its Bearer
+//! token: the key layer hands tokens that are not keys on to the session check. A key
+//! authenticates as the user who created it but is locked to its project (another
+//! project: 403). Keys are managed at `/private/projects/{projectId}/api-keys` with the
+//! session JWT only (an API key there is 401). Prints `SESSION_TOKEN` (a JWT for the
+//! user who owns both projects, valid 12 hours), `PROJECT_ID` and `OTHER_PROJECT_ID`,
+//! then `READY`.
+//!
+//! ```text
+//! curl -X POST localhost:3400/private/projects/$PROJECT_ID/api-keys -H "Authorization: Bearer $SESSION_TOKEN" \
+//!      -H "Content-Type: application/json" -d '{"name":"ci-pipeline"}'
+//! curl localhost:3400/projects/$PROJECT_ID/jobs -H "Authorization: Bearer $AZSCRAPER_API_KEY"
+//! ```
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, RawPathParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::macros::format_description;
+use tower_api_keys::bearer::bearer_token;
+use tower_api_keys::envelope::Envelope;
+use tower_api_keys::key::{Environment, KeyFormat, KeyId};
+use tower_api_keys::manage::{Ack, KeyManager, KeyOwner, KeyRoutes};
+use tower_api_keys::policy::ProjectFromPath;
+use tower_api_keys::{ApiKeyLayer, Principal};
+
+const USER: &str = "usr_ada";
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+}
+
+/// The session secret and who owns which project.
+struct Sessions {
+    decoding: DecodingKey,
+    owners: HashMap<String, String>,
+}
+
+impl Sessions {
+    /// The user of a valid session JWT in the `Authorization` header, or 401.
+    fn user(&self, headers: &HeaderMap) -> Result<String, Response> {
+        let token = bearer_token(headers).ok().flatten();
+        let claims = token.and_then(|token| {
+            jsonwebtoken::decode::<Claims>(
+                token,
+                &self.decoding,
+                &Validation::new(Algorithm::HS256),
+            )
+            .ok()
+        });
+        match claims {
+            Some(claims) => Ok(claims.claims.sub),
+            None => Err(failure(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "sign in: a valid session token is required",
+            )),
+        }
+    }
+
+    /// 404 for an unknown project, 403 for someone else's.
+    fn check_owner(&self, user: &str, project_id: &str) -> Result<(), Response> {
+        match self.owners.get(project_id) {
+            None => Err(failure(
+                StatusCode::NOT_FOUND,
+                "project_not_found",
+                "no such project",
+            )),
+            Some(owner) if owner != user => Err(failure(
+                StatusCode::FORBIDDEN,
+                "project_forbidden",
+                "not your project",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn failure(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut response = (status, Json(Envelope::Data.error(code, message))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge =
+            HeaderValue::from_static(r#"Bearer realm="azscraper", error="invalid_token""#);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
+/// `2026-06-01T09:00:00.000Z`, as the document writes times.
+fn timestamp(at: OffsetDateTime) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    at.to_offset(time::UtcOffset::UTC)
+        .format(format)
+        .expect("a UTC time formats")
+}
+
+/// `GET /projects/{projectId}/jobs`: an API key (checked by the layer, project lock
+/// included) or else a session JWT.
+async fn jobs(
+    State(sessions): State<Arc<Sessions>>,
+    Path(project_id): Path<String>,
+    principal: Option<Principal>,
+    headers: HeaderMap,
+) -> Response {
+    let (user, via) = match principal {
+        Some(principal) => (principal.account_id().to_owned(), "api_key"),
+        None => match sessions.user(&headers) {
+            Ok(user) => (user, "session"),
+            Err(refused) => return refused,
+        },
+    };
+    if let Err(refused) = sessions.check_owner(&user, &project_id) {
+        return refused;
+    }
+    let jobs = [json!({ "id": format!("job_{project_id}_1"), "status": "completed" })];
+    Json(json!({ "data": jobs, "authenticatedAs": { "userId": user, "via": via } })).into_response()
+}
+
+/// The session check in front of key management: a logged-in owner of `{projectId}`
+/// becomes the [`KeyOwner`] of that project's keys. An API key is not a session: 401.
+async fn require_session(
+    State(sessions): State<Arc<Sessions>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let user = match sessions.user(&parts.headers) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    let params = RawPathParams::from_request_parts(&mut parts, &()).await;
+    let project_id = params
+        .ok()
+        .and_then(|params| {
+            params
+                .iter()
+                .find(|(name, _)| *name == "projectId")
+                .map(|(_, id)| id.to_owned())
+        })
+        .unwrap_or_default();
+    if let Err(refused) = sessions.check_owner(&user, &project_id) {
+        return refused;
+    }
+    parts
+        .extensions
+        .insert(KeyOwner::new(user, Environment::LIVE).project(project_id));
+    next.run(Request::from_parts(parts, body)).await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), support::BoxError> {
+    let backend = support::Backend::open("azscraper.db").await?;
+    let format = KeyFormat::new("azs");
+    let manager =
+        KeyManager::new(backend.store.clone(), backend.cache.clone(), format.clone()).id_prefix("");
+
+    // A fresh session secret per start: earlier sessions end with the process.
+    let secret =
+        KeyId::generate_with_prefix("").to_string() + KeyId::generate_with_prefix("").as_str();
+    let project_id = KeyId::generate_with_prefix("prj").to_string();
+    let other_project_id = KeyId::generate_with_prefix("prj").to_string();
+    let claims = Claims {
+        sub: USER.into(),
+        exp: OffsetDateTime::now_utc().unix_timestamp() + 12 * 3600,
+    };
+    let session = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?;
+    support::credential("SESSION_TOKEN", &session);
+    support::credential("PROJECT_ID", &project_id);
+    support::credential("OTHER_PROJECT_ID", &other_project_id);
+    let owners = [
+        (project_id, USER.to_owned()),
+        (other_project_id, USER.to_owned()),
+    ];
+    let sessions = Arc::new(Sessions {
+        decoding: DecodingKey::from_secret(secret.as_bytes()),
+        owners: owners.into_iter().collect(),
+    });
+
+    let keys = KeyRoutes::new(manager)
+        .envelope(Envelope::Data)
+        .key_view(|key| {
+            json!({
+                "id": key.id,
+                "name": key.name,
+                "keyHint": key.hint,
+                "createdAt": timestamp(key.created_at),
+                "lastUsedAt": key.last_used_at.map(timestamp),
+            })
+        })
+        .created_view(|key, secret| {
+            json!({ "id": key.id, "name": key.name, "key": secret, "createdAt": timestamp(key.created_at) })
+        })
+        .updated(Ack::Done(None))
+        .revoked(Ack::Done(None))
+        .into_router()
+        .route_layer(middleware::from_fn_with_state(sessions.clone(), require_session));
+
+    let api = Router::new()
+        .route("/projects/{projectId}/jobs", get(jobs))
+        .with_state(sessions)
+        .layer(
+            ApiKeyLayer::new(format, backend.cache.clone())
+                .pass_foreign_tokens()
+                .projects(ProjectFromPath::after("projects"))
+                .realm("azscraper")
+                .record_usage(backend.usage.clone()),
+        );
+    let app = api.nest("/private/projects/{projectId}", keys);
+    support::serve(app, 3400, backend).await
+}

@@ -546,12 +546,15 @@ impl KeyId {
         Self::generate_with_prefix(Self::DEFAULT_PREFIX)
     }
 
-    /// A new random id with another prefix, e.g. `key_…`.
+    /// A new random id with another prefix, e.g. `key_…`; with `""`, bare random
+    /// characters.
     #[must_use]
     pub fn generate_with_prefix(prefix: &str) -> Self {
         let mut id = String::with_capacity(prefix.len() + 1 + KEY_ID_LEN);
-        id.push_str(prefix);
-        id.push('_');
+        if !prefix.is_empty() {
+            id.push_str(prefix);
+            id.push('_');
+        }
         push_random_base62(&mut id, KEY_ID_LEN);
         KeyId(id.into())
     }
@@ -741,6 +744,12 @@ mod tests {
         assert!(a.as_str().starts_with("ak_"));
         assert_eq!(a.as_str().len(), 3 + 24);
         assert_ne!(a, KeyId::generate());
+        assert!(
+            KeyId::generate_with_prefix("")
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
+        );
         assert!(
             KeyId::generate_with_prefix("key")
                 .as_str()
