@@ -54,7 +54,7 @@ struct Sessions {
 
 impl Sessions {
     /// The user of a valid session JWT in the `Authorization` header, or 401.
-    fn user(&self, headers: &HeaderMap) -> Result<String, Response> {
+    fn user(&self, headers: &HeaderMap) -> Result<String, Refusal> {
         let token = bearer_token(headers).ok().flatten();
         let claims = token.and_then(|token| {
             jsonwebtoken::decode::<Claims>(
@@ -75,7 +75,7 @@ impl Sessions {
     }
 
     /// 404 for an unknown project, 403 for someone else's.
-    fn check_owner(&self, user: &str, project_id: &str) -> Result<(), Response> {
+    fn check_owner(&self, user: &str, project_id: &str) -> Result<(), Refusal> {
         match self.owners.get(project_id) {
             None => Err(failure(
                 StatusCode::NOT_FOUND,
@@ -92,16 +92,26 @@ impl Sessions {
     }
 }
 
-fn failure(status: StatusCode, code: &str, message: &str) -> Response {
-    let mut response = (status, Json(Envelope::Data.error(code, message))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        let challenge =
-            HeaderValue::from_static(r#"Bearer realm="azscraper", error="invalid_token""#);
+/// A refused request: status, stable code, message.
+struct Refusal(StatusCode, &'static str, &'static str);
+
+fn failure(status: StatusCode, code: &'static str, message: &'static str) -> Refusal {
+    Refusal(status, code, message)
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let Refusal(status, code, message) = self;
+        let mut response = (status, Json(Envelope::Data.error(code, message))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge =
+                HeaderValue::from_static(r#"Bearer realm="azscraper", error="invalid_token""#);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
         response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
     }
-    response
 }
 
 /// `2026-06-01T09:00:00.000Z`, as the document writes times.
@@ -125,11 +135,11 @@ async fn jobs(
         Some(principal) => (principal.account_id().to_owned(), "api_key"),
         None => match sessions.user(&headers) {
             Ok(user) => (user, "session"),
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         },
     };
     if let Err(refused) = sessions.check_owner(&user, &project_id) {
-        return refused;
+        return refused.into_response();
     }
     let jobs = [json!({ "id": format!("job_{project_id}_1"), "status": "completed" })];
     Json(json!({ "data": jobs, "authenticatedAs": { "userId": user, "via": via } })).into_response()
@@ -145,7 +155,7 @@ async fn require_session(
     let (mut parts, body) = request.into_parts();
     let user = match sessions.user(&parts.headers) {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let params = RawPathParams::from_request_parts(&mut parts, &()).await;
     let project_id = params
@@ -158,7 +168,7 @@ async fn require_session(
         })
         .unwrap_or_default();
     if let Err(refused) = sessions.check_owner(&user, &project_id) {
-        return refused;
+        return refused.into_response();
     }
     parts
         .extensions
