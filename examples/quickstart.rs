@@ -2,9 +2,9 @@
 //!
 //! Binds `127.0.0.1:$PORT` (default 3000). Keys live in `apikeys.db` (SQLite), or in
 //! PostgreSQL if `DATABASE_URL` is a `postgres://` URL (build with `--features postgres`).
-//! On first start it creates and prints `ADMIN_KEY=…` and `READ_KEY=…`; later starts
-//! print only their ids (keys are stored as hashes and cannot be shown again). Then it
-//! prints `READY`. Try:
+//! On every start it issues and prints `ADMIN_KEY=…` and `READ_KEY=…` (revoking the
+//! ones of the previous start: keys are stored as hashes and cannot be shown again),
+//! then `READY`. Try:
 //!
 //! ```text
 //! curl -H "Authorization: Bearer $READ_KEY" localhost:3000/v1/whoami
@@ -14,6 +14,8 @@
 //! curl -H "Authorization: Bearer $ADMIN_KEY" localhost:3000/v1/account/api-keys        # the keys
 //! ```
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -22,13 +24,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::time::Duration;
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{self, CreateKey, KeyManager};
 use tower_api_keys::scope::{Read, Scope, Write};
-use tower_api_keys::store::{KeyStore, SqlStore};
-use tower_api_keys::usage::UsageRecorder;
-use tower_api_keys::{ApiKeyLayer, CachedVerifier, Principal, RequireScope};
+use tower_api_keys::{ApiKeyLayer, Principal, RequireScope};
 
 type Items = Arc<Mutex<Vec<Value>>>;
 
@@ -58,59 +57,25 @@ async fn create_item(
 const ACCOUNT: &str = "acct_quickstart";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), support::BoxError> {
+    let backend = support::Backend::open("apikeys.db").await?;
     let format = KeyFormat::new("sk");
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "apikeys.db".into());
-    let store = SqlStore::open(&url).await?;
-    store.migrate().await?;
-    let cache = CachedVerifier::new(store.clone());
-    #[cfg(feature = "postgres")]
-    let _revocations = store.listen_for_revocations(cache.clone());
-    let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
-
-    let existing = store.list(ACCOUNT).await?;
-    if existing.is_empty() {
-        for (name, scope) in [("ADMIN_KEY", Scope::Admin), ("READ_KEY", Scope::Read)] {
-            let request = CreateKey::named(name).scopes(scope);
-            let created = manager
-                .create_for_account(ACCOUNT, Environment::LIVE, request)
-                .await?;
-            println!("{name}={}", created.key.expose_secret());
-        }
-    } else {
-        for key in &existing {
-            println!(
-                "# {} exists as {} (sk_live_…{}); keys are shown only once",
-                key.name, key.id, key.hint
-            );
-        }
-        println!(
-            "# another: cargo run --features cli --bin apikeys -- create --account {ACCOUNT} --name admin --scopes admin"
-        );
+    let manager = KeyManager::new(backend.store.clone(), backend.cache.clone(), format.clone());
+    for (name, scope) in [("ADMIN_KEY", Scope::Admin), ("READ_KEY", Scope::Read)] {
+        let request = CreateKey::named(name).scopes(scope);
+        let created = manager.reissue(ACCOUNT, Environment::LIVE, request).await?;
+        support::credential(name, created.key.expose_secret());
     }
 
-    let usage = UsageRecorder::new();
-    let flusher = usage.spawn_flusher(store.clone(), Duration::from_secs(5));
     let app = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/items", get(list_items).post(create_item))
         .with_state(Items::default())
         .nest("/v1/account", manage::router(manager))
         .layer(
-            ApiKeyLayer::new(format, cache)
+            ApiKeyLayer::new(format, backend.cache.clone())
                 .environment(Environment::LIVE)
-                .record_usage(usage.clone()),
+                .record_usage(backend.usage.clone()),
         );
-
-    let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
-    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
-    println!("READY");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    flusher.abort();
-    usage.flush(&store).await?;
-    Ok(())
+    support::serve(app, 3000, backend).await
 }

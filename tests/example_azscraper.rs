@@ -28,7 +28,7 @@ fn is_timestamp(value: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azscraper_follows_its_document() {
-    let server = ExampleServer::start("azscraper").await;
+    let mut server = ExampleServer::start("azscraper").await;
     let [session, project, other] =
         ["SESSION_TOKEN", "PROJECT_ID", "OTHER_PROJECT_ID"].map(|n| server.credential(n));
     let call = |token: &str, method: &str, path: &str, body: &str| {

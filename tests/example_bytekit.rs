@@ -29,7 +29,7 @@ async fn active(server: &ExampleServer, live_key: &str, test_key: &str) -> usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytekit_follows_its_document() {
-    let server = ExampleServer::start("bytekit").await;
+    let mut server = ExampleServer::start("bytekit").await;
     let live_key = server.credential("LIVE_KEY");
     let test_key = server.credential("TEST_KEY");
     assert!(live_key.starts_with("sk_live_"), "{live_key}");

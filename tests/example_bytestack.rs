@@ -73,7 +73,7 @@ impl Api<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytestack_follows_its_documents() {
-    let server = ExampleServer::start("bytestack").await;
+    let mut server = ExampleServer::start("bytestack").await;
     let api = Api { server: &server };
     let [admin, write, read, past_due, grace] = [
         "ADMIN_KEY",

@@ -29,7 +29,7 @@ fn is_timestamp(value: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_api_follows_its_document() {
-    let server = ExampleServer::start("example_api").await;
+    let mut server = ExampleServer::start("example_api").await;
     let [live, test, ip_restricted, endpoint_restricted] = [
         "LIVE_KEY",
         "TEST_KEY",

@@ -7,7 +7,7 @@ use support::example_server::ExampleServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_service_answers_the_principal() {
-    let server = ExampleServer::start("hyper_service").await;
+    let mut server = ExampleServer::start("hyper_service").await;
     let admin = server.credential("ADMIN_KEY");
     assert!(admin.starts_with("sk_live_"));
 

@@ -16,7 +16,7 @@ pub struct ExampleServer {
     child: Child,
     pub addr: SocketAddr,
     credentials: HashMap<String, String>,
-    _db: TempDb,
+    db: Option<TempDb>,
 }
 
 /// `target/<profile>/examples/<name>`, built now with this test's features: `cargo test`
@@ -63,9 +63,20 @@ fn free_port() -> u16 {
 }
 
 impl ExampleServer {
-    /// Starts `name` and waits (at most 60 s) for `READY`.
+    /// Starts `name` on a fresh database and waits (at most 60 s) for `READY`.
     pub async fn start(name: &'static str) -> Self {
-        let db = TempDb::new(name);
+        Self::start_on(name, TempDb::new(name)).await
+    }
+
+    /// Stops the server with Ctrl-C and starts it again on the same database.
+    pub async fn restart(mut self) -> Self {
+        let db = self.db.take().unwrap();
+        let name = self.name;
+        assert!(self.interrupt().success());
+        Self::start_on(name, db).await
+    }
+
+    async fn start_on(name: &'static str, db: TempDb) -> Self {
         let port = free_port();
         let mut child = Command::new(binary(name))
             .env("PORT", port.to_string())
@@ -102,7 +113,7 @@ impl ExampleServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             credentials,
-            _db: db,
+            db: Some(db),
         }
     }
 
@@ -146,7 +157,7 @@ impl ExampleServer {
     }
 
     /// Ctrl-C, and the exit status (within 10 s).
-    pub fn interrupt(mut self) -> ExitStatus {
+    pub fn interrupt(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
         assert!(sent.success());

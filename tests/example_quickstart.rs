@@ -1,0 +1,80 @@
+//! examples/quickstart.rs over real HTTP: the README's quickstart, line by line, and a
+//! restart that issues fresh credentials.
+#![cfg(all(feature = "axum", feature = "sqlite"))]
+
+mod support;
+
+use support::example_server::ExampleServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_quickstart_works() {
+    let server = ExampleServer::start("quickstart").await;
+    let [admin, read] = ["ADMIN_KEY", "READ_KEY"].map(|n| server.credential(n));
+    let call = |key: &str, method: &str, path: &str, body: &str| {
+        let (server, key) = (&server, key.to_owned());
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+        async move { server.send(&method, &path, Some(&key), &[], &body).await }
+    };
+
+    let me = call(&read, "GET", "/v1/whoami", "").await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.json()["account_id"], "acct_quickstart");
+    assert_eq!(call(&read, "GET", "/v1/items", "").await.status, 200);
+    let refused = call(&read, "POST", "/v1/items", r#"{"name":"x"}"#).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "insufficient_scope".into())
+    );
+    assert_eq!(
+        call(&admin, "POST", "/v1/items", r#"{"name":"x"}"#)
+            .await
+            .status,
+        201
+    );
+    let created = call(
+        &admin,
+        "POST",
+        "/v1/account/api-keys",
+        r#"{"name":"CI key","scopes":["read"]}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let ci_key = created.json()["key"].as_str().unwrap().to_owned();
+    let list = call(&admin, "GET", "/v1/account/api-keys", "").await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 3);
+    assert!(!list.body.contains(&ci_key) && !list.body.contains(&admin));
+
+    // A restart prints fresh credentials and revokes the previous ones; other keys stay.
+    let mut server = server.restart().await;
+    let new_admin = server.credential("ADMIN_KEY");
+    assert_ne!(new_admin, admin);
+    let old = server
+        .send("GET", "/v1/whoami", Some(&admin), &[], "")
+        .await;
+    assert_eq!((old.status, old.code()), (401, "api_key_revoked".into()));
+    assert_eq!(
+        server
+            .send("GET", "/v1/whoami", Some(&new_admin), &[], "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .send("GET", "/v1/items", Some(&ci_key), &[], "")
+            .await
+            .status,
+        200
+    );
+    let list = server
+        .send("GET", "/v1/account/api-keys", Some(&new_admin), &[], "")
+        .await;
+    assert_eq!(
+        list.json()["data"].as_array().unwrap().len(),
+        3,
+        "{}",
+        list.body
+    );
+    assert!(server.interrupt().success());
+}
