@@ -16,7 +16,13 @@ pub struct ExampleServer {
     child: Child,
     pub addr: SocketAddr,
     credentials: HashMap<String, String>,
-    db: Option<TempDb>,
+    db: Option<Database>,
+}
+
+/// Where an example keeps its keys: a fresh SQLite file, or a `DATABASE_URL`.
+pub enum Database {
+    Sqlite(TempDb),
+    Url(String),
 }
 
 /// `target/<profile>/examples/<name>`, built now with this test's features: `cargo test`
@@ -65,7 +71,12 @@ fn free_port() -> u16 {
 impl ExampleServer {
     /// Starts `name` on a fresh database and waits (at most 60 s) for `READY`.
     pub async fn start(name: &'static str) -> Self {
-        Self::start_on(name, TempDb::new(name)).await
+        Self::start_on(name, Database::Sqlite(TempDb::new(name))).await
+    }
+
+    /// Starts `name` with `DATABASE_URL=url`.
+    pub async fn start_with_url(name: &'static str, url: String) -> Self {
+        Self::start_on(name, Database::Url(url)).await
     }
 
     /// Stops the server with Ctrl-C and starts it again on the same database.
@@ -76,11 +87,15 @@ impl ExampleServer {
         Self::start_on(name, db).await
     }
 
-    async fn start_on(name: &'static str, db: TempDb) -> Self {
+    async fn start_on(name: &'static str, db: Database) -> Self {
+        let url = match &db {
+            Database::Sqlite(file) => file.path().to_owned(),
+            Database::Url(url) => url.clone(),
+        };
         let port = free_port();
         let mut child = Command::new(binary(name))
             .env("PORT", port.to_string())
-            .env("DATABASE_URL", db.path())
+            .env("DATABASE_URL", url)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
