@@ -211,6 +211,7 @@ async fn main() -> Result<(), support::BoxError> {
 
     let keys = KeyRoutes::new(manager)
         .envelope(Envelope::Data)
+        .rotation(false) // rotating is: create a new key, revoke the old
         .key_view(|key| {
             json!({
                 "id": key.id,

@@ -66,6 +66,7 @@ async fn main() -> Result<(), support::BoxError> {
 
     let keys = KeyRoutes::new(manager)
         .scope(None) // any key of the account manages its keys
+        .rotation(false) // rotating is: create a new key, revoke the old
         .key_view(|key| {
             json!({
                 "id": key.id,

@@ -210,7 +210,7 @@ async fn main() -> Result<(), support::BoxError> {
         support::credential(name, created.key.expose_secret());
     }
 
-    let keys = KeyRoutes::new(manager).renames(false); // admin scope by default
+    let keys = KeyRoutes::new(manager).renames(false).rotation(false); // admin scope by default
     let app = Router::new()
         .route("/v1/queries", post(submit_query))
         .route("/v1/queries/{id}", get(query_result))

@@ -41,13 +41,17 @@ fn timestamp(at: OffsetDateTime) -> String {
         .expect("a UTC time formats")
 }
 
+/// A failure in the envelope.
+fn refuse(status: StatusCode, code: &str, message: &str) -> (StatusCode, Json<Value>) {
+    (status, Json(ENVELOPE.error(code, message)))
+}
+
 async fn user(_: Principal, Path(id): Path<String>) -> (StatusCode, Json<Value>) {
     if id == "usr_123" {
         let user = json!({ "id": id, "name": "Ada Lovelace", "email": "ada@example.com" });
         (StatusCode::OK, Json(ENVELOPE.data(user)))
     } else {
-        let error = ENVELOPE.error("user_not_found", "no such user");
-        (StatusCode::NOT_FOUND, Json(error))
+        refuse(StatusCode::NOT_FOUND, "user_not_found", "no such user")
     }
 }
 
@@ -80,6 +84,7 @@ async fn main() -> Result<(), support::BoxError> {
 
     let keys = KeyRoutes::new(manager)
         .scope(None) // "API keys provide full access to your account"
+        .rotation(false) // rotating is: create a new key, revoke the old
         .envelope(ENVELOPE)
         .key_view(|key| {
             json!({
@@ -94,6 +99,14 @@ async fn main() -> Result<(), support::BoxError> {
     let app = Router::new()
         .route("/v1/users/{id}", get(user))
         .nest("/v1", keys.into_router())
+        .fallback(|| async { refuse(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
         .layer(
             ApiKeyLayer::new(format, backend.cache.clone())
                 .error_format(ENVELOPE)

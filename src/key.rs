@@ -292,7 +292,7 @@ impl KeyFormat {
     /// Whether `token` claims to be a key of this format (it starts with `{prefix}_`),
     /// valid or not. A token that does not is another kind of credential.
     #[must_use]
-    pub fn claims(&self, token: &str) -> bool {
+    pub fn looks_like_key(&self, token: &str) -> bool {
         token
             .strip_prefix(&*self.prefix)
             .is_some_and(|rest| rest.starts_with('_'))
@@ -663,11 +663,11 @@ mod tests {
             KeyFormatError::Alphabet
         );
         assert_eq!(format.parse("").unwrap_err(), KeyFormatError::Prefix);
-        assert!(format.claims("sk_"));
-        assert!(format.claims("sk_live_nonsense"));
-        assert!(!format.claims("sk"));
-        assert!(!format.claims("skx_live"));
-        assert!(!format.claims("eyJhbGciOiJIUzI1NiJ9.e30.sig"));
+        assert!(format.looks_like_key("sk_"));
+        assert!(format.looks_like_key("sk_live_nonsense"));
+        assert!(!format.looks_like_key("sk"));
+        assert!(!format.looks_like_key("skx_live"));
+        assert!(!format.looks_like_key("eyJhbGciOiJIUzI1NiJ9.e30.sig"));
         assert_eq!(
             format.parse("sk_live").unwrap_err(),
             KeyFormatError::Environment

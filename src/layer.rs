@@ -193,6 +193,12 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     /// header can carry either a key or another credential that the service checks
     /// itself. A token that does start with the prefix is a key, and a bad one is
     /// still refused with 401 `invalid_api_key`.
+    ///
+    /// **Every route behind the layer must then authenticate a request without a
+    /// [`Principal`] itself**: any non-key bearer token gets through. Put the layer with
+    /// this option only on the routes that check the other credential (extract
+    /// `Option<Principal>` and verify the token when it is `None`), and a plain layer
+    /// on the others.
     #[must_use]
     pub fn pass_foreign_tokens(self) -> Self {
         self.with_shared(|shared| shared.pass_foreign = true)
@@ -323,7 +329,7 @@ where
         let hash = match bearer_token(request.headers()) {
             Ok(Some(token)) => match shared.format.parse(token) {
                 Ok(parsed) => parsed.hash(),
-                Err(_) if shared.pass_foreign && !shared.format.claims(token) => {
+                Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
                     span.record("outcome", "foreign_token");
                     request.extensions_mut().insert(ForeignToken);
                     return self.call_inner(request);

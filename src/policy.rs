@@ -116,8 +116,8 @@ pub trait EnvironmentResolver: Send + Sync + 'static {
     fn environment<'s>(&'s self, request: &RequestView<'_>) -> Option<&'s Environment>;
 }
 
-/// The environment by the request's host (the `Host` header, or the URI's authority in
-/// HTTP/2), ignoring the port and ASCII case:
+/// The environment by the request's host (the URI's authority in HTTP/2, else the
+/// `Host` header), ignoring the port and ASCII case; `X-Forwarded-Host` is not read:
 ///
 /// ```
 /// use tower_api_keys::key::Environment;
@@ -161,11 +161,13 @@ impl EnvironmentByHost {
     }
 }
 
-/// The host a request was sent to, without port: `Host`, else the URI's authority.
+/// The host a request was sent to, without port: the URI's authority (HTTP/2, or an
+/// absolute-form HTTP/1.1 target, where it wins over `Host`), else `Host`.
+/// `X-Forwarded-Host` is not read.
 fn request_host<'r>(request: &RequestView<'r>) -> Option<&'r str> {
-    let authority = match request.headers.get(http::header::HOST) {
-        Some(value) => value.to_str().ok()?,
-        None => request.uri.host()?,
+    let authority = match request.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers.get(http::header::HOST)?.to_str().ok()?,
     };
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // An IPv6 literal: `[::1]:8080`.

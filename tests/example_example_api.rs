@@ -276,6 +276,30 @@ async fn example_api_follows_its_document() {
         400,
         "invalid_json",
     );
+    // Unknown routes and methods: in the envelope too.
+    failed(
+        &call(Some(&live), "GET", "/v1/nothing", &[], "").await,
+        404,
+        "not_found",
+    );
+    failed(
+        &call(Some(&live), "PUT", "/v1/users/usr_123", &[], "").await,
+        405,
+        "method_not_allowed",
+    );
+    // Rotation is not one of this API's routes: create, then revoke.
+    failed(
+        &call(
+            Some(&live),
+            "POST",
+            &format!("/v1/api-keys/{id}/rotate"),
+            &[],
+            "",
+        )
+        .await,
+        404,
+        "not_found",
+    );
 
     assert!(server.interrupt().success());
 }

@@ -466,3 +466,88 @@ async fn a_key_never_creates_more_than_it_has_nor_sees_other_environments() {
         .json();
     assert!(created["key"].as_str().unwrap().starts_with("sk_test_"));
 }
+
+/// The routes nested under a prefix with an `{id}` of its own act on the key's `{id}`;
+/// a caller locked to a project sees and touches only that project's keys; a custom
+/// view that is not an object still shows the secret once; a revoked key cannot be
+/// renamed.
+#[tokio::test]
+async fn nested_routes_project_callers_and_odd_views() {
+    use tower_api_keys::manage::KeyRoutes;
+    let store = tower_api_keys::store::MemoryStore::new();
+    let format = KeyFormat::new("sk");
+    let cache = CachedVerifier::new(store.clone());
+    let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
+    let admin = |project: Option<&str>| {
+        let mut request = CreateKey::named("admin").scopes(Scope::Admin);
+        if let Some(project) = project {
+            request = request.project(project);
+        }
+        let manager = manager.clone();
+        async move {
+            let created = manager
+                .create_for_account("acct_1", Environment::LIVE, request)
+                .await
+                .unwrap();
+            created.key.expose_secret().to_owned()
+        }
+    };
+    let unlocked = admin(None).await;
+    let locked = admin(Some("prj_a")).await;
+    let routes = KeyRoutes::new(manager.clone()).into_router();
+    let odd = KeyRoutes::new(manager.clone())
+        .key_view(|key| serde_json::Value::String(key.name.clone()))
+        .into_router();
+    let app = axum::Router::new()
+        .nest("/orgs/{id}", routes)
+        .nest("/odd", odd)
+        .layer(ApiKeyLayer::new(format, cache));
+    let addr = serve(app).await;
+
+    let client = Client::new(addr, &unlocked);
+    let created = client
+        .send("POST", "/orgs/org_1/api-keys", r#"{"name": "elsewhere"}"#)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let one = client
+        .send("GET", &format!("/orgs/org_1/api-keys/{id}"), "")
+        .await;
+    assert_eq!(
+        (one.status, one.json()["name"].clone()),
+        (200, "elsewhere".into())
+    );
+
+    // Locked to prj_a: the unlocked key's keys are not its own.
+    let project = Client::new(addr, &locked);
+    let listed = project.send("GET", "/orgs/org_1/api-keys", "").await.json();
+    let names: Vec<_> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].clone())
+        .collect();
+    assert_eq!(names, ["admin"], "only its own project's keys");
+    let hidden = project
+        .send("DELETE", &format!("/orgs/org_1/api-keys/{id}"), "")
+        .await;
+    assert_eq!(
+        (hidden.status, hidden.code()),
+        (404, "api_key_not_found".into())
+    );
+
+    let odd = client
+        .send("POST", "/odd/api-keys", r#"{"name": "odd"}"#)
+        .await;
+    assert_eq!(odd.status, 201);
+    assert!(odd.json()["key"].as_str().unwrap().starts_with("sk_live_"));
+    assert_eq!(odd.json()["view"], "odd");
+
+    let path = format!("/orgs/org_1/api-keys/{id}");
+    assert_eq!(client.send("DELETE", &path, "").await.status, 204);
+    let renamed = client.send("PATCH", &path, r#"{"name": "x"}"#).await;
+    assert_eq!(
+        (renamed.status, renamed.code()),
+        (404, "api_key_not_found".into())
+    );
+}

@@ -76,7 +76,9 @@ pub const MAX_NAME_LEN: usize = 100;
 /// dashboard, say. Your session middleware puts one into the request's extensions and
 /// the management routes act for it: its account, its environment, and its project if
 /// it has one (keys it creates are locked to that project; it sees only that project's
-/// keys). It may create keys with any of the manager's scopes.
+/// keys). It may create keys with any of the manager's scopes. A request that also
+/// carries a [`Principal`] (an API key went through the layer) is that key's, not the
+/// owner's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyOwner {
@@ -301,6 +303,31 @@ impl IntoResponse for ManageError {
     }
 }
 
+/// A key for an account, as an operator (or a [`KeyOwner`]) asks for it: a valid name,
+/// an expiry in the future, the asked scopes (or none) and restrictions.
+fn account_key(
+    account_id: &str,
+    environment: Environment,
+    request: CreateKey,
+) -> Result<NewKey, ManageError> {
+    let name = check_name(&request.name)?;
+    if request
+        .expires_at
+        .is_some_and(|at| at <= OffsetDateTime::now_utc())
+    {
+        return Err(ManageError::invalid(
+            "invalid_expiry",
+            "expires_at must be in the future",
+        ));
+    }
+    let mut new = NewKey::new(account_id, name, environment)
+        .scopes(request.scopes.unwrap_or_default())
+        .restrictions(request.restrictions.unwrap_or_default());
+    new.project_id = request.project_id;
+    new.expires_at = request.expires_at;
+    Ok(new)
+}
+
 fn check_name(name: &str) -> Result<String, ManageError> {
     let name = name.trim();
     if name.is_empty() {
@@ -343,12 +370,15 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         self
     }
 
-    /// Gives new keys ids starting with `{prefix}_` instead of `ak_` (`key` for
-    /// `key_…`); an empty prefix gives bare ids. Ids of existing keys do not change.
+    /// Gives new keys ids starting with `{prefix}_` instead of `ak_` (`key` or `key_`
+    /// for `key_…`); an empty prefix gives bare ids. Ids of existing keys do not change.
+    ///
+    /// # Panics
+    /// If the manager was cloned already: configure it first.
     #[must_use]
     pub fn id_prefix(mut self, prefix: &str) -> Self {
         let inner = Arc::get_mut(&mut self.inner).expect("configure the manager before cloning it");
-        inner.id_prefix = prefix.into();
+        inner.id_prefix = prefix.trim_end_matches('_').into();
         self
     }
 
@@ -456,12 +486,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         environment: Environment,
         request: CreateKey,
     ) -> Result<CreatedKey, ManageError> {
-        let name = check_name(&request.name)?;
-        let mut new = NewKey::new(account_id, name, environment)
-            .scopes(request.scopes.unwrap_or_default())
-            .restrictions(request.restrictions.unwrap_or_default());
-        new.project_id = request.project_id;
-        new.expires_at = request.expires_at;
+        let new = account_key(account_id, environment, request)?;
         self.insert(new, None).await
     }
 
@@ -490,23 +515,42 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             .await
     }
 
-    /// Revokes the account's active keys named like `request` in `environment`, then
-    /// creates one: for credentials a server issues itself on every start (demo and
-    /// bootstrap keys), so restarts neither pile keys up nor reuse a printed secret.
+    /// Issues a key named like `request` afresh: the account's active key of that name
+    /// in `environment` is replaced in the same transaction (revoked as the new one is
+    /// created; any further ones of that name are revoked after). For credentials a
+    /// server issues itself on every start (demo and bootstrap keys), so restarts
+    /// neither pile keys up nor leave a printed secret working. Servers sharing a
+    /// database replace each other's: give each instance its own names.
     pub async fn reissue(
         &self,
         account_id: &str,
         environment: Environment,
         request: CreateKey,
     ) -> Result<CreatedKey, ManageError> {
-        let name = check_name(&request.name)?;
-        for key in self.list(account_id).await? {
-            if key.name == name && key.environment == environment && key.revoked_at.is_none() {
-                self.revoke(account_id, &key.id).await?;
+        let new = account_key(account_id, environment, request)?;
+        let previous: Vec<KeyId> = self
+            .list(account_id)
+            .await?
+            .into_iter()
+            .filter(|key| {
+                key.name == new.name
+                    && key.environment == new.environment
+                    && key.revoked_at.is_none()
+            })
+            .map(|key| key.id)
+            .collect();
+        let replaces = previous
+            .first()
+            .map(|id| Replacement::new(id.clone(), OffsetDateTime::now_utc()));
+        let created = self.insert(new, replaces).await?;
+        for (n, id) in previous.iter().enumerate() {
+            if n == 0 {
+                self.inner.cache.invalidate_key_id(id);
+            } else {
+                self.revoke(account_id, id).await?;
             }
         }
-        self.create_for_account(account_id, environment, request)
-            .await
+        Ok(created)
     }
 
     fn check_known(&self, scopes: &Scopes) -> Result<(), ManageError> {

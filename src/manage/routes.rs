@@ -82,6 +82,7 @@ pub struct KeyRoutes<S, V> {
     updated: Ack,
     revoked: Ack,
     renames: bool,
+    rotation: bool,
 }
 
 impl<S, V> Clone for KeyRoutes<S, V> {
@@ -95,6 +96,7 @@ impl<S, V> Clone for KeyRoutes<S, V> {
             updated: self.updated.clone(),
             revoked: self.revoked.clone(),
             renames: self.renames,
+            rotation: self.rotation,
         }
     }
 }
@@ -108,6 +110,7 @@ impl<S, V> fmt::Debug for KeyRoutes<S, V> {
             .field("updated", &self.updated)
             .field("revoked", &self.revoked)
             .field("renames", &self.renames)
+            .field("rotation", &self.rotation)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +133,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
             updated: Ack::Key,
             revoked: Ack::NoContent,
             renames: true,
+            rotation: true,
         }
     }
 
@@ -190,19 +194,31 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
         self
     }
 
+    /// Whether `POST /api-keys/{id}/rotate` exists (default yes). APIs that document
+    /// rotation as "create a new key, then revoke the old one" can leave it out.
+    #[must_use]
+    pub fn rotation(mut self, enabled: bool) -> Self {
+        self.rotation = enabled;
+        self
+    }
+
     /// The routes, ready to [`nest`](Router::nest) under any prefix, including one with
     /// path parameters of its own (`/projects/{project_id}`).
     pub fn into_router(self) -> Router {
-        Router::new()
+        let routes = Router::new()
             .route("/api-keys", get(list::<S, V>).post(create::<S, V>))
             .route(
                 "/api-keys/{id}",
                 get(get_one::<S, V>)
                     .patch(update::<S, V>)
                     .delete(revoke::<S, V>),
-            )
-            .route("/api-keys/{id}/rotate", post(rotate::<S, V>))
-            .with_state(Arc::new(self))
+            );
+        let routes = if self.rotation {
+            routes.route("/api-keys/{id}/rotate", post(rotate::<S, V>))
+        } else {
+            routes
+        };
+        routes.with_state(Arc::new(self))
     }
 
     /// 201 with the new key, its secret shown this once; `rotated_from` names the key
@@ -211,14 +227,17 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
         let secret = created.key.expose_secret();
         let body = match &self.created_view {
             Some(view) => view(&created.info, secret),
-            None => {
-                let mut body = (self.key_view)(&created.info);
-                body["key"] = Value::String(secret.to_owned());
-                if let Some(old) = rotated_from {
-                    body["rotated_from"] = Value::String(old.to_string());
+            None => match (self.key_view)(&created.info) {
+                Value::Object(mut body) => {
+                    body.insert("key".into(), Value::String(secret.to_owned()));
+                    if let Some(old) = rotated_from {
+                        body.insert("rotated_from".into(), Value::String(old.to_string()));
+                    }
+                    Value::Object(body)
                 }
-                body
-            }
+                // A view that is not an object still gets the secret shown, once.
+                view => serde_json::json!({ "key": secret, "view": view }),
+            },
         };
         (StatusCode::CREATED, axum::Json(self.envelope.data(body))).into_response()
     }
@@ -303,9 +322,11 @@ impl<St: Send + Sync> FromRequestParts<St> for KeyIdParam {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
+        // The innermost `{id}`: a prefix may have an `{id}` of its own.
         params
             .iter()
-            .find(|(name, _)| *name == "id")
+            .filter(|(name, _)| *name == "id")
+            .last()
             .map(|(_, id)| KeyIdParam(KeyId::new(id)))
             .ok_or_else(|| ManageError::NotFound.into_response())
     }
@@ -510,7 +531,9 @@ async fn update<S: KeyStore, V: KeyVerifier>(
                 "give a new name and/or restrictions",
             ));
         }
-        owned(&routes, &caller, &id).await?;
+        if owned(&routes, &caller, &id).await?.revoked_at.is_some() {
+            return Err(ManageError::NotFound);
+        }
         let key = routes
             .manager
             .update(caller.account_id(), &id, changes)

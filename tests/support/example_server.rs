@@ -92,44 +92,59 @@ impl ExampleServer {
             Database::Sqlite(file) => file.path().to_owned(),
             Database::Url(url) => url.clone(),
         };
-        let port = free_port();
-        let mut child = Command::new(binary(name))
-            .env("PORT", port.to_string())
-            .env("DATABASE_URL", url)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = tokio::task::spawn_blocking(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let line = line.unwrap();
-                if line == "READY" {
-                    return Some(lines);
+        // The port is free when asked; if another process takes it before the server
+        // binds, the server exits before READY and the next port is tried.
+        for attempt in 1..=3 {
+            let port = free_port();
+            let mut server = ExampleServer {
+                name,
+                child: Command::new(binary(name))
+                    .env("PORT", port.to_string())
+                    .env("DATABASE_URL", &url)
+                    .env_remove("RUST_LOG")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .unwrap(),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                credentials: HashMap::new(),
+                db: None,
+            };
+            // Read on a thread of its own that drains stdout to the end, so the server
+            // never writes into a closed pipe; the lines before READY come back.
+            let stdout = server.child.stdout.take().unwrap();
+            let (ready, lines) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let mut ready = Some(ready);
+                let mut lines = Vec::new();
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line == "READY" {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(std::mem::take(&mut lines));
+                        }
+                    } else if ready.is_some() {
+                        lines.push(line);
+                    }
                 }
-                lines.push(line);
-            }
-            None
-        });
-        let lines = tokio::time::timeout(Duration::from_secs(60), lines)
-            .await
-            .unwrap_or_else(|_| panic!("{name} printed no READY within 60 s"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("{name} exited before READY"));
-        let credentials = lines
-            .iter()
-            .filter_map(|line| line.split_once('='))
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect();
-        ExampleServer {
-            name,
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            credentials,
-            db: Some(db),
+            });
+            // On a timeout or a panic, `server` is dropped: the process is killed.
+            let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+                .await
+                .unwrap_or_else(|_| panic!("{name} printed no READY within 60 s"));
+            let Ok(lines) = lines else {
+                assert!(attempt < 3, "{name} exited before READY, three times");
+                continue;
+            };
+            server.credentials = lines
+                .iter()
+                .filter_map(|line| line.split_once('='))
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect();
+            server.db = Some(db);
+            return server;
         }
+        unreachable!()
     }
 
     /// A `NAME=value` the server printed before `READY`.
