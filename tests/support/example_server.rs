@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::raw_http::{Client, Reply, raw_request};
 use super::temp_db::TempDb;
@@ -25,9 +26,50 @@ pub enum Database {
     Url(String),
 }
 
-/// `target/<profile>/examples/<name>`, built now with this test's features: `cargo test`
-/// builds every example first, but `cargo test --test …` alone would run a stale one.
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> SystemTime {
+    let mut latest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let modified = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(latest)
+        };
+        latest = latest.max(modified);
+    }
+    latest
+}
+
+/// `target/<profile>/examples/<name>`. `cargo test` builds every example first; when the
+/// binary is older than the sources (`cargo test --test …` alone), it is built now with
+/// this test's features.
 fn binary(name: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let profile = deps.parent().unwrap().parent().unwrap();
+    let path = profile.join("examples").join(name);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = ["src", "examples", "Cargo.toml"]
+        .iter()
+        .map(|part| {
+            let part = root.join(part);
+            if part.is_dir() {
+                newest(&part)
+            } else {
+                part.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            }
+        })
+        .max()
+        .unwrap();
+    let built = path.metadata().and_then(|m| m.modified()).ok();
+    if built.is_some_and(|built| built > sources) {
+        return path;
+    }
     let features: Vec<&str> = [
         (cfg!(feature = "axum"), "axum"),
         (cfg!(feature = "sqlite"), "sqlite"),
@@ -37,8 +79,6 @@ fn binary(name: &str) -> std::path::PathBuf {
     .into_iter()
     .filter_map(|(on, feature)| on.then_some(feature))
     .collect();
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
     let mut build = Command::new(env!("CARGO"));
     build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
