@@ -100,7 +100,8 @@ impl UsageRecorder {
     }
 
     /// Writes the pending uses to `store` in one batch; returns how many keys it
-    /// updated. On failure the uses are kept for the next flush.
+    /// updated. On failure, or if the future is dropped before the store answers, the
+    /// uses are kept for the next flush.
     pub async fn flush<S: KeyStore + ?Sized>(&self, store: &S) -> Result<usize, StoreError> {
         let pending = std::mem::take(
             &mut *self
@@ -117,21 +118,16 @@ impl UsageRecorder {
             let entry = latest.entry(id).or_insert(at);
             *entry = (*entry).max(at);
         }
-        let batch: Vec<(KeyId, OffsetDateTime)> = latest.into_iter().collect();
-        match store.touch(&batch).await {
-            Ok(()) => {
-                self.inner.writes.fetch_add(1, Ordering::Relaxed);
-                Ok(batch.len())
-            }
-            Err(error) => {
-                self.inner
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend(batch);
-                Err(error)
-            }
-        }
+        // Until the store confirms, the batch goes back to the pending uses when this
+        // future ends in any other way: an error, or being dropped (an aborted flusher
+        // at shutdown). Writing a use twice is harmless: stores keep the latest.
+        let mut batch = Unflushed {
+            recorder: self,
+            batch: latest.into_iter().collect(),
+        };
+        store.touch(&batch.batch).await?;
+        self.inner.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(std::mem::take(&mut batch.batch).len())
     }
 
     /// Flushes to `store` every `every`, in a background task (needs a Tokio runtime).
@@ -158,5 +154,128 @@ impl UsageRecorder {
     #[must_use]
     pub fn writes(&self) -> u64 {
         self.inner.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// A batch on its way to the store; back to the pending uses unless it got there.
+struct Unflushed<'r> {
+    recorder: &'r UsageRecorder,
+    batch: Vec<(KeyId, OffsetDateTime)>,
+}
+
+impl Drop for Unflushed<'_> {
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            self.recorder
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(self.batch.drain(..));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::key::{Environment, KeyFormat, KeyHash};
+    use crate::record::{AccountStanding, KeyRecord};
+    use crate::store::{KeyChanges, KeyInfo, MemoryStore, NewKey, StoredKey};
+    use crate::verify::{KeyVerifier, VerifyError};
+
+    /// A memory store whose `touch` hangs while `stalled` is set.
+    #[derive(Clone, Default)]
+    struct Stalling {
+        store: MemoryStore,
+        stalled: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl KeyVerifier for Stalling {
+        async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+            self.store.verify(hash).await
+        }
+    }
+
+    #[async_trait]
+    impl KeyStore for Stalling {
+        async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+            self.store.insert(key).await
+        }
+        async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+            self.store.list(account_id).await
+        }
+        async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+            self.store.get(account_id, id).await
+        }
+        async fn update(
+            &self,
+            account_id: &str,
+            id: &KeyId,
+            changes: &KeyChanges,
+        ) -> Result<KeyInfo, StoreError> {
+            self.store.update(account_id, id, changes).await
+        }
+        async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+            self.store.revoke(account_id, id).await
+        }
+        async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+            self.store.find_by_hash(hash).await
+        }
+        async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+            if self.stalled.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.store.touch(used).await
+        }
+        async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
+            self.store.find_by_id(id).await
+        }
+        async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
+            self.store.standing(account_id).await
+        }
+        async fn set_standing(
+            &self,
+            account_id: &str,
+            standing: AccountStanding,
+        ) -> Result<(), StoreError> {
+            self.store.set_standing(account_id, standing).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_cut_short_loses_no_use() {
+        let store = Stalling::default();
+        let created = store
+            .create(
+                &KeyFormat::new("sk"),
+                NewKey::new("acct", "k", Environment::LIVE),
+            )
+            .await
+            .unwrap();
+        let record = store
+            .find_by_hash(&created.key.hash())
+            .await
+            .unwrap()
+            .unwrap();
+        let recorder = UsageRecorder::new();
+        let used_at = OffsetDateTime::now_utc();
+        recorder.record(&record, used_at);
+
+        // The store hangs; the flush is dropped (as an aborted flusher's would be).
+        store.stalled.store(true, Ordering::SeqCst);
+        let cut = tokio::time::timeout(Duration::from_millis(50), recorder.flush(&store)).await;
+        assert!(cut.is_err(), "the flush was still waiting for the store");
+
+        store.stalled.store(false, Ordering::SeqCst);
+        assert_eq!(recorder.flush(&store).await.unwrap(), 1, "the use was kept");
+        let info = store.get("acct", &created.info.id).await.unwrap();
+        assert!(info.last_used_at.is_some());
+        assert_eq!(recorder.flush(&store).await.unwrap(), 0, "and written once");
     }
 }
