@@ -189,7 +189,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     /// Hands requests whose bearer token is not an API key at all (it does not start
     /// with the format's `{prefix}_`: a session JWT, an OAuth token) on to the inner
     /// service without a [`Principal`] and with a
-    /// [`ForeignToken`](crate::principal::ForeignToken) marker, so one `Authorization`
+    /// [`ForeignToken`] marker, so one `Authorization`
     /// header can carry either a key or another credential that the service checks
     /// itself. A token that does start with the prefix is a key, and a bad one is
     /// still refused with 401 `invalid_api_key`.
@@ -219,9 +219,10 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
         self.with_responder(|responder| responder.set_retry_after(after))
     }
 
-    /// Replaces the body format of rejections (default [`JsonErrorFormat`]
-    /// (crate::error::JsonErrorFormat)). Applies to the extractors' and guards'
-    /// rejections too.
+    /// Replaces the body format of rejections (default
+    /// [`JsonErrorFormat`](crate::error::JsonErrorFormat); an
+    /// [`Envelope`](crate::envelope::Envelope) for other shapes). Applies to the
+    /// extractors' and guards' rejections too.
     #[must_use]
     pub fn error_format(self, format: impl ErrorFormat) -> Self {
         let format: Arc<dyn ErrorFormat> = Arc::new(format);

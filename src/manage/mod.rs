@@ -15,7 +15,7 @@
 //! into the request's extensions. The routes act on the caller's account, environment
 //! and project only (another's key is a 404). A key never creates a key with more than
 //! it has: not a scope it lacks, not another project than its own, not a later expiry.
-//! [`KeyRoutes`] shapes the answers: an [`Envelope`](crate::envelope::Envelope), the
+//! [`KeyRoutes`] shapes the answers: an [`Envelope`], the
 //! fields of a key, what PATCH and DELETE answer, whether keys can be renamed. Mount
 //! them under any prefix, behind the [`ApiKeyLayer`](crate::ApiKeyLayer):
 //!

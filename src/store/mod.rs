@@ -3,7 +3,7 @@
 //! A store keeps, per key, its id, owner, name, scopes, environment, times and the
 //! SHA-256 [`KeyHash`], never the key. [`KeyStore::create`] generates a key, stores its
 //! hash and hands the plaintext back once, in [`CreatedKey`]. Every store is also a
-//! [`KeyVerifier`](crate::KeyVerifier), so it can sit behind the layer directly.
+//! [`KeyVerifier`], so it can sit behind the layer directly.
 //!
 //! ```
 //! use tower_api_keys::key::{Environment, KeyFormat};
