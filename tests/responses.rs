@@ -396,3 +396,67 @@ async fn header_edge_cases_never_panic_and_answer_per_the_table() {
         }
     }
 }
+
+/// `pass_foreign_tokens`: a token without the key prefix goes on without a principal (the
+/// service checks it); a key-shaped one is still a key; a route that needs the principal
+/// answers 401 `invalid_api_key` to a foreign token.
+#[tokio::test]
+async fn foreign_tokens_are_handed_on_and_keys_are_still_keys() {
+    use axum::routing::get;
+    use tower_api_keys::Principal;
+    let keys = keys().await;
+    let layer = ApiKeyLayer::new(keys.format.clone(), CachedVerifier::new(keys.store.clone()))
+        .pass_foreign_tokens();
+    let app = axum::Router::new()
+        .route(
+            "/either",
+            get(|principal: Option<Principal>| async move {
+                match principal {
+                    Some(principal) => principal.account_id().to_owned(),
+                    None => "someone else checks this token".to_owned(),
+                }
+            }),
+        )
+        .route("/key-only", get(|_: Principal| async { "key" }))
+        .layer(layer);
+    let body = |response: http::Response<Body>| async move {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    let jwt = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c3IifQ.c2lnbmF0dXJl";
+    let foreign = send(&app, get_with("/either", Some(jwt))).await;
+    assert_eq!(foreign.status(), StatusCode::OK);
+    assert_eq!(body(foreign).await, "someone else checks this token");
+    let key = send(&app, get_with("/either", Some(&bearer(&keys.read)))).await;
+    assert_eq!(body(key).await, "acct_1");
+    // Key-shaped but wrong: refused by the layer, never handed on.
+    expect(
+        &app,
+        get_with("/either", Some("Bearer sk_live_typo")),
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+        Some(r#"Bearer realm="api", error="invalid_token""#),
+    )
+    .await;
+    let revoked = send(&app, get_with("/either", Some(&bearer(&keys.revoked)))).await;
+    assert_eq!(code_of(revoked).await, "api_key_revoked");
+    // A route that needs a key does not take the foreign token.
+    expect(
+        &app,
+        get_with("/key-only", Some(jwt)),
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+        Some(r#"Bearer realm="api", error="invalid_token""#),
+    )
+    .await;
+    // No header at all is still 401 missing_api_key.
+    expect(
+        &app,
+        get_with("/either", None),
+        StatusCode::UNAUTHORIZED,
+        "missing_api_key",
+        Some(r#"Bearer realm="api""#),
+    )
+    .await;
+}
