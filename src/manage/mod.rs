@@ -16,7 +16,8 @@
 //! and project only (another's key is a 404). A key never creates a key with more than
 //! it has: not a scope it lacks, not another project than its own, not a later expiry.
 //! [`KeyRoutes`] shapes the answers: an [`Envelope`], the
-//! fields of a key, what PATCH and DELETE answer, whether keys can be renamed. Mount
+//! fields of a key, what PATCH and DELETE answer, whether keys can be renamed or
+//! rotated here. Mount
 //! them under any prefix, behind the [`ApiKeyLayer`](crate::ApiKeyLayer):
 //!
 //! ```
