@@ -544,10 +544,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             .first()
             .map(|id| Replacement::new(id.clone(), OffsetDateTime::now_utc()));
         let created = self.insert(new, replaces).await?;
-        for (n, id) in previous.iter().enumerate() {
-            if n == 0 {
-                self.inner.cache.invalidate_key_id(id);
-            } else {
+        if let Some((replaced, others)) = previous.split_first() {
+            self.inner.cache.invalidate_key_id(replaced);
+            for id in others {
                 self.revoke(account_id, id).await?;
             }
         }

@@ -531,9 +531,7 @@ async fn update<S: KeyStore, V: KeyVerifier>(
                 "give a new name and/or restrictions",
             ));
         }
-        if owned(&routes, &caller, &id).await?.revoked_at.is_some() {
-            return Err(ManageError::NotFound);
-        }
+        owned(&routes, &caller, &id).await?;
         let key = routes
             .manager
             .update(caller.account_id(), &id, changes)

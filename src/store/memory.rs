@@ -142,6 +142,9 @@ impl KeyStore for MemoryStore {
     ) -> Result<KeyInfo, StoreError> {
         let mut keys = self.keys();
         let info = Self::owned(&mut keys, account_id, id)?;
+        if info.revoked_at.is_some() {
+            return Err(StoreError::NotFound);
+        }
         if let Some(name) = &changes.name {
             info.name.clone_from(name);
         }

@@ -406,7 +406,8 @@ pub trait KeyStore: KeyVerifier {
     /// One key of the account, revoked or not.
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
 
-    /// Changes a key's name and/or restrictions.
+    /// Changes an active key's name and/or restrictions ([`StoreError::NotFound`] for a
+    /// revoked key, which stays as it was revoked).
     async fn update(
         &self,
         account_id: &str,

@@ -273,7 +273,7 @@ impl KeyStore for PostgresStore {
     ) -> Result<KeyInfo, StoreError> {
         let row = sqlx::query(&format!(
             "UPDATE api_keys SET name = COALESCE($3, name), restrictions = COALESCE($4::jsonb, restrictions) \
-             WHERE id = $1 AND account_id = $2 RETURNING {RETURNING_COLUMNS}"
+             WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(account_id)

@@ -283,7 +283,7 @@ impl KeyStore for SqliteStore {
         // share (the soak test caught revoked keys accepted for milliseconds).
         let rows = sqlx::query(&format!(
             "UPDATE api_keys SET name = COALESCE(?, name), restrictions = COALESCE(?, restrictions) \
-             WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
+             WHERE id = ? AND account_id = ? AND revoked_at IS NULL RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(changes.name.as_deref())
         .bind(changes.restrictions.as_ref().map(restrictions_json))

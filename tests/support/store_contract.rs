@@ -187,6 +187,13 @@ pub async fn basics<S: KeyStore>(store: S) {
         .revoked_at
         .unwrap();
     assert_eq!(first, again, "revoking twice keeps the first time");
+    assert!(
+        matches!(
+            store.update("acct_a", &id, &KeyChanges::name("late")).await,
+            Err(StoreError::NotFound)
+        ),
+        "a revoked key is not changed"
+    );
     assert!(store.list("acct_a").await.unwrap().is_empty());
     assert!(
         store
