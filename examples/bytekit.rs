@@ -3,7 +3,8 @@
 //! `api.bytekit.com` is production and takes only `sk_live_` keys; `api-stg.bytekit.com`
 //! is staging and takes only `sk_test_` keys; the wrong key for the host (or any key on
 //! another host) is 401. Keys are managed under `/v1/account/api-keys` by any valid key
-//! of the account, in the host's environment; 50 active keys per account at most.
+//! of the account, in the host's environment; 50 active keys per account and environment
+//! at most (live and test keys are separate worlds).
 //! Prints `LIVE_KEY` and `TEST_KEY` (reissued on every start), then `READY`.
 //!
 //! ```text

@@ -8,14 +8,16 @@
 //! - **Backend errors are never cached.**
 //! - **Single-flight:** concurrent misses on one key share one `verify` call.
 //! - **Hot keys** are served from a small table in front of moka (a read lock and a hash
-//!   compare instead of moka's read bookkeeping), emptied by any invalidation.
+//!   compare instead of moka's read bookkeeping).
 //! - **Stale-while-revalidate:** past its fresh TTL a known key is served at once while
 //!   one background task re-verifies it, and keeps being served for the stale window
 //!   (default 5 min) if the backend is down; verifier calls time out (default 2 s).
 //! - **Invalidation** by hash, by key id, by account, or all, takes effect for the next
-//!   request (matching entries are removed before the call returns);
-//!   a lookup that was in flight when the invalidation happened does not write its
-//!   (possibly outdated) answer into the cache.
+//!   request (matching entries are removed before the call returns). Entries are
+//!   indexed by key id and account, so invalidating one key touches that key only
+//!   (O(1) whatever the cache holds) and never stalls hits of other keys. A lookup that
+//!   was in flight when an invalidation named its key does not write its (possibly
+//!   outdated) answer into the cache.
 //!
 //! ```
 //! use std::time::Duration;
@@ -29,10 +31,10 @@
 //! assert_eq!(cache.stats().verifier_calls, 0);
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -69,19 +71,19 @@ pub struct CacheStats {
     pub entries: u64,
 }
 
-/// One verifier call that concurrent lookups of a key share, tagged with the cache
-/// generation it started in: lookups after an invalidation start a new one, and its
-/// answer is cached only if no invalidation happened meanwhile.
+/// One verifier call that concurrent lookups of a key share, tagged with the number of
+/// invalidations made before it started: its answer is cached only if no invalidation
+/// since then names it, and lookups after any invalidation start a new one.
 struct FlightCell {
-    generation: u64,
+    seq: u64,
     answer: OnceCell<Result<Lookup, VerifyError>>,
 }
 
 type Flight = Arc<FlightCell>;
 
-fn new_flight(generation: u64) -> Flight {
+fn new_flight(seq: u64) -> Flight {
     Arc::new(FlightCell {
-        generation,
+        seq,
         answer: OnceCell::new(),
     })
 }
@@ -94,6 +96,10 @@ fn later(now: Instant, after: Duration) -> Instant {
 
 /// Slots of the hot-entry table in front of moka (a power of two).
 const HOT_SLOTS: usize = 1024;
+
+/// Invalidations remembered for flights in progress; a flight that started before the
+/// oldest one remembered does not cache its answer.
+const LOG_LEN: usize = 4096;
 
 /// What moka holds: the answer, when it stops being fresh, and until when it may still
 /// be served stale (while a refresh runs, or while the backend is down).
@@ -111,23 +117,121 @@ const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 /// A recently read entry, in a small direct-mapped table probed before moka: a hit
 /// costs a read lock, a hash comparison and a clock read instead of moka's read
-/// bookkeeping. Valid only while the cache's generation is the one it was read at, so
-/// any invalidation empties the whole table at once.
+/// bookkeeping.
 struct HotEntry {
     hash: KeyHash,
     entry: Entry,
-    generation: u64,
 }
+
+/// One slot of the hot table. Invalidating a hash empties its slot and bumps the
+/// slot's version; a reader fills a slot only if its version did not move since the
+/// reader probed it (before reading moka), so an entry read before an invalidation
+/// never lands in the table after it.
+#[derive(Default)]
+struct HotSlot {
+    entry: Option<HotEntry>,
+    version: u64,
+}
+
+/// What one invalidation named.
+enum Target {
+    Hash(KeyHash),
+    Id(KeyId),
+    Account(String),
+    All,
+}
+
+impl Target {
+    fn names(&self, hash: &KeyHash, lookup: &Lookup) -> bool {
+        match (self, lookup) {
+            (Target::All, _) => true,
+            (Target::Hash(named), _) => named == hash,
+            (Target::Id(id), Lookup::Found(record)) => record.id == *id,
+            (Target::Account(account), Lookup::Found(record)) => record.account_id == *account,
+            (_, Lookup::Unknown) => false,
+        }
+    }
+}
+
+/// The bookkeeping of misses and invalidations, under one lock that hits never take:
+/// flights in progress, the recent invalidations, and which cached hashes belong to
+/// which key id and account (so invalidating a key touches that key only).
+#[derive(Default)]
+struct Ledger {
+    flights: HashMap<KeyHash, Flight>,
+    /// Invalidations made so far.
+    seq: u64,
+    /// The most recent invalidations, oldest first, with their `seq`.
+    log: VecDeque<(u64, Target)>,
+    by_id: HashMap<KeyId, Vec<KeyHash>>,
+    by_account: HashMap<String, HashSet<KeyHash>>,
+}
+
+impl Ledger {
+    /// Whether an invalidation after `seq` names this answer (or may have: the log no
+    /// longer reaches back that far).
+    fn invalidated_since(&self, seq: u64, hash: &KeyHash, lookup: &Lookup) -> bool {
+        if self.seq == seq {
+            return false;
+        }
+        if self.log.front().is_none_or(|(oldest, _)| *oldest > seq + 1) {
+            return true;
+        }
+        self.log
+            .iter()
+            .rev()
+            .take_while(|(at, _)| *at > seq)
+            .any(|(_, target)| target.names(hash, lookup))
+    }
+
+    fn record(&mut self, target: Target) {
+        self.seq += 1;
+        if self.log.len() == LOG_LEN {
+            self.log.pop_front();
+        }
+        self.log.push_back((self.seq, target));
+    }
+
+    fn index(&mut self, hash: KeyHash, record: &KeyRecord) {
+        let hashes = self.by_id.entry(record.id.clone()).or_default();
+        if !hashes.contains(&hash) {
+            hashes.push(hash);
+        }
+        if let Some(hashes) = self.by_account.get_mut(&record.account_id) {
+            hashes.insert(hash);
+        } else {
+            self.by_account
+                .insert(record.account_id.clone(), HashSet::from([hash]));
+        }
+    }
+
+    fn unindex(&mut self, hash: &KeyHash, id: &KeyId, account_id: &str) {
+        if let Some(hashes) = self.by_id.get_mut(id) {
+            hashes.retain(|h| h != hash);
+            if hashes.is_empty() {
+                self.by_id.remove(id);
+            }
+        }
+        if let Some(hashes) = self.by_account.get_mut(account_id) {
+            hashes.remove(hash);
+            if hashes.is_empty() {
+                self.by_account.remove(account_id);
+            }
+        }
+    }
+}
+
+/// Entries moka evicted by itself (expired, or over capacity), to take out of the
+/// [`Ledger`]'s index the next time it is locked. (moka's listener may run while the
+/// ledger is locked, so it must not lock the ledger itself.)
+type Evicted = Arc<Mutex<Vec<(KeyHash, KeyId, String)>>>;
 
 struct CacheCore<V> {
     verifier: V,
     entries: moka::sync::Cache<KeyHash, Entry>,
-    hot: Box<[RwLock<Option<HotEntry>>]>,
-    in_flight: Mutex<HashMap<KeyHash, Flight>>,
-    /// Bumped before and after every invalidation: a lookup that started before a bump
-    /// does not write its answer into the cache, and a hot entry read before one is
-    /// not served.
-    generation: AtomicU64,
+    hot: Box<[RwLock<HotSlot>]>,
+    ledger: Mutex<Ledger>,
+    evicted: Evicted,
     hits: AtomicU64,
     misses: AtomicU64,
     verifier_calls: AtomicU64,
@@ -136,6 +240,40 @@ struct CacheCore<V> {
     stale_window: Duration,
     verify_timeout: Option<Duration>,
     stale_hits: AtomicU64,
+}
+
+impl<V> CacheCore<V> {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        let evicted =
+            std::mem::take(&mut *self.evicted.lock().unwrap_or_else(PoisonError::into_inner));
+        for (hash, id, account_id) in evicted {
+            // Inserts happen under the ledger lock: an entry moka holds again now was
+            // re-inserted (and re-indexed) after its eviction.
+            if !self.entries.contains_key(&hash) {
+                ledger.unindex(&hash, &id, &account_id);
+            }
+        }
+        ledger
+    }
+
+    /// Takes `hash` out of moka and the hot table (and its key out of the index).
+    fn remove(&self, ledger: &mut Ledger, hash: &KeyHash) {
+        if let Some(Entry {
+            lookup: Lookup::Found(record),
+            ..
+        }) = self.entries.remove(hash)
+        {
+            ledger.unindex(hash, &record.id, &record.account_id);
+        }
+        let mut slot = self.hot[hot_index(hash)]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.entry.as_ref().is_some_and(|hot| hot.hash == *hash) {
+            slot.entry = None;
+        }
+        slot.version = slot.version.wrapping_add(1);
+    }
 }
 
 /// A caching, single-flight [`KeyVerifier`] wrapper. Cheap to clone (one `Arc`); clones
@@ -213,17 +351,29 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
 
     /// Builds the cache.
     pub fn build(self) -> CachedVerifier<V> {
+        let evicted = Evicted::default();
+        let listener_queue = Arc::clone(&evicted);
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .expire_after(EntryExpiry)
+            .eviction_listener(move |hash: Arc<KeyHash>, entry: Entry, cause| {
+                if cause.was_evicted() {
+                    if let Lookup::Found(record) = entry.lookup {
+                        listener_queue
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((*hash, record.id.clone(), record.account_id.clone()));
+                    }
+                }
+            })
             .build();
         CachedVerifier {
             core: Arc::new(CacheCore {
                 verifier: self.verifier,
                 entries,
-                hot: (0..HOT_SLOTS).map(|_| RwLock::new(None)).collect(),
-                in_flight: Mutex::new(HashMap::new()),
-                generation: AtomicU64::new(0),
+                hot: (0..HOT_SLOTS).map(|_| RwLock::default()).collect(),
+                ledger: Mutex::default(),
+                evicted,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 verifier_calls: AtomicU64::new(0),
@@ -266,17 +416,15 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let core = &*self.core;
         let slot = &core.hot[hot_index(hash)];
         // Read before moka: an invalidation racing with this read bumps it after.
-        let generation = core.generation.load(Ordering::Acquire);
+        let mut version = None;
         if let Ok(hot) = slot.read() {
-            if let Some(hot) = hot.as_ref() {
-                if hot.hash == *hash
-                    && hot.generation == generation
-                    && Instant::now() < hot.entry.deadline
-                {
+            if let Some(entry) = hot.entry.as_ref() {
+                if entry.hash == *hash && Instant::now() < entry.entry.deadline {
                     core.hits.fetch_add(1, Ordering::Relaxed);
-                    return Some(hot.entry.lookup.clone());
+                    return Some(entry.entry.lookup.clone());
                 }
             }
+            version = Some(hot.version);
         }
         let Some(entry) = core.entries.get(hash) else {
             core.misses.fetch_add(1, Ordering::Relaxed);
@@ -293,12 +441,10 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             }
             return Some(lookup);
         }
-        if let Ok(mut hot) = slot.try_write() {
-            *hot = Some(HotEntry {
-                hash: *hash,
-                entry,
-                generation,
-            });
+        if let (Some(version), Ok(mut hot)) = (version, slot.try_write()) {
+            if hot.version == version {
+                hot.entry = Some(HotEntry { hash: *hash, entry });
+            }
         }
         Some(lookup)
     }
@@ -317,22 +463,18 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     pub async fn load(&self, hash: KeyHash) -> Result<Lookup, VerifyError> {
         let core = &*self.core;
         let flight = {
-            let mut in_flight = core
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut ledger = core.ledger();
             // Checked under the lock: a flight that just landed wrote the cache before
             // leaving the map.
             if let Some(entry) = core.entries.get(&hash) {
                 return Ok(entry.lookup);
             }
-            // Read under the lock, which invalidations hold while they bump it.
-            let generation = core.generation.load(Ordering::Acquire);
-            match in_flight.get(&hash) {
-                Some(flight) if flight.generation == generation => Arc::clone(flight),
+            let seq = ledger.seq;
+            match ledger.flights.get(&hash) {
+                Some(flight) if flight.seq == seq => Arc::clone(flight),
                 _ => {
-                    let flight = new_flight(generation);
-                    in_flight.insert(hash, Arc::clone(&flight));
+                    let flight = new_flight(seq);
+                    ledger.flights.insert(hash, Arc::clone(&flight));
                     flight
                 }
             }
@@ -353,16 +495,12 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             return;
         };
         let flight = {
-            let mut in_flight = self
-                .core
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if in_flight.contains_key(&hash) {
+            let mut ledger = self.core.ledger();
+            if ledger.flights.contains_key(&hash) {
                 return;
             }
-            let flight = new_flight(self.core.generation.load(Ordering::Acquire));
-            in_flight.insert(hash, Arc::clone(&flight));
+            let flight = new_flight(ledger.seq);
+            ledger.flights.insert(hash, Arc::clone(&flight));
             flight
         };
         let cache = self.clone();
@@ -385,7 +523,6 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         let answer = flight
             .answer
             .get_or_init(|| async {
-                let generation = flight.generation;
                 core.verifier_calls.fetch_add(1, Ordering::Relaxed);
                 let verification = core.verifier.verify(&hash);
                 let answer = match core.verify_timeout {
@@ -398,11 +535,12 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     Some(record) => Lookup::Found(Arc::new(record)),
                     None => Lookup::Unknown,
                 });
-                let mut in_flight = core
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if core.generation.load(Ordering::Acquire) == generation {
+                let mut ledger = core.ledger();
+                let stale = match &answer {
+                    Ok(found) => ledger.invalidated_since(flight.seq, &hash, found),
+                    Err(_) => ledger.seq != flight.seq,
+                };
+                if !stale {
                     let now = Instant::now();
                     match &answer {
                         Ok(found) => {
@@ -414,6 +552,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                                 stale_until,
                                 refresh_after: deadline,
                             };
+                            if let Lookup::Found(record) = found {
+                                ledger.index(hash, record);
+                            }
                             core.entries.insert(hash, entry);
                         }
                         // The backend is down: keep serving a stale entry, and let the
@@ -426,8 +567,12 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                         }
                     }
                 }
-                if in_flight.get(&hash).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-                    in_flight.remove(&hash);
+                if ledger
+                    .flights
+                    .get(&hash)
+                    .is_some_and(|f| Arc::ptr_eq(f, flight))
+                {
+                    ledger.flights.remove(&hash);
                 }
                 answer
             })
@@ -439,58 +584,57 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 impl<V> CachedVerifier<V> {
     /// Forgets the answer for one key hash.
     pub fn invalidate(&self, hash: &KeyHash) {
-        self.invalidating(|entries| entries.invalidate(hash));
+        let core = &*self.core;
+        let mut ledger = core.ledger();
+        ledger.record(Target::Hash(*hash));
+        core.remove(&mut ledger, hash);
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
-    /// knows the id but not the key).
+    /// knows the id but not the key). Touches that key's entries only: O(1), whatever
+    /// the cache holds.
     pub fn invalidate_key_id(&self, id: &KeyId) {
-        self.invalidate_where(|found| matches!(found, Lookup::Found(record) if record.id == *id));
+        let core = &*self.core;
+        let mut ledger = core.ledger();
+        ledger.record(Target::Id(id.clone()));
+        for hash in ledger.by_id.get(id).cloned().unwrap_or_default() {
+            core.remove(&mut ledger, &hash);
+        }
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
-    /// another account-wide property changed).
+    /// another account-wide property changed). Touches that account's entries only.
     pub fn invalidate_account(&self, account_id: &str) {
-        self.invalidate_where(
-            |found| matches!(found, Lookup::Found(record) if record.account_id == account_id),
-        );
-    }
-
-    /// Forgets every answer.
-    pub fn invalidate_all(&self) {
-        self.invalidate_where(|_| true);
-    }
-
-    /// Removes every matching entry now, one by one. (moka's `invalidate_entries_if`
-    /// and `invalidate_all` apply lazily and, under concurrent reads, let a matching
-    /// entry be read for a moment after they return: a concurrency test caught
-    /// revoked keys served that way.) Costs a pass over the cache: revocations are rare.
-    fn invalidate_where(&self, matches: impl Fn(&Lookup) -> bool) {
-        self.invalidating(|entries| {
-            let matching: Vec<Arc<KeyHash>> = entries
-                .iter()
-                .filter(|(_, entry)| matches(&entry.lookup))
-                .map(|(hash, _)| hash)
-                .collect();
-            for hash in matching {
-                entries.invalidate(&*hash);
-            }
-        });
-    }
-
-    /// Runs an invalidation between two generation bumps, holding the in-flight lock
-    /// (under which answers are written): flights started before it do not cache their
-    /// answer and are not joined by later lookups (first bump), and hot entries read
-    /// before it ends are not served (second bump).
-    fn invalidating(&self, invalidate: impl FnOnce(&moka::sync::Cache<KeyHash, Entry>)) {
         let core = &*self.core;
-        let _in_flight = core
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        core.generation.fetch_add(1, Ordering::AcqRel);
-        invalidate(&core.entries);
-        core.generation.fetch_add(1, Ordering::AcqRel);
+        let mut ledger = core.ledger();
+        ledger.record(Target::Account(account_id.to_owned()));
+        let hashes: Vec<KeyHash> = ledger
+            .by_account
+            .get(account_id)
+            .map(|hashes| hashes.iter().copied().collect())
+            .unwrap_or_default();
+        for hash in hashes {
+            core.remove(&mut ledger, &hash);
+        }
+    }
+
+    /// Forgets every answer: a pass over the whole cache (for a listener that may have
+    /// missed notifications).
+    pub fn invalidate_all(&self) {
+        let core = &*self.core;
+        let mut ledger = core.ledger();
+        ledger.record(Target::All);
+        // One by one: moka's `invalidate_all` applies lazily and, under concurrent
+        // reads, lets an entry be read for a moment after it returns.
+        let hashes: Vec<Arc<KeyHash>> = core.entries.iter().map(|(hash, _)| hash).collect();
+        for hash in hashes {
+            core.remove(&mut ledger, &hash);
+        }
+        for slot in core.hot.iter() {
+            let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);
+            slot.entry = None;
+            slot.version = slot.version.wrapping_add(1);
+        }
     }
 
     /// The counters.
@@ -522,19 +666,16 @@ impl<V> Drop for AbandonedFlight<'_, V> {
         if self.flight.answer.initialized() {
             return;
         }
-        let mut in_flight = self
-            .core
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut ledger = self.core.ledger();
         // Joiners clone the flight under this lock: two references (the map's and ours)
         // mean nobody else waits on it.
-        if in_flight
+        if ledger
+            .flights
             .get(&self.hash)
             .is_some_and(|f| Arc::ptr_eq(f, self.flight))
             && Arc::strong_count(self.flight) == 2
         {
-            in_flight.remove(&self.hash);
+            ledger.flights.remove(&self.hash);
         }
     }
 }
@@ -769,10 +910,10 @@ mod tests {
             async move { cache.lookup(&hash).await }
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(cache.core.in_flight.lock().unwrap().len(), 1);
+        assert_eq!(cache.core.ledger().flights.len(), 1);
         pending.abort();
         let _ = pending.await;
-        assert!(cache.core.in_flight.lock().unwrap().is_empty());
+        assert!(cache.core.ledger().flights.is_empty());
     }
 
     #[tokio::test]
@@ -796,5 +937,126 @@ mod tests {
         assert!(cache.get_cached(&hash).is_some());
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(cache.get_cached(&hash).is_none());
+    }
+
+    /// A verifier that knows every hash, as key `ak_{first byte}` of account
+    /// `acct_{first byte % 2}`.
+    struct Everything;
+
+    #[async_trait]
+    impl KeyVerifier for Everything {
+        async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+            let n = hash.as_bytes()[0];
+            Ok(Some(KeyRecord::new(
+                KeyId::new(format!("ak_{n}")),
+                "k",
+                format!("acct_{}", n % 2),
+                Environment::LIVE,
+            )))
+        }
+    }
+
+    /// A hash whose first byte is `n` (so its id is `ak_{n}`).
+    fn hash_of(n: u8) -> KeyHash {
+        (0u32..)
+            .map(|i| KeyHash::of(&format!("k{n}-{i}")))
+            .find(|hash| hash.as_bytes()[0] == n)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn invalidating_one_key_touches_that_key_only() {
+        let cache = CachedVerifier::new(Everything);
+        let hashes: Vec<KeyHash> = (0..10).map(hash_of).collect();
+        for hash in &hashes {
+            cache.lookup(hash).await.unwrap();
+            assert!(cache.get_cached(hash).is_some(), "read into the hot table");
+        }
+        cache.invalidate_key_id(&KeyId::new("ak_3"));
+        assert!(cache.get_cached(&hashes[3]).is_none());
+        let hits = cache.stats().hits;
+        for (n, hash) in hashes.iter().enumerate() {
+            assert_eq!(cache.get_cached(hash).is_some(), n != 3);
+        }
+        assert_eq!(cache.stats().hits, hits + 9);
+        // The other keys' hot slots were not emptied (nor their versions moved).
+        for (n, hash) in hashes.iter().enumerate().filter(|(n, _)| *n != 3) {
+            let slot = cache.core.hot[hot_index(hash)].read().unwrap();
+            assert!(
+                slot.entry.as_ref().is_some_and(|hot| hot.hash == *hash),
+                "key {n} still hot"
+            );
+        }
+        assert!(!cache.core.ledger().by_id.contains_key(&KeyId::new("ak_3")));
+
+        cache.invalidate_account("acct_0");
+        for (n, hash) in hashes.iter().enumerate() {
+            assert_eq!(
+                cache.get_cached(hash).is_some(),
+                n % 2 == 1 && n != 3,
+                "key {n}"
+            );
+        }
+        assert!(!cache.core.ledger().by_account.contains_key("acct_0"));
+    }
+
+    #[tokio::test]
+    async fn a_flight_lands_despite_invalidations_of_other_keys_only() {
+        struct Slow;
+        #[async_trait]
+        impl KeyVerifier for Slow {
+            async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Everything.verify(hash).await
+            }
+        }
+        let cache = CachedVerifier::new(Slow);
+        let (mine, other) = (hash_of(1), hash_of(2));
+        let flight = |hash: KeyHash| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.lookup(&hash).await })
+        };
+        let pending = flight(mine);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.invalidate_key_id(&KeyId::new("ak_2"));
+        cache.invalidate(&other);
+        pending.await.unwrap().unwrap();
+        assert!(
+            cache.get_cached(&mine).is_some(),
+            "other keys did not spoil it"
+        );
+
+        cache.invalidate(&mine);
+        let pending = flight(mine);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.invalidate_account("acct_1");
+        pending.await.unwrap().unwrap();
+        assert!(
+            cache.get_cached(&mine).is_none(),
+            "its account was invalidated"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_index_forgets_what_moka_evicts() {
+        let cache = CachedVerifier::builder(Everything)
+            .positive_ttl(Duration::from_millis(50))
+            .stale_window(Duration::ZERO)
+            .build();
+        for n in 0..20 {
+            cache.lookup(&hash_of(n)).await.unwrap();
+        }
+        assert_eq!(cache.core.ledger().by_id.len(), 20);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cache.core.ledger().by_id.is_empty() {
+            assert!(Instant::now() < deadline, "index never emptied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cache.run_pending_tasks();
+        }
+        assert!(cache.core.ledger().by_account.is_empty());
+        // And a key read again is indexed (and invalidated) again.
+        cache.lookup(&hash_of(4)).await.unwrap();
+        cache.invalidate_key_id(&KeyId::new("ak_4"));
+        assert!(cache.get_cached(&hash_of(4)).is_none());
     }
 }

@@ -1,16 +1,49 @@
-//! Revocation that reaches every instance.
+//! Changes that reach every instance.
 //!
-//! On one instance, [`KeyManager::revoke`](crate::manage::KeyManager::revoke)
-//! invalidates the local cache at once. Across instances sharing a PostgreSQL
-//! database, [`PostgresStore::revoke`](crate::store::PostgresStore) publishes the key id
-//! with `NOTIFY` in the revoking transaction, and each instance's
-//! [`RevocationListener`] drops that key from its cache.
+//! On one instance, [`KeyManager`](crate::manage::KeyManager) invalidates the local
+//! cache at once after every change. Across instances sharing a PostgreSQL database,
+//! [`PostgresStore`](crate::store::PostgresStore) publishes each change that affects
+//! verification with `NOTIFY`, in the transaction that makes it: the key id for a
+//! revocation, a rotation or reissue (the old key, ending now or at the end of its
+//! overlap), an update of name, restrictions, scopes or expiry; the account id for a
+//! change of billing standing. Each instance's [`RevocationListener`] drops that key
+//! (or every cached key of that account) from its cache, so the next request is
+//! verified against the store; a key whose overlap ends is then cached with its new
+//! expiry and stops working when it ends, on every instance.
 //!
 //! If the listener's connection drops, notifications sent meanwhile are lost; so on
 //! every reconnect the listener clears its whole cache.
 
 #[cfg(feature = "postgres")]
 pub use self::postgres::RevocationListener;
+
+/// What a notification names: one key, or every key of an account. The payload is
+/// `key <id>` or `account <id>`; a payload without a kind (what earlier versions sent)
+/// is a key id.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    Key(crate::key::KeyId),
+    Account(String),
+}
+
+#[cfg(feature = "postgres")]
+impl Notice {
+    pub(crate) fn payload(&self) -> String {
+        match self {
+            Notice::Key(id) => format!("key {id}"),
+            Notice::Account(account) => format!("account {account}"),
+        }
+    }
+
+    pub(crate) fn parse(payload: &str) -> Self {
+        match payload.split_once(' ') {
+            Some(("account", account)) => Notice::Account(account.to_owned()),
+            Some(("key", id)) => Notice::Key(crate::key::KeyId::new(id)),
+            _ => Notice::Key(crate::key::KeyId::new(payload)),
+        }
+    }
+}
 
 #[cfg(feature = "postgres")]
 mod postgres {
@@ -21,11 +54,12 @@ mod postgres {
 
     use sqlx::postgres::{PgListener, PgPool};
 
+    use super::Notice;
     use crate::cache::CachedVerifier;
-    use crate::key::KeyId;
     use crate::verify::KeyVerifier;
 
-    /// A background task that LISTENs for revocations and invalidates a cache. The task
+    /// A background task that LISTENs for changes (revocations, rotations, updates,
+    /// standing) and invalidates a cache. The task
     /// stops when this handle is dropped.
     pub struct RevocationListener {
         task: tokio::task::JoinHandle<()>,
@@ -92,9 +126,10 @@ mod postgres {
             let subscribed_at = tokio::time::Instant::now();
             loop {
                 match listener.try_recv().await {
-                    Ok(Some(notification)) => {
-                        cache.invalidate_key_id(&KeyId::new(notification.payload()));
-                    }
+                    Ok(Some(notification)) => match Notice::parse(notification.payload()) {
+                        Notice::Key(id) => cache.invalidate_key_id(&id),
+                        Notice::Account(account) => cache.invalidate_account(&account),
+                    },
                     Ok(None) => {
                         tracing::warn!("revocation listener lost its connection");
                         break;
@@ -119,5 +154,23 @@ mod postgres {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(channel).await?;
         Ok(listener)
+    }
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::Notice;
+    use crate::key::KeyId;
+
+    #[test]
+    fn notices_round_trip_and_bare_payloads_are_key_ids() {
+        for notice in [
+            Notice::Key(KeyId::new("ak_1")),
+            Notice::Key(KeyId::new("key with space")),
+            Notice::Account("acct 1".into()),
+        ] {
+            assert_eq!(Notice::parse(&notice.payload()), notice);
+        }
+        assert_eq!(Notice::parse("ak_old"), Notice::Key(KeyId::new("ak_old")));
     }
 }

@@ -10,7 +10,8 @@ const STAGING: &str = "Host: api-stg.bytekit.com";
 const SCRAPE: &str = r#"{"url": "https://example.com"}"#;
 
 /// Active keys of the account: production's list plus staging's.
-async fn active(server: &ExampleServer, live_key: &str, test_key: &str) -> usize {
+/// The active keys listed on the live and on the staging host.
+async fn active(server: &ExampleServer, live_key: &str, test_key: &str) -> (usize, usize) {
     let live = server
         .send("GET", "/v1/account/api-keys", Some(live_key), &[LIVE], "")
         .await;
@@ -23,7 +24,10 @@ async fn active(server: &ExampleServer, live_key: &str, test_key: &str) -> usize
             "",
         )
         .await;
-    live.json()["data"].as_array().unwrap().len() + test.json()["data"].as_array().unwrap().len()
+    (
+        live.json()["data"].as_array().unwrap().len(),
+        test.json()["data"].as_array().unwrap().len(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,31 +224,44 @@ async fn bytekit_follows_its_document() {
         (401, "api_key_revoked".into())
     );
 
-    // At most 50 active keys per account (both environments); the 51st is 409;
-    // revoked keys do not count.
-    assert_eq!(active(&server, &live_key, &test_key).await, 3);
-    let mut last = None;
-    for n in 0..60 {
-        let reply = send(
-            "POST",
-            "/v1/account/api-keys",
-            Some(live_key.clone()),
-            LIVE,
-            format!(r#"{{"name": "bulk {n}"}}"#),
-        )
-        .await;
-        if reply.status != 201 {
-            last = Some((n, reply));
-            break;
+    // At most 50 active keys per account and environment: live and test keys are
+    // separate worlds. Filling the test side through the staging host leaves the live
+    // side free; revoked keys do not count.
+    let (live_before, test_before) = active(&server, &live_key, &test_key).await;
+    let fill = async |key: &String, host: &'static str, label: &str| {
+        for n in 0..60 {
+            let reply = send(
+                "POST",
+                "/v1/account/api-keys",
+                Some(key.clone()),
+                host,
+                format!(r#"{{"name": "{label} {n}"}}"#),
+            )
+            .await;
+            if reply.status != 201 {
+                return (n, reply);
+            }
         }
-    }
-    let (created_before_limit, refused) = last.expect("the limit was never reached");
-    assert_eq!(created_before_limit, 47);
+        panic!("the limit was never reached on {host}");
+    };
+    let (test_created, refused) = fill(&test_key, STAGING, "staging").await;
+    assert_eq!(test_created, 50 - test_before);
     assert_eq!(
         (refused.status, refused.code()),
         (409, "api_key_limit_reached".into())
     );
-    assert_eq!(active(&server, &live_key, &test_key).await, 50);
+    assert_eq!(
+        active(&server, &live_key, &test_key).await,
+        (live_before, 50)
+    );
+    // The live side is untouched by the full test side.
+    let (created_before_limit, refused) = fill(&live_key, LIVE, "bulk").await;
+    assert_eq!(created_before_limit, 50 - live_before);
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "api_key_limit_reached".into())
+    );
+    assert_eq!(active(&server, &live_key, &test_key).await, (50, 50));
     let list = send(
         "GET",
         "/v1/account/api-keys",

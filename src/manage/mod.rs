@@ -41,9 +41,19 @@
 //! `invalid_expiry` (not RFC 3339, not in the future, or past the caller's own expiry),
 //! `invalid_environment`, `invalid_restrictions` (unreadable, or differing from a
 //! restricted caller's own), `invalid_overlap`; 403 `insufficient_scope` (asking for a
-//! scope the caller does not hold); 404 `api_key_not_found`; 409
-//! `api_key_limit_reached`; 503 `store_unavailable`. Nothing is written when a request
-//! is refused.
+//! scope the caller does not hold, or a caller without the router's scope); 403
+//! `key_exceeds_caller` (rotating a key broader than the calling key: see below); 404
+//! `api_key_not_found`; 409 `api_key_limit_reached` (the account's active keys in that
+//! environment); 503 `store_unavailable`. Nothing is written when a request is refused.
+//!
+//! **Routes that return a secret obey the same rules.** Rotation hands out a new secret
+//! with the rotated key's scopes, expiry, restrictions and project. So an API key may
+//! rotate only a key that it could have created itself: every scope of that key is one
+//! the caller holds, its expiry is no later than the caller's (a caller that expires
+//! cannot rotate a key that never does), its restrictions are the caller's own when the
+//! caller is restricted, and its project is the caller's when the caller is locked to
+//! one. Rotation needs the same router scope as creation. A [`KeyOwner`] (a signed-in
+//! user) may rotate any key it manages.
 
 mod routes;
 
@@ -219,6 +229,18 @@ pub enum ManageError {
     /// No such key in the caller's account (404 `api_key_not_found`).
     #[error("no such API key")]
     NotFound,
+    /// A key asked for the secret of a key broader than itself (403
+    /// `key_exceeds_caller`): rotating a key with a scope the caller lacks, a later
+    /// expiry (or none, when the caller expires), other restrictions than a restricted
+    /// caller's, or another project. Nothing changed.
+    #[error(
+        "the key has {what} that the key making the request lacks; a key cannot obtain a secret broader than itself"
+    )]
+    ExceedsCaller {
+        /// What the key has more of: `a scope`, `a later expiry`, `other restrictions`
+        /// or `another project`.
+        what: &'static str,
+    },
     /// The account has its maximum of active keys (409 `api_key_limit_reached`).
     #[error("the account already has {limit} active API keys; revoke one first")]
     LimitReached {
@@ -256,6 +278,7 @@ impl ManageError {
             ManageError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ManageError::Auth(error) => error.status(),
             ManageError::NotFound => StatusCode::NOT_FOUND,
+            ManageError::ExceedsCaller { .. } => StatusCode::FORBIDDEN,
             ManageError::LimitReached { .. } => StatusCode::CONFLICT,
             ManageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -269,6 +292,7 @@ impl ManageError {
             ManageError::Invalid { code, .. } => code,
             ManageError::Auth(error) => error.code(),
             ManageError::NotFound => "api_key_not_found",
+            ManageError::ExceedsCaller { .. } => "key_exceeds_caller",
             ManageError::LimitReached { .. } => "api_key_limit_reached",
             ManageError::Unavailable(_) => "store_unavailable",
         }
@@ -302,6 +326,32 @@ impl IntoResponse for ManageError {
     fn into_response(self) -> Response {
         self.respond(Envelope::Plain)
     }
+}
+
+/// Whether `caller` could have created `key` itself, and so may receive a secret with
+/// its powers (rotation): each of its scopes held by `caller`, an expiry no later than
+/// `caller`'s, `caller`'s restrictions if `caller` has any, `caller`'s project if it is
+/// locked to one. Else [`ManageError::ExceedsCaller`].
+pub fn check_within(caller: &Principal, key: &KeyInfo) -> Result<(), ManageError> {
+    let exceeds = |what| Err(ManageError::ExceedsCaller { what });
+    if key.scopes.iter().any(|scope| !caller.has_scope(scope)) {
+        return exceeds("a scope");
+    }
+    let own = caller.record();
+    if let Some(limit) = own.expires_at {
+        if key.expires_at.is_none_or(|at| at > limit) {
+            return exceeds("a later expiry");
+        }
+    }
+    if !own.restrictions.is_empty() && key.restrictions != own.restrictions {
+        return exceeds("other restrictions");
+    }
+    if let Some(project) = caller.project_id() {
+        if key.project_id.as_deref() != Some(project) {
+            return exceeds("another project");
+        }
+    }
+    Ok(())
 }
 
 /// A key for an account, as an operator (or a [`KeyOwner`]) asks for it: a valid name,
@@ -586,7 +636,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         self.update(account_id, id, KeyChanges::name(name)).await
     }
 
-    /// Changes a key's name and/or restrictions, effective for the next request.
+    /// Changes a key's name, restrictions, scopes and/or expiry, effective for the next
+    /// request (on other instances through their
+    /// [`RevocationListener`](crate::invalidate::RevocationListener)).
     pub async fn update(
         &self,
         account_id: &str,
@@ -596,8 +648,11 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         if let Some(name) = &changes.name {
             changes.name = Some(check_name(name)?);
         }
+        if let Some(scopes) = &changes.scopes {
+            self.check_known(scopes)?;
+        }
         let info = self.inner.store.update(account_id, id, &changes).await?;
-        // The cached record carries name and restrictions.
+        // The cached record carries every field that can change.
         self.inner.cache.invalidate_key_id(id);
         Ok(info)
     }
@@ -612,10 +667,37 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         id: &KeyId,
         overlap: Duration,
     ) -> Result<CreatedKey, ManageError> {
+        self.rotate_checked(account_id, id, overlap, |_| Ok(()))
+            .await
+    }
+
+    /// Rotates a key for `caller`, an API key of the same account: like
+    /// [`rotate`](Self::rotate), but only a key that `caller` could have created itself
+    /// (see [`check_within`]); else 403 `key_exceeds_caller` and nothing changes.
+    pub async fn rotate_for(
+        &self,
+        caller: &Principal,
+        id: &KeyId,
+        overlap: Duration,
+    ) -> Result<CreatedKey, ManageError> {
+        self.rotate_checked(caller.account_id(), id, overlap, |old| {
+            check_within(caller, old)
+        })
+        .await
+    }
+
+    async fn rotate_checked(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        overlap: Duration,
+        allowed: impl FnOnce(&KeyInfo) -> Result<(), ManageError>,
+    ) -> Result<CreatedKey, ManageError> {
         let old = self.inner.store.get(account_id, id).await?;
         if old.revoked_at.is_some() {
             return Err(ManageError::NotFound);
         }
+        allowed(&old)?;
         let mut new = NewKey::new(account_id, old.name, old.environment)
             .scopes(old.scopes)
             .restrictions(old.restrictions);

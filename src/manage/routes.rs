@@ -564,10 +564,16 @@ async fn rotate<S: KeyStore, V: KeyVerifier>(
             }
         };
         owned(&routes, &caller, &id).await?;
-        let created = routes
-            .manager
-            .rotate(caller.account_id(), &id, Duration::from_secs(overlap))
-            .await?;
+        let overlap = Duration::from_secs(overlap);
+        let created = match &caller {
+            Caller::Key(principal) => routes.manager.rotate_for(principal, &id, overlap).await?,
+            Caller::Owner(_) => {
+                routes
+                    .manager
+                    .rotate(caller.account_id(), &id, overlap)
+                    .await?
+            }
+        };
         Ok(routes.created(&created, Some(&id)))
     };
     answer(&routes, result.await)

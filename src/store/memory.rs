@@ -26,7 +26,8 @@ struct Keys {
 }
 
 impl MemoryStore {
-    /// An empty store with the default active-key limit (50 per account).
+    /// An empty store with the default active-key limit (50 per account and
+    /// environment).
     #[must_use]
     pub fn new() -> Self {
         MemoryStore {
@@ -35,7 +36,7 @@ impl MemoryStore {
         }
     }
 
-    /// Sets the most active keys per account.
+    /// Sets the most active keys per account and environment.
     #[must_use]
     pub fn with_active_key_limit(mut self, limit: usize) -> Self {
         self.limit = limit;
@@ -86,12 +87,15 @@ impl KeyStore for MemoryStore {
         if replaced.is_some_and(|id| !replaceable(&keys, id)) {
             return Err(StoreError::NotFound);
         }
+        let now = OffsetDateTime::now_utc();
         let active = keys
             .by_id
             .values()
             .filter(|info| {
                 info.account_id == key.key.account_id
+                    && info.environment == key.key.environment
                     && info.revoked_at.is_none()
+                    && info.expires_at.is_none_or(|at| at > now)
                     && Some(&info.id) != replaced
             })
             .count();
@@ -145,12 +149,7 @@ impl KeyStore for MemoryStore {
         if info.revoked_at.is_some() {
             return Err(StoreError::NotFound);
         }
-        if let Some(name) = &changes.name {
-            info.name.clone_from(name);
-        }
-        if let Some(restrictions) = &changes.restrictions {
-            info.restrictions = restrictions.clone();
-        }
+        changes.apply(info);
         Ok(info.clone())
     }
 

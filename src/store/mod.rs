@@ -106,7 +106,8 @@ use crate::restriction::Restrictions;
 use crate::scope::Scopes;
 use crate::verify::KeyVerifier;
 
-/// The default most active (not revoked) keys per account.
+/// The default most active keys per account and environment (revoked and expired keys
+/// do not count).
 pub const DEFAULT_ACTIVE_KEY_LIMIT: usize = 50;
 
 /// What to create: owner, name, scopes, environment, project, expiry.
@@ -206,6 +207,10 @@ pub struct KeyChanges {
     pub name: Option<String>,
     /// New restrictions (replacing the old ones).
     pub restrictions: Option<Restrictions>,
+    /// New scopes (replacing the old ones).
+    pub scopes: Option<Scopes>,
+    /// A new expiry: `Some(None)` makes the key never expire.
+    pub expires_at: Option<Option<OffsetDateTime>>,
 }
 
 impl KeyChanges {
@@ -225,10 +230,43 @@ impl KeyChanges {
         self
     }
 
+    /// New scopes.
+    #[must_use]
+    pub fn scopes(mut self, scopes: impl Into<Scopes>) -> Self {
+        self.scopes = Some(scopes.into());
+        self
+    }
+
+    /// A new expiry (`None`: never).
+    #[must_use]
+    pub fn expires_at(mut self, at: Option<OffsetDateTime>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
     /// Whether nothing changes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.restrictions.is_none()
+        self.name.is_none()
+            && self.restrictions.is_none()
+            && self.scopes.is_none()
+            && self.expires_at.is_none()
+    }
+
+    /// Applies the changes to `key`.
+    pub(crate) fn apply(&self, key: &mut KeyInfo) {
+        if let Some(name) = &self.name {
+            key.name.clone_from(name);
+        }
+        if let Some(restrictions) = &self.restrictions {
+            key.restrictions = restrictions.clone();
+        }
+        if let Some(scopes) = &self.scopes {
+            key.scopes = scopes.clone();
+        }
+        if let Some(expires_at) = self.expires_at {
+            key.expires_at = expires_at;
+        }
     }
 }
 
@@ -394,9 +432,10 @@ pub enum StoreError {
 /// [`find_by_id`](Self::find_by_id), for operator tools, does not.)
 #[async_trait]
 pub trait KeyStore: KeyVerifier {
-    /// Stores a new key, unless its account already has its maximum of active keys
-    /// ([`StoreError::LimitReached`]). Checking and inserting (and ending the key it
-    /// [replaces](StoredKey::replaces), which must be active: else
+    /// Stores a new key, unless its account already has its maximum of active keys in
+    /// the key's environment ([`StoreError::LimitReached`]; keys revoked or past their
+    /// expiry do not count, nor does the key it replaces). Checking and inserting (and
+    /// ending the key it [replaces](StoredKey::replaces), which must be active: else
     /// [`StoreError::NotFound`]) are one atomic step.
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError>;
 
@@ -406,8 +445,8 @@ pub trait KeyStore: KeyVerifier {
     /// One key of the account, revoked or not.
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
 
-    /// Changes an active key's name and/or restrictions ([`StoreError::NotFound`] for a
-    /// revoked key, which stays as it was revoked).
+    /// Changes an active key's name, restrictions, scopes and/or expiry
+    /// ([`StoreError::NotFound`] for a revoked key, which stays as it was revoked).
     async fn update(
         &self,
         account_id: &str,
@@ -427,6 +466,11 @@ pub trait KeyStore: KeyVerifier {
 
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation
     /// time.
+    ///
+    /// Stores shared by many instances publish every change that affects verification
+    /// (insert with a replacement, update, revoke, set_standing) in the same
+    /// transaction, so that every instance's cache drops it: see
+    /// [`PostgresStore`](crate::store::PostgresStore).
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
 
     /// The record of the key with this hash, revoked and expired keys included.

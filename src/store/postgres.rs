@@ -2,8 +2,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use super::sql::{
@@ -12,9 +12,10 @@ use super::sql::{
 };
 use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::cache::CachedVerifier;
-use crate::invalidate::RevocationListener;
+use crate::invalidate::{Notice, RevocationListener};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
+use crate::scope::Scopes;
 use crate::verify::{KeyVerifier, VerifyError};
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
@@ -23,9 +24,11 @@ const MIGRATION_LOCK: i64 = 0x7a_70_69_6b_65_79_73;
 /// The default LISTEN/NOTIFY channel for revocations.
 pub const DEFAULT_REVOCATION_CHANNEL: &str = "tower_api_keys_revoked";
 
-/// The store for many instances: PostgreSQL. A revocation is published on a
-/// LISTEN/NOTIFY channel in the same transaction, and every instance running a
-/// [`RevocationListener`] drops the key from its cache. Cheap to clone (a pool handle).
+/// The store for many instances: PostgreSQL. Every change that affects verification is
+/// published on a LISTEN/NOTIFY channel in the same transaction (revocation, rotation
+/// and reissue, updates of name, restrictions, scopes or expiry: by key id; billing
+/// standing: by account), and every instance running a [`RevocationListener`] drops
+/// the key (or the account's keys) from its cache. Cheap to clone (a pool handle).
 ///
 /// ```no_run
 /// use tower_api_keys::{CachedVerifier, store::PostgresStore};
@@ -95,7 +98,7 @@ impl PostgresStore {
         }
     }
 
-    /// Sets the most active keys per account (default 50).
+    /// Sets the most active keys per account and environment (default 50).
     #[must_use]
     pub fn with_active_key_limit(mut self, limit: usize) -> Self {
         self.limit = limit;
@@ -129,6 +132,22 @@ impl PostgresStore {
         cache: CachedVerifier<V>,
     ) -> RevocationListener {
         RevocationListener::spawn(self.pool.clone(), self.channel.to_string(), cache)
+    }
+
+    /// Publishes `notice` on the channel; delivered to every listener when (and only
+    /// if) `tx` commits.
+    async fn notify(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        notice: &Notice,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&*self.channel)
+            .bind(notice.payload())
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// Creates or upgrades the tables. Safe to call on every start, from many
@@ -205,12 +224,17 @@ impl KeyStore for PostgresStore {
             if ended.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
             }
+            self.notify(&mut tx, &Notice::Key(replacement.id.clone()))
+                .await?;
         }
         let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL AND id <> $2",
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND environment = $2 \
+             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) AND id <> $4",
         )
         .bind(&key.key.account_id)
+        .bind(key.key.environment.as_str())
+        .bind(OffsetDateTime::now_utc())
         .bind(replaced)
         .fetch_one(&mut *tx)
         .await
@@ -271,18 +295,25 @@ impl KeyStore for PostgresStore {
         id: &KeyId,
         changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         let row = sqlx::query(&format!(
-            "UPDATE api_keys SET name = COALESCE($3, name), restrictions = COALESCE($4::jsonb, restrictions) \
+            "UPDATE api_keys SET name = COALESCE($3, name), restrictions = COALESCE($4::jsonb, restrictions), \
+             scopes = COALESCE($5, scopes), expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END \
              WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(account_id)
         .bind(changes.name.as_deref())
         .bind(changes.restrictions.as_ref().map(restrictions_json))
-        .fetch_optional(&self.pool)
+        .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
+        .bind(changes.expires_at.is_some())
+        .bind(changes.expires_at.flatten())
+        .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?
         .ok_or(StoreError::NotFound)?;
+        self.notify(&mut tx, &Notice::Key(id.clone())).await?;
+        tx.commit().await.map_err(backend)?;
         key_info(&row)
     }
 
@@ -299,13 +330,7 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(backend)?
         .ok_or(StoreError::NotFound)?;
-        // Delivered to every listener when (and only if) the transaction commits.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&*self.channel)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
         key_info(&row)
     }
@@ -380,6 +405,7 @@ impl KeyStore for PostgresStore {
         account_id: &str,
         standing: AccountStanding,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query(
             "INSERT INTO accounts (id, past_due_since, grace_days) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET past_due_since = excluded.past_due_since, grace_days = excluded.grace_days",
@@ -387,10 +413,12 @@ impl KeyStore for PostgresStore {
         .bind(account_id)
         .bind(standing.past_due_since)
         .bind(i32::from(standing.grace_days))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        Ok(())
+        self.notify(&mut tx, &Notice::Account(account_id.to_owned()))
+            .await?;
+        tx.commit().await.map_err(backend)
     }
 }
 

@@ -16,6 +16,7 @@ use super::sql::{
 use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
+use crate::scope::Scopes;
 use crate::verify::{KeyVerifier, VerifyError};
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
@@ -120,7 +121,7 @@ impl SqliteStore {
         }
     }
 
-    /// Sets the most active keys per account (default 50).
+    /// Sets the most active keys per account and environment (default 50).
     #[must_use]
     pub fn with_active_key_limit(mut self, limit: usize) -> Self {
         self.limit = limit;
@@ -211,9 +212,12 @@ impl KeyStore for SqliteStore {
         }
         let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = ? AND revoked_at IS NULL AND id <> ?",
+            "SELECT COUNT(*) FROM api_keys WHERE account_id = ? AND environment = ? \
+             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) AND id <> ?",
         )
         .bind(&key.key.account_id)
+        .bind(key.key.environment.as_str())
+        .bind(to_ms(OffsetDateTime::now_utc()))
         .bind(replaced)
         .fetch_one(&mut *tx)
         .await
@@ -282,11 +286,15 @@ impl KeyStore for SqliteStore {
         // `SELECT` would keep a read snapshot that later queries on that connection
         // share (the soak test caught revoked keys accepted for milliseconds).
         let rows = sqlx::query(&format!(
-            "UPDATE api_keys SET name = COALESCE(?, name), restrictions = COALESCE(?, restrictions) \
+            "UPDATE api_keys SET name = COALESCE(?, name), restrictions = COALESCE(?, restrictions), \
+             scopes = COALESCE(?, scopes), expires_at = CASE WHEN ? THEN ? ELSE expires_at END \
              WHERE id = ? AND account_id = ? AND revoked_at IS NULL RETURNING {RETURNING_COLUMNS}"
         ))
         .bind(changes.name.as_deref())
         .bind(changes.restrictions.as_ref().map(restrictions_json))
+        .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
+        .bind(changes.expires_at.is_some())
+        .bind(changes.expires_at.flatten().map(to_ms))
         .bind(id.as_str())
         .bind(account_id)
         .fetch_all(&self.pool)
