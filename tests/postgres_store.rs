@@ -36,6 +36,14 @@ async fn postgres_rotates_atomically() {
     support::store_contract::replacement(store).await;
 }
 
+#[tokio::test]
+async fn postgres_limits_per_environment() {
+    let Some((store, _)) = store("envs").await else {
+        return;
+    };
+    support::store_contract::limit_per_environment(store).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_holds_the_limit_under_a_race() {
     let Some((store, _)) = store("race").await else {

@@ -25,6 +25,17 @@ async fn memory_keeps_the_store_contract() {
     support::store_contract::basics(MemoryStore::new()).await;
 }
 
+#[tokio::test]
+async fn sqlite_limits_per_environment() {
+    let db = TempDb::new("envs");
+    support::store_contract::limit_per_environment(open(&db).await).await;
+}
+
+#[tokio::test]
+async fn memory_limits_per_environment() {
+    support::store_contract::limit_per_environment(MemoryStore::new()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_holds_the_limit_under_a_race() {
     let db = TempDb::new("race");

@@ -174,6 +174,41 @@ pub async fn basics<S: KeyStore>(store: S) {
         restrictions
     );
 
+    // Scopes and expiry change too, and reach the record verification reads.
+    let at = time::OffsetDateTime::from_unix_timestamp(4_000_000_000).unwrap();
+    let updated = store
+        .update(
+            "acct_a",
+            &id,
+            &KeyChanges::default()
+                .scopes([Scope::Read])
+                .expires_at(Some(at)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.scopes.clone(), updated.expires_at),
+        (Scope::Read.into(), Some(at))
+    );
+    let record = store
+        .find_by_hash(&created.key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.scopes, record.expires_at),
+        (Scope::Read.into(), Some(at))
+    );
+    assert_eq!(record.restrictions, restrictions, "untouched fields stay");
+    let updated = store
+        .update("acct_a", &id, &KeyChanges::default().expires_at(None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.expires_at, updated.name.as_str()),
+        (None, "renamed")
+    );
+
     let first = store
         .revoke("acct_a", &id)
         .await
@@ -268,5 +303,40 @@ pub async fn replacement<S: KeyStore>(store: S) {
             .create(&format(), NewKey::new(account, "extra", Environment::LIVE))
             .await,
         Err(StoreError::LimitReached { .. })
+    ));
+}
+
+/// The active-key limit (50) counts per account *and environment*, and keys past their
+/// expiry do not count.
+pub async fn limit_per_environment<S: KeyStore>(store: S) {
+    let account = "acct_envs";
+    let format = format();
+    let create = |name: String, environment: Environment| {
+        store.create(&format, NewKey::new(account, name, environment))
+    };
+    for i in 0..50 {
+        create(format!("t{i}"), Environment::TEST).await.unwrap();
+    }
+    assert!(matches!(
+        create("t50".into(), Environment::TEST).await,
+        Err(StoreError::LimitReached { limit: 50 })
+    ));
+    // The live side is its own world.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    store
+        .create(
+            &format,
+            NewKey::new(account, "expired", Environment::LIVE).expires_at(past),
+        )
+        .await
+        .unwrap();
+    for i in 0..50 {
+        create(format!("l{i}"), Environment::LIVE)
+            .await
+            .unwrap_or_else(|e| panic!("live key {i}: {e}"));
+    }
+    assert!(matches!(
+        create("l50".into(), Environment::LIVE).await,
+        Err(StoreError::LimitReached { limit: 50 })
     ));
 }
