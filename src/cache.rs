@@ -31,7 +31,9 @@
 //! assert_eq!(cache.stats().verifier_calls, 0);
 //! ```
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -163,8 +165,10 @@ struct Ledger {
     seq: u64,
     /// The most recent invalidations, oldest first, with their `seq`.
     log: VecDeque<(u64, Target)>,
-    by_id: HashMap<KeyId, Vec<KeyHash>>,
-    by_account: HashMap<String, HashSet<KeyHash>>,
+    /// By a 64-bit digest of the key id (a collision only costs an extra miss).
+    by_id: HashMap<u64, Hashes>,
+    /// By a 64-bit digest of the account id.
+    by_account: HashMap<u64, HashSet<KeyHash>>,
 }
 
 impl Ledger {
@@ -193,32 +197,83 @@ impl Ledger {
     }
 
     fn index(&mut self, hash: KeyHash, record: &KeyRecord) {
-        let hashes = self.by_id.entry(record.id.clone()).or_default();
-        if !hashes.contains(&hash) {
-            hashes.push(hash);
+        match self.by_id.entry(digest(&record.id)) {
+            MapEntry::Vacant(slot) => {
+                slot.insert(Hashes::One(hash));
+            }
+            MapEntry::Occupied(mut slot) => slot.get_mut().insert(hash),
         }
-        if let Some(hashes) = self.by_account.get_mut(&record.account_id) {
-            hashes.insert(hash);
-        } else {
-            self.by_account
-                .insert(record.account_id.clone(), HashSet::from([hash]));
-        }
+        self.by_account
+            .entry(digest(&record.account_id))
+            .or_default()
+            .insert(hash);
     }
 
     fn unindex(&mut self, hash: &KeyHash, id: &KeyId, account_id: &str) {
-        if let Some(hashes) = self.by_id.get_mut(id) {
-            hashes.retain(|h| h != hash);
-            if hashes.is_empty() {
-                self.by_id.remove(id);
+        if let MapEntry::Occupied(mut slot) = self.by_id.entry(digest(id)) {
+            if slot.get_mut().remove(hash) {
+                slot.remove();
             }
         }
-        if let Some(hashes) = self.by_account.get_mut(account_id) {
-            hashes.remove(hash);
-            if hashes.is_empty() {
-                self.by_account.remove(account_id);
+        if let MapEntry::Occupied(mut slot) = self.by_account.entry(digest(account_id)) {
+            slot.get_mut().remove(hash);
+            if slot.get().is_empty() {
+                slot.remove();
             }
         }
     }
+
+    /// The cached hashes of key `id`.
+    fn hashes_of(&self, id: &KeyId) -> Vec<KeyHash> {
+        match self.by_id.get(&digest(id)) {
+            None => Vec::new(),
+            Some(Hashes::One(hash)) => vec![*hash],
+            Some(Hashes::Many(hashes)) => hashes.clone(),
+        }
+    }
+
+    /// The cached hashes of the keys of `account_id`.
+    fn hashes_of_account(&self, account_id: &str) -> Vec<KeyHash> {
+        self.by_account
+            .get(&digest(account_id))
+            .map(|hashes| hashes.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The cached hashes under one key-id digest: almost always one.
+enum Hashes {
+    One(KeyHash),
+    Many(Vec<KeyHash>),
+}
+
+impl Hashes {
+    fn insert(&mut self, hash: KeyHash) {
+        match self {
+            Hashes::One(one) if *one == hash => {}
+            Hashes::One(one) => *self = Hashes::Many(vec![*one, hash]),
+            Hashes::Many(many) if many.contains(&hash) => {}
+            Hashes::Many(many) => many.push(hash),
+        }
+    }
+
+    /// Removes `hash`; whether none are left.
+    fn remove(&mut self, hash: &KeyHash) -> bool {
+        match self {
+            Hashes::One(one) => one == hash,
+            Hashes::Many(many) => {
+                many.retain(|h| h != hash);
+                many.is_empty()
+            }
+        }
+    }
+}
+
+/// A 64-bit digest of an id, for the index (SipHash with fixed keys).
+fn digest(id: &(impl Hash + ?Sized)) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Entries moka evicted by itself (expired, or over capacity), to take out of the
@@ -597,7 +652,7 @@ impl<V> CachedVerifier<V> {
         let core = &*self.core;
         let mut ledger = core.ledger();
         ledger.record(Target::Id(id.clone()));
-        for hash in ledger.by_id.get(id).cloned().unwrap_or_default() {
+        for hash in ledger.hashes_of(id) {
             core.remove(&mut ledger, &hash);
         }
     }
@@ -608,11 +663,7 @@ impl<V> CachedVerifier<V> {
         let core = &*self.core;
         let mut ledger = core.ledger();
         ledger.record(Target::Account(account_id.to_owned()));
-        let hashes: Vec<KeyHash> = ledger
-            .by_account
-            .get(account_id)
-            .map(|hashes| hashes.iter().copied().collect())
-            .unwrap_or_default();
+        let hashes = ledger.hashes_of_account(account_id);
         for hash in hashes {
             core.remove(&mut ledger, &hash);
         }
@@ -987,7 +1038,7 @@ mod tests {
                 "key {n} still hot"
             );
         }
-        assert!(!cache.core.ledger().by_id.contains_key(&KeyId::new("ak_3")));
+        assert!(cache.core.ledger().hashes_of(&KeyId::new("ak_3")).is_empty());
 
         cache.invalidate_account("acct_0");
         for (n, hash) in hashes.iter().enumerate() {
@@ -997,7 +1048,7 @@ mod tests {
                 "key {n}"
             );
         }
-        assert!(!cache.core.ledger().by_account.contains_key("acct_0"));
+        assert!(cache.core.ledger().hashes_of_account("acct_0").is_empty());
     }
 
     #[tokio::test]

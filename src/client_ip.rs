@@ -44,7 +44,9 @@ pub fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
 }
 
 /// The client's address: the peer, or behind `trusted_proxies` the right-most
-/// untrusted `X-Forwarded-For` entry. `None` if unknown or if the header is unreadable
+/// untrusted `X-Forwarded-For` entry. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, as
+/// dual-stack sockets report IPv4 peers) are their IPv4 address, for the trust check
+/// and in the answer. `None` if unknown or if the header is unreadable
 /// (an IP restriction then refuses the request).
 #[must_use]
 pub fn client_ip(
@@ -52,7 +54,7 @@ pub fn client_ip(
     headers: &HeaderMap,
     trusted_proxies: &[IpNet],
 ) -> Option<IpAddr> {
-    let peer = peer_ip(extensions)?;
+    let peer = peer_ip(extensions)?.to_canonical();
     let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
     if !trusted(&peer) {
         return Some(peer);
@@ -61,7 +63,7 @@ pub fn client_ip(
     for value in headers.get_all("x-forwarded-for").iter().rev() {
         let value = value.to_str().ok()?;
         for entry in value.rsplit(',') {
-            let ip: IpAddr = entry.trim().parse().ok()?;
+            let ip = entry.trim().parse::<IpAddr>().ok()?.to_canonical();
             if !trusted(&ip) {
                 return Some(ip);
             }
@@ -120,6 +122,29 @@ mod tests {
         assert_eq!(
             client_ip(&ext, &headers, &proxies),
             Some("10.1.1.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_and_entries_are_ipv4() {
+        let proxies = ["10.0.0.0/8".parse().unwrap()];
+        // A dual-stack socket reports the IPv4 proxy as ::ffff:10.0.0.1: still trusted.
+        let (ext, headers) = request("[::ffff:10.0.0.1]", &["198.51.100.7"]);
+        assert_eq!(
+            client_ip(&ext, &headers, &proxies),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        // A mapped trusted entry is skipped like its IPv4 form; the client is IPv4.
+        let (ext, headers) = request("10.0.0.1", &["::ffff:203.0.113.5, ::ffff:10.9.9.9"]);
+        assert_eq!(
+            client_ip(&ext, &headers, &proxies),
+            Some("203.0.113.5".parse().unwrap())
+        );
+        // An untrusted mapped peer is itself, as IPv4.
+        let (ext, headers) = request("[::ffff:198.51.100.9]", &["203.0.113.5"]);
+        assert_eq!(
+            client_ip(&ext, &headers, &proxies),
+            Some("198.51.100.9".parse().unwrap())
         );
     }
 

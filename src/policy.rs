@@ -27,6 +27,7 @@
 //! assert_eq!(policy.check(&record, &RequestView::of(&request)), Err(AuthError::EnvironmentMismatch));
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -68,17 +69,49 @@ impl<'r> RequestView<'r> {
 }
 
 /// Tells the layer which project a request addresses, so keys locked to another
-/// project get 403 `project_forbidden`. `None`: the route names no project.
+/// project get 403 `project_forbidden`.
 ///
 /// [`ProjectFromPath`] covers `/…/projects/{project_id}/…`; implement the trait for
 /// anything else (a header, a subdomain).
 pub trait ProjectResolver: Send + Sync + 'static {
     /// The project the request addresses, if any.
-    fn project_id<'r>(&self, request: &RequestView<'r>) -> Option<&'r str>;
+    fn project_id<'r>(&self, request: &RequestView<'r>) -> RequestedProject<'r>;
+}
+
+/// The project a request addresses, as a [`ProjectResolver`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestedProject<'r> {
+    /// The route names no project: every key passes.
+    None,
+    /// The route names this project: keys locked to another are refused.
+    Named(Cow<'r, str>),
+    /// The request could name a project in more than one way (or unreadably): keys
+    /// locked to a project are refused, keys without one pass.
+    Ambiguous,
+}
+
+impl RequestedProject<'_> {
+    /// The same, owning its project id.
+    #[must_use]
+    pub fn into_owned(self) -> RequestedProject<'static> {
+        match self {
+            RequestedProject::None => RequestedProject::None,
+            RequestedProject::Named(id) => RequestedProject::Named(Cow::Owned(id.into_owned())),
+            RequestedProject::Ambiguous => RequestedProject::Ambiguous,
+        }
+    }
 }
 
 /// The path segment after a fixed one: `ProjectFromPath::after("projects")` reads
 /// `proj_1` from `/v1/projects/proj_1/jobs`.
+///
+/// The rule, which is how axum's router reads a `/projects/{project_id}` route: the
+/// path is split at `/`; the segment equal to `after` (compared as sent, like a route's
+/// fixed segments) is followed by the project id, percent-decoded like axum's `Path`
+/// parameters (`proj%201` is `proj 1`). A path where `after` occurs more than once, or
+/// whose id does not decode to UTF-8, is [ambiguous](RequestedProject::Ambiguous):
+/// keys locked to a project are refused there. No such segment, or an empty id: no
+/// project.
 ///
 /// The layer sees the path as the router it wraps sees it: put the layer on the
 /// outermost router (or match on the path inside a `nest`).
@@ -98,11 +131,54 @@ impl ProjectFromPath {
 }
 
 impl ProjectResolver for ProjectFromPath {
-    fn project_id<'r>(&self, request: &RequestView<'r>) -> Option<&'r str> {
-        let mut segments = request.uri.path().split('/');
-        segments.find(|segment| **segment == *self.after)?;
-        segments.next().filter(|id| !id.is_empty())
+    fn project_id<'r>(&self, request: &RequestView<'r>) -> RequestedProject<'r> {
+        let path = request.uri.path();
+        let mut segments = path.split('/');
+        if segments
+            .by_ref()
+            .find(|segment| **segment == *self.after)
+            .is_none()
+        {
+            return RequestedProject::None;
+        }
+        let id = segments.next().unwrap_or_default();
+        if id == &*self.after || segments.any(|segment| *segment == *self.after) {
+            return RequestedProject::Ambiguous;
+        }
+        if id.is_empty() {
+            return RequestedProject::None;
+        }
+        match percent_decode(id) {
+            Some(id) => RequestedProject::Named(id),
+            None => RequestedProject::Ambiguous,
+        }
     }
+}
+
+/// `text` percent-decoded (borrowed when it has no `%`), or `None` if it does not
+/// decode to UTF-8. A `%` not followed by two hex digits stays as it is, as axum reads
+/// it.
+fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains('%') {
+        return Some(Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// Tells the layer which environment a request is served in, when that depends on the
@@ -233,12 +309,17 @@ pub fn check_standing(standing: &AccountStanding, now: OffsetDateTime) -> Result
     }
 }
 
-/// Rule 7: a key locked to a project is refused on another project's routes. A key
-/// without a project, or a route naming none, passes.
-pub fn check_project(record: &KeyRecord, requested: Option<&str>) -> Result<(), AuthError> {
+/// Rule 7: a key locked to a project is refused on another project's routes, and on
+/// routes where the project is ambiguous. A key without a project, or a route naming
+/// none, passes.
+pub fn check_project(
+    record: &KeyRecord,
+    requested: &RequestedProject<'_>,
+) -> Result<(), AuthError> {
     match (record.project_id.as_deref(), requested) {
-        (Some(own), Some(requested)) if own != requested => Err(AuthError::ProjectForbidden),
-        _ => Ok(()),
+        (None, _) | (_, RequestedProject::None) => Ok(()),
+        (Some(own), RequestedProject::Named(requested)) if own == requested => Ok(()),
+        _ => Err(AuthError::ProjectForbidden),
     }
 }
 
@@ -388,7 +469,7 @@ impl Policy {
             check_standing(&record.standing, now)?;
         }
         if let Some(resolver) = &self.project {
-            check_project(record, resolver.project_id(request))?;
+            check_project(record, &resolver.project_id(request))?;
         }
         if !record.restrictions.is_empty() {
             let client = if record.restrictions.allowed_ips.is_empty() {
@@ -571,28 +652,50 @@ mod tests {
     fn project_locks() {
         let locked = key(Environment::LIVE).with_project("proj_a");
         let free = key(Environment::LIVE);
-        assert_eq!(check_project(&locked, Some("proj_a")), Ok(()));
+        let named = |id: &'static str| RequestedProject::Named(Cow::Borrowed(id));
+        assert_eq!(check_project(&locked, &named("proj_a")), Ok(()));
         assert_eq!(
-            check_project(&locked, Some("proj_b")),
+            check_project(&locked, &named("proj_b")),
             Err(AuthError::ProjectForbidden)
         );
-        assert_eq!(check_project(&locked, None), Ok(()), "account routes");
-        assert_eq!(check_project(&free, Some("proj_b")), Ok(()));
+        assert_eq!(
+            check_project(&locked, &RequestedProject::None),
+            Ok(()),
+            "account routes"
+        );
+        assert_eq!(
+            check_project(&locked, &RequestedProject::Ambiguous),
+            Err(AuthError::ProjectForbidden)
+        );
+        assert_eq!(check_project(&free, &named("proj_b")), Ok(()));
+        assert_eq!(check_project(&free, &RequestedProject::Ambiguous), Ok(()));
 
         let resolver = ProjectFromPath::after("projects");
-        let request = get("/v1/projects/proj_9/runs/1");
-        assert_eq!(
-            resolver.project_id(&RequestView::of(&request)),
-            Some("proj_9")
-        );
+        let read = |path: &str| {
+            resolver
+                .project_id(&RequestView::of(&get(path)))
+                .into_owned()
+        };
+        assert_eq!(read("/v1/projects/proj_9/runs/1"), named("proj_9"));
         for path in ["/v1/projects", "/v1/projects/", "/v1/items/projects_x"] {
-            let request = get(path);
-            assert_eq!(
-                resolver.project_id(&RequestView::of(&request)),
-                None,
-                "{path}"
-            );
+            assert_eq!(read(path), RequestedProject::None, "{path}");
         }
+        // Percent-decoded as axum decodes `Path` parameters.
+        assert_eq!(read("/v1/projects/proj%5Fa/x"), named("proj_a"));
+        assert_eq!(read("/v1/projects/proj%201"), named("proj 1"));
+        assert_eq!(read("/v1/projects/100%25"), named("100%"));
+        assert_eq!(read("/v1/projects/50%zz"), named("50%zz"));
+        // Ambiguous: the marker twice (`/orgs/projects/projects/b` could be org
+        // "projects"), or an id that is not UTF-8.
+        assert_eq!(
+            read("/v1/orgs/projects/projects/proj_b"),
+            RequestedProject::Ambiguous
+        );
+        assert_eq!(
+            read("/v1/projects/proj_a/projects/proj_b"),
+            RequestedProject::Ambiguous
+        );
+        assert_eq!(read("/v1/projects/%FF"), RequestedProject::Ambiguous);
     }
 
     #[test]

@@ -123,7 +123,34 @@ fn errors_are_one_line_and_a_failure_exit() {
     assert!(!output.status.success());
     let err = String::from_utf8(output.stderr).unwrap();
     assert!(
-        err.starts_with("apikeys: cannot open") && err.trim().lines().count() == 1,
+        err.starts_with("apikeys: could not connect to the database at /nonexistent/dir/x.db: ")
+            && err.trim().lines().count() == 1,
         "{err}"
     );
+}
+
+#[test]
+fn database_credentials_are_never_printed() {
+    // A port that does not parse: refused at once.
+    let url = "postgres://app:hunter2@127.0.0.1:99999/keys";
+    let output = Command::new(env!("CARGO_BIN_EXE_apikeys"))
+        .args(["--database-url", url, "list", "--account", "a"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("could not connect to the database at 127.0.0.1:99999/keys"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // Nor by the help, which would show DATABASE_URL's value.
+    let help = Command::new(env!("CARGO_BIN_EXE_apikeys"))
+        .arg("--help")
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
 }

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
 use tower_api_keys::scope::Scopes;
-use tower_api_keys::store::{KeyStore, NewKey, SqlStore};
+use tower_api_keys::store::{KeyStore, NewKey, SqlStore, StoreError};
 
 #[derive(Parser)]
 #[command(name = "apikeys", version, about = "Create, list and revoke API keys")]
@@ -23,6 +23,7 @@ struct Cli {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "apikeys.db",
         global = true
     )]
@@ -82,9 +83,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    // The error names host, port and database, never the URL's credentials.
     let store = SqlStore::open(&cli.database_url)
         .await
-        .map_err(|e| format!("cannot open {}: {e}", cli.database_url))?;
+        .map_err(|e| match e {
+            StoreError::Backend(cause) => cause.to_string(),
+            other => other.to_string(),
+        })?;
     store
         .migrate()
         .await

@@ -32,7 +32,27 @@ pub enum SqlStore {
 impl SqlStore {
     /// Connects to `url`: PostgreSQL for `postgres://` / `postgresql://`, SQLite for
     /// anything else. Call [`migrate`](Self::migrate) before use.
+    ///
+    /// A failure names where it tried to connect without credentials or parameters
+    /// (`could not connect to the database at db.internal:5432/app: …`), so that the
+    /// error can be logged or printed.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url).await.map_err(|error| {
+            StoreError::Backend(
+                format!(
+                    "could not connect to the database at {}: {}",
+                    location(url),
+                    match &error {
+                        StoreError::Backend(cause) => scrub(&cause.to_string(), url),
+                        other => scrub(&other.to_string(), url),
+                    }
+                )
+                .into(),
+            )
+        })
+    }
+
+    async fn connect(url: &str) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             return Ok(SqlStore::Postgres(
@@ -91,5 +111,114 @@ forward_key_store!([impl KeyStore for SqlStore] |this| this.inner());
 impl KeyVerifier for SqlStore {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
         self.inner().verify(hash).await
+    }
+}
+
+/// Where `url` points, without user, password, query or fragment: `host:port/db` for
+/// `postgres://user:secret@host:port/db?sslmode=…`, the path for SQLite.
+pub(crate) fn location(url: &str) -> &str {
+    let rest = ["postgres://", "postgresql://", "sqlite://", "sqlite:"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .unwrap_or(url);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    match url.starts_with("postgres") {
+        // The userinfo ends at the last `@` before the path.
+        true => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => &rest[at + 1..],
+                None => rest,
+            }
+        }
+        false => rest,
+    }
+}
+
+/// `message` with the password of `url` (as written, and percent-decoded) replaced.
+fn scrub(message: &str, url: &str) -> String {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return message.to_owned();
+    };
+    let mut scrubbed = message.to_owned();
+    for secret in [
+        Some(userinfo),
+        userinfo.split_once(':').map(|(_, password)| password),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|secret| !secret.is_empty())
+    {
+        scrubbed = scrubbed.replace(secret, "***");
+        if let Ok(decoded) = percent_decoded(secret) {
+            scrubbed = scrubbed.replace(&decoded, "***");
+        }
+    }
+    scrubbed
+}
+
+fn percent_decoded(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_carry_no_credentials() {
+        assert_eq!(
+            location("postgres://app:s3cr%40t@db.internal:5432/keys?sslmode=require&password=x"),
+            "db.internal:5432/keys"
+        );
+        assert_eq!(location("postgresql://u@[::1]:5432/k"), "[::1]:5432/k");
+        assert_eq!(location("postgres://db/k"), "db/k");
+        assert_eq!(location("sqlite://apikeys.db?mode=rwc"), "apikeys.db");
+        assert_eq!(location("apikeys.db"), "apikeys.db");
+    }
+
+    #[test]
+    fn passwords_are_scrubbed_from_messages() {
+        let url = "postgres://app:s3cr%40t@db:5432/k";
+        assert_eq!(
+            scrub("auth failed for app:s3cr%40t and s3cr@t", url),
+            "auth failed for *** and ***"
+        );
+        assert_eq!(scrub("no secret here", "postgres://db/k"), "no secret here");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn a_failed_connection_names_the_place_not_the_password() {
+        // A port that does not parse: refused at once, before any connection.
+        let url = "postgres://app:hunter2@127.0.0.1:99999/keys?password=hunter2";
+        let error = SqlStore::open(url).await.unwrap_err().to_string();
+        assert!(
+            error.contains("could not connect to the database at 127.0.0.1:99999/keys"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }
