@@ -33,8 +33,8 @@
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -1038,7 +1038,13 @@ mod tests {
                 "key {n} still hot"
             );
         }
-        assert!(cache.core.ledger().hashes_of(&KeyId::new("ak_3")).is_empty());
+        assert!(
+            cache
+                .core
+                .ledger()
+                .hashes_of(&KeyId::new("ak_3"))
+                .is_empty()
+        );
 
         cache.invalidate_account("acct_0");
         for (n, hash) in hashes.iter().enumerate() {
