@@ -284,7 +284,8 @@ type Evicted = Arc<Mutex<Vec<(KeyHash, KeyId, String)>>>;
 struct CacheCore<V> {
     verifier: V,
     entries: moka::sync::Cache<KeyHash, Entry>,
-    hot: Box<[RwLock<HotSlot>]>,
+    /// Shared with moka's eviction listener.
+    hot: Arc<[RwLock<HotSlot>]>,
     ledger: Mutex<Ledger>,
     evicted: Evicted,
     hits: AtomicU64,
@@ -321,14 +322,20 @@ impl<V> CacheCore<V> {
         {
             ledger.unindex(hash, &record.id, &record.account_id);
         }
-        let mut slot = self.hot[hot_index(hash)]
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if slot.entry.as_ref().is_some_and(|hot| hot.hash == *hash) {
-            slot.entry = None;
-        }
-        slot.version = slot.version.wrapping_add(1);
+        clear_hot_slot(&self.hot, hash);
     }
+}
+
+/// Empties `hash`'s hot slot if it holds `hash`, and moves the slot's version so that a
+/// reader that probed it before does not fill it with what it read.
+fn clear_hot_slot(hot: &[RwLock<HotSlot>], hash: &KeyHash) {
+    let mut slot = hot[hot_index(hash)]
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    if slot.entry.as_ref().is_some_and(|hot| hot.hash == *hash) {
+        slot.entry = None;
+    }
+    slot.version = slot.version.wrapping_add(1);
 }
 
 /// A caching, single-flight [`KeyVerifier`] wrapper. Cheap to clone (one `Arc`); clones
@@ -408,11 +415,19 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
     pub fn build(self) -> CachedVerifier<V> {
         let evicted = Evicted::default();
         let listener_queue = Arc::clone(&evicted);
+        let hot: Arc<[RwLock<HotSlot>]> = (0..HOT_SLOTS).map(|_| RwLock::default()).collect();
+        let listener_hot = Arc::clone(&hot);
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .expire_after(EntryExpiry)
             .eviction_listener(move |hash: Arc<KeyHash>, entry: Entry, cause| {
                 if cause.was_evicted() {
+                    // An entry moka drops by itself leaves the hot table too (else a hot
+                    // key evicted for size, no longer indexed, could be served from the
+                    // table after its revocation), and a reader that read it before
+                    // does not put it back (the version moves). moka is never called
+                    // with a slot locked, so this cannot deadlock.
+                    clear_hot_slot(&listener_hot, &hash);
                     if let Lookup::Found(record) = entry.lookup {
                         listener_queue
                             .lock()
@@ -426,7 +441,7 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
             core: Arc::new(CacheCore {
                 verifier: self.verifier,
                 entries,
-                hot: (0..HOT_SLOTS).map(|_| RwLock::default()).collect(),
+                hot,
                 ledger: Mutex::default(),
                 evicted,
                 hits: AtomicU64::new(0),
@@ -1115,5 +1130,28 @@ mod tests {
         cache.lookup(&hash_of(4)).await.unwrap();
         cache.invalidate_key_id(&KeyId::new("ak_4"));
         assert!(cache.get_cached(&hash_of(4)).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_hot_key_evicted_for_size_is_not_served_after_its_revocation() {
+        let cache = CachedVerifier::builder(Everything).max_capacity(8).build();
+        let hot = hash_of(1);
+        cache.lookup(&hot).await.unwrap();
+        assert!(cache.get_cached(&hot).is_some(), "read into the hot table");
+        // Fill far past the capacity: moka evicts, the hot key among others (its hot
+        // hits never told moka it is used).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = 2u8;
+        while cache.core.entries.contains_key(&hot) {
+            assert!(Instant::now() < deadline, "never evicted");
+            cache.lookup(&hash_of(n)).await.unwrap();
+            cache.run_pending_tasks();
+            n = n.wrapping_add(1).max(2);
+        }
+        cache.invalidate_key_id(&KeyId::new("ak_1"));
+        assert!(
+            cache.get_cached(&hot).is_none(),
+            "evicted from moka, so gone from the hot table too"
+        );
     }
 }

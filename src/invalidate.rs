@@ -17,9 +17,10 @@
 #[cfg(feature = "postgres")]
 pub use self::postgres::RevocationListener;
 
-/// What a notification names: one key, or every key of an account. The payload is
-/// `key <id>` or `account <id>`; a payload without a kind (what earlier versions sent)
-/// is a key id.
+/// What a notification names: one key, or every key of an account. The payload is the
+/// bare key id (as earlier versions send and read it, so instances of both versions
+/// understand each other during a rolling upgrade) or `account <id>`; `key <id>` is read
+/// too. Generated key ids hold no space.
 #[cfg(feature = "postgres")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Notice {
@@ -31,7 +32,7 @@ pub(crate) enum Notice {
 impl Notice {
     pub(crate) fn payload(&self) -> String {
         match self {
-            Notice::Key(id) => format!("key {id}"),
+            Notice::Key(id) => id.to_string(),
             Notice::Account(account) => format!("account {account}"),
         }
     }
@@ -166,11 +167,12 @@ mod tests {
     fn notices_round_trip_and_bare_payloads_are_key_ids() {
         for notice in [
             Notice::Key(KeyId::new("ak_1")),
-            Notice::Key(KeyId::new("key with space")),
+            Notice::Key(KeyId::new("key_1")),
             Notice::Account("acct 1".into()),
         ] {
             assert_eq!(Notice::parse(&notice.payload()), notice);
         }
-        assert_eq!(Notice::parse("ak_old"), Notice::Key(KeyId::new("ak_old")));
+        assert_eq!(Notice::Key(KeyId::new("ak_old")).payload(), "ak_old");
+        assert_eq!(Notice::parse("key ak_2"), Notice::Key(KeyId::new("ak_2")));
     }
 }

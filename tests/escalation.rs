@@ -347,3 +347,42 @@ async fn creation_never_exceeds_the_caller_either() {
         serde_json::json!(["* /v1/**"])
     );
 }
+
+#[tokio::test]
+async fn a_key_changes_only_keys_it_could_have_created() {
+    let server = server("patch_rules", None).await;
+    let fence = Restrictions::none().endpoints(["GET /v1/**".parse().unwrap()]);
+    let (admin, admin_client) = server
+        .key(new("admin", Scope::Admin).restrictions(fence.clone()))
+        .await;
+    let (_, writer) = server.key(new("writer", Scope::Write)).await;
+    for body in [r#"{"restrictions": null}"#, r#"{"name": "mine now"}"#] {
+        let reply = writer
+            .send("PATCH", &format!("/v1/account/api-keys/{}", admin.id), body)
+            .await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (403, "key_exceeds_caller"),
+            "{body}: {}",
+            reply.body
+        );
+    }
+    let after = server.store.get("acct_1", &admin.id).await.unwrap();
+    assert_eq!(after, admin, "unchanged");
+    let fenced = admin_client.send("POST", "/v1/whoami", "").await;
+    assert_eq!(
+        (fenced.status, fenced.code().as_str()),
+        (403, "endpoint_not_allowed"),
+        "still fenced to GET"
+    );
+    // Its own kind it may change.
+    let (reader, _) = server.key(new("reader", Scope::Read)).await;
+    let reply = writer
+        .send(
+            "PATCH",
+            &format!("/v1/account/api-keys/{}", reader.id),
+            r#"{"name": "renamed"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

@@ -315,31 +315,44 @@ async fn management_needs_the_admin_scope() {
 
 #[tokio::test]
 async fn the_fifty_first_active_key_is_409() {
-    let server = server("limit", 3).await;
+    let server = server("limit", 50).await;
     let admin = Client::new(server.addr, &server.admin);
-    assert_eq!(
-        admin
-            .send("POST", "/v1/account/api-keys", r#"{"name": "third"}"#)
-            .await
-            .status,
-        201
-    );
+    // `admin` and `reader` exist: 48 more make 50.
+    for n in 0..48 {
+        let reply = admin
+            .send(
+                "POST",
+                "/v1/account/api-keys",
+                &format!(r#"{{"name": "k{n}"}}"#),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "key {n}: {}", reply.body);
+    }
+    assert_eq!(server.store.list("acct_1").await.unwrap().len(), 50);
     let refused = admin
-        .send("POST", "/v1/account/api-keys", r#"{"name": "fourth"}"#)
+        .send("POST", "/v1/account/api-keys", r#"{"name": "fifty-first"}"#)
         .await;
     assert_eq!(
         (refused.status, refused.code()),
         (409, "api_key_limit_reached".into())
     );
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("50")
+    );
+    assert_eq!(server.store.list("acct_1").await.unwrap().len(), 50);
     // Revoked keys do not count.
     let listed = admin.send("GET", "/v1/account/api-keys", "").await;
-    let third = listed.json()["data"][2]["id"].as_str().unwrap().to_owned();
-    admin
-        .send("DELETE", &format!("/v1/account/api-keys/{third}"), "")
+    let last = listed.json()["data"][49]["id"].as_str().unwrap().to_owned();
+    let revoked = admin
+        .send("DELETE", &format!("/v1/account/api-keys/{last}"), "")
         .await;
+    assert_eq!(revoked.status, 204);
     assert_eq!(
         admin
-            .send("POST", "/v1/account/api-keys", r#"{"name": "fourth"}"#)
+            .send("POST", "/v1/account/api-keys", r#"{"name": "fifty-first"}"#)
             .await
             .status,
         201
@@ -356,7 +369,10 @@ async fn a_thousand_requests_make_a_handful_of_usage_writes() {
     for _ in 0..1000 {
         assert_eq!(reader.send("GET", "/v1/whoami", "").await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    support::eventually("a flush", Duration::from_secs(10), async || {
+        server.usage.writes() >= 1
+    })
+    .await;
     flusher.abort();
     server.usage.flush(&server.store).await.unwrap();
     let writes = server.usage.writes();

@@ -54,13 +54,32 @@ async fn postgres_holds_the_limit_under_a_race() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
-    let Some((store, schema)) = store("migrate").await else {
+    // A fresh schema, not migrated yet: both instances race to create the tables.
+    let Some((pool, schema)) = schema_pool("migrate").await else {
         return;
     };
+    let store = PostgresStore::from_pool(pool);
     let other = PostgresStore::from_pool(pool_in(&url(), &schema).await);
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1",
+    )
+    .bind(&schema)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "nothing migrated before the race");
     let (a, b) = tokio::join!(store.migrate(), other.migrate());
     a.unwrap();
     b.unwrap();
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM tower_api_keys_migrations ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(applied, vec![1], "each migration applied once");
+    // And again: nothing to do.
+    store.migrate().await.unwrap();
+    support::store_contract::basics(other).await;
 }
 
 /// Two instances: each its own pool, cache and layer, one database.

@@ -51,18 +51,25 @@ async fn no_key_in_trace_output() {
     let mut typo = keys.admin.expose_secret().to_owned();
     typo.replace_range(12..13, if &typo[12..13] == "x" { "y" } else { "x" });
 
-    // Miss, hit, revoked, expired, wrong environment, unknown, malformed, scope failure.
-    for key in [
-        &keys.read,
-        &keys.read,
-        &keys.revoked,
-        &keys.expired,
-        &keys.test_env,
-        &unknown,
+    // Miss, hit, revoked, expired, wrong environment, unknown, malformed, scope failure:
+    // each path answers as it should (so none silently stopped running).
+    for (key, expected) in [
+        (&keys.read, (200, "")),
+        (&keys.read, (200, "")),
+        (&keys.revoked, (401, "api_key_revoked")),
+        (&keys.expired, (401, "api_key_expired")),
+        (&keys.test_env, (401, "environment_mismatch")),
+        (&unknown, (401, "invalid_api_key")),
     ] {
-        send(&app, get_with("/whoami", Some(&bearer(key)))).await;
+        let response = send(&app, get_with("/whoami", Some(&bearer(key)))).await;
+        let status = response.status().as_u16();
+        assert_eq!((status, code_of(response).await.as_str()), expected);
     }
-    send(&app, get_with("/whoami", Some(&format!("Bearer {typo}")))).await;
+    let response = send(&app, get_with("/whoami", Some(&format!("Bearer {typo}")))).await;
+    assert_eq!(
+        (response.status().as_u16(), code_of(response).await.as_str()),
+        (401, "invalid_api_key")
+    );
     let post = http::Request::post("/items")
         .header(http::header::AUTHORIZATION, bearer(&keys.read))
         .body(axum::body::Body::empty())
@@ -199,48 +206,80 @@ async fn no_key_or_hash_anywhere_across_every_route_and_rejection() {
     shown_once.push(body);
 
     let admin_key = admin.key.expose_secret();
-    for (method, uri, key, body) in [
-        ("GET", "/v1/account/api-keys".to_owned(), admin_key, ""),
+    // Each path answers as it should, so none silently stopped running.
+    let code = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for (method, uri, key, body, expected) in [
+        (
+            "GET",
+            "/v1/account/api-keys".to_owned(),
+            admin_key,
+            "",
+            (200, ""),
+        ),
         (
             "GET",
             format!("/v1/account/api-keys/{new_id}"),
             admin_key,
             "",
+            (200, ""),
         ),
         (
             "PATCH",
             format!("/v1/account/api-keys/{new_id}"),
             admin_key,
             r#"{"name": "renamed"}"#,
+            (200, ""),
         ),
         (
             "DELETE",
             format!("/v1/account/api-keys/{new_id}"),
             admin_key,
             "",
+            (204, ""),
         ),
         (
             "POST",
             "/v1/account/api-keys".to_owned(),
             admin_key,
             "{broken",
+            (400, "invalid_json"),
         ),
         (
             "POST",
             "/v1/account/api-keys".to_owned(),
             reader.key.expose_secret(),
             r#"{"name": "x"}"#,
+            (403, "insufficient_scope"),
         ),
         (
             "GET",
             "/whoami".to_owned(),
             restricted.key.expose_secret(),
             "",
+            (403, "ip_not_allowed"),
         ),
-        ("GET", "/whoami".to_owned(), "sk_live_notakey", ""),
-        ("GET", "/whoami".to_owned(), &secrets[4], ""),
+        (
+            "GET",
+            "/whoami".to_owned(),
+            "sk_live_notakey",
+            "",
+            (401, "invalid_api_key"),
+        ),
+        (
+            "GET",
+            "/whoami".to_owned(),
+            &secrets[4],
+            "",
+            (401, "api_key_revoked"),
+        ),
     ] {
-        let (_, body) = call(method, &uri, key, body).await;
+        let (status, body) = call(method, &uri, key, body).await;
+        assert_eq!((status, code(&body).as_str()), expected, "{method} {uri}");
         bodies.push(body);
     }
     manager
@@ -250,18 +289,18 @@ async fn no_key_or_hash_anywhere_across_every_route_and_rejection() {
         )
         .await
         .unwrap();
-    bodies.push(
-        call("GET", "/whoami", past_due.key.expose_secret(), "")
-            .await
-            .1,
-    );
+    let (status, body) = call("GET", "/whoami", past_due.key.expose_secret(), "").await;
+    assert_eq!((status, code(&body).as_str()), (402, "payment_required"));
+    bodies.push(body);
     manager
         .set_standing("acct_1", AccountStanding::good())
         .await
         .unwrap();
     verifier.fail(true);
     cache.invalidate_all();
-    bodies.push(call("GET", "/whoami", admin_key, "").await.1);
+    let (status, body) = call("GET", "/whoami", admin_key, "").await;
+    assert_eq!((status, code(&body).as_str()), (503, "auth_unavailable"));
+    bodies.push(body);
 
     let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(output.contains("api_key_auth"));

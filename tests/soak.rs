@@ -22,7 +22,7 @@ use tower_api_keys::usage::UsageRecorder;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
 fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
     let pages: f64 = statm
         .split_whitespace()
         .nth(1)

@@ -52,8 +52,10 @@
 //! the caller holds, its expiry is no later than the caller's (a caller that expires
 //! cannot rotate a key that never does), its restrictions are the caller's own when the
 //! caller is restricted, and its project is the caller's when the caller is locked to
-//! one. Rotation needs the same router scope as creation. A [`KeyOwner`] (a signed-in
-//! user) may rotate any key it manages.
+//! one. Rotation needs the same router scope as creation. PATCH (rename, restrictions)
+//! follows the same rule, so a key cannot lift the restrictions of a broader key.
+//! Revocation does not: any key allowed to manage keys may revoke them. A [`KeyOwner`]
+//! (a signed-in user) may rotate and change any key it manages.
 
 mod routes;
 
@@ -229,10 +231,10 @@ pub enum ManageError {
     /// No such key in the caller's account (404 `api_key_not_found`).
     #[error("no such API key")]
     NotFound,
-    /// A key asked for the secret of a key broader than itself (403
-    /// `key_exceeds_caller`): rotating a key with a scope the caller lacks, a later
-    /// expiry (or none, when the caller expires), other restrictions than a restricted
-    /// caller's, or another project. Nothing changed.
+    /// A key asked for the secret of (or to change) a key broader than itself (403
+    /// `key_exceeds_caller`): rotating or changing a key with a scope the caller lacks,
+    /// a later expiry (or none, when the caller expires), other restrictions than a
+    /// restricted caller's, or another project. Nothing changed.
     #[error(
         "the key has {what} that the key making the request lacks; a key cannot obtain a secret broader than itself"
     )]

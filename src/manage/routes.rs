@@ -531,7 +531,12 @@ async fn update<S: KeyStore, V: KeyVerifier>(
                 "give a new name and/or restrictions",
             ));
         }
-        owned(&routes, &caller, &id).await?;
+        let key = owned(&routes, &caller, &id).await?;
+        // A key changes only keys it could have created itself (it could otherwise lift
+        // the restrictions of a broader key).
+        if let Caller::Key(principal) = &caller {
+            super::check_within(principal, &key)?;
+        }
         let key = routes
             .manager
             .update(caller.account_id(), &id, changes)

@@ -470,7 +470,7 @@ pub trait KeyStore: KeyVerifier {
     /// Stores shared by many instances publish every change that affects verification
     /// (insert with a replacement, update, revoke, set_standing) in the same
     /// transaction, so that every instance's cache drops it: see
-    /// [`PostgresStore`](crate::store::PostgresStore).
+    /// [`PostgresStore`].
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
 
     /// The record of the key with this hash, revoked and expired keys included.

@@ -115,31 +115,26 @@ impl KeyVerifier for SqlStore {
 }
 
 /// Where `url` points, without user, password, query or fragment: `host:port/db` for
-/// `postgres://user:secret@host:port/db?sslmode=…`, the path for SQLite.
+/// `postgres://user:secret@host:port/db?sslmode=…`, the path for SQLite. A password
+/// typed without percent-encoding may hold `/`, `?` or `#`: the user part ends at the
+/// last `@`.
 pub(crate) fn location(url: &str) -> &str {
     let rest = ["postgres://", "postgresql://", "sqlite://", "sqlite:"]
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme))
         .unwrap_or(url);
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    match url.starts_with("postgres") {
-        // The userinfo ends at the last `@` before the path.
-        true => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => &rest[at + 1..],
-                None => rest,
-            }
-        }
-        false => rest,
-    }
+    let rest = match (url.starts_with("postgres"), rest.rfind('@')) {
+        (true, Some(at)) => &rest[at + 1..],
+        _ => rest,
+    };
+    rest.split(['?', '#']).next().unwrap_or_default()
 }
 
-/// `message` with the password of `url` (as written, and percent-decoded) replaced.
+/// `message` with the user part of `url` (everything before its last `@`) and the
+/// password in it (as written, and percent-decoded) replaced.
 fn scrub(message: &str, url: &str) -> String {
     let rest = url.split_once("://").map_or("", |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+    let Some((userinfo, _)) = rest.rsplit_once('@') else {
         return message.to_owned();
     };
     let mut scrubbed = message.to_owned();
@@ -195,6 +190,11 @@ mod tests {
         );
         assert_eq!(location("postgresql://u@[::1]:5432/k"), "[::1]:5432/k");
         assert_eq!(location("postgres://db/k"), "db/k");
+        // Unencoded `/`, `?`, `#` in a password.
+        assert_eq!(
+            location("postgres://app:p/ss?x#y@db:5432/k?a=b"),
+            "db:5432/k"
+        );
         assert_eq!(location("sqlite://apikeys.db?mode=rwc"), "apikeys.db");
         assert_eq!(location("apikeys.db"), "apikeys.db");
     }
@@ -207,6 +207,10 @@ mod tests {
             "auth failed for *** and ***"
         );
         assert_eq!(scrub("no secret here", "postgres://db/k"), "no secret here");
+        assert_eq!(
+            scrub("bad p/ss?x#y", "postgres://app:p/ss?x#y@db/k"),
+            "bad ***"
+        );
     }
 
     #[cfg(feature = "postgres")]

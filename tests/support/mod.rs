@@ -28,13 +28,15 @@ use tower_api_keys::{
     ApiKeyLayer, CachedVerifier, KeyRecord, KeyVerifier, Principal, RequireScope, VerifyError,
 };
 
-/// A verifier that counts calls, and can be slowed down or made to fail.
+/// A verifier that counts calls, and can be slowed down, held or made to fail.
 #[derive(Clone)]
 pub struct Counting<V> {
     pub inner: V,
     pub calls: Arc<AtomicUsize>,
     pub failing: Arc<AtomicBool>,
     pub delay: Duration,
+    /// Calls wait while a test holds this for writing (`hold`).
+    pub gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl<V> Counting<V> {
@@ -44,7 +46,13 @@ impl<V> Counting<V> {
             calls: Arc::default(),
             failing: Arc::default(),
             delay: Duration::ZERO,
+            gate: Arc::default(),
         }
+    }
+
+    /// Holds every call (after it is counted) until the guard is dropped.
+    pub async fn hold(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        Arc::clone(&self.gate).write_owned().await
     }
 
     pub fn calls(&self) -> usize {
@@ -60,6 +68,7 @@ impl<V> Counting<V> {
 impl<V: KeyVerifier> KeyVerifier for Counting<V> {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        drop(self.gate.read().await);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -170,6 +179,23 @@ pub async fn body_json(response: Response<Body>) -> serde_json::Value {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Polls `done` every 10 ms until it holds; panics after `limit` (generous: a loaded
+/// machine is slow, never wrong). Returns how long it took.
+pub async fn eventually(
+    what: &str,
+    limit: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if done().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The `error.code` of a default error body.
