@@ -1154,4 +1154,27 @@ mod tests {
             "evicted from moka, so gone from the hot table too"
         );
     }
+
+    #[test]
+    fn the_documented_defaults() {
+        let cache = CachedVerifier::new(Everything);
+        let core = &cache.core;
+        assert_eq!(core.positive_ttl, Duration::from_secs(60), "60 s TTL");
+        assert_eq!(
+            core.negative_ttl,
+            Duration::from_secs(5),
+            "5 s negative TTL"
+        );
+        assert_eq!(
+            core.stale_window,
+            Duration::from_secs(300),
+            "5 min stale window"
+        );
+        assert_eq!(
+            core.verify_timeout,
+            Some(Duration::from_secs(2)),
+            "2 s verify timeout"
+        );
+        assert_eq!(core.entries.policy().max_capacity(), Some(100_000));
+    }
 }

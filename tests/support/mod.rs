@@ -6,6 +6,7 @@ pub mod example_server;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod raw_http;
+pub mod skips;
 pub mod store_contract;
 #[cfg(feature = "sqlite")]
 pub mod temp_db;

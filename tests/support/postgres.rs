@@ -1,37 +1,37 @@
 //! A PostgreSQL schema of its own per test, or a visible skip without `DATABASE_URL`.
 
-use std::io::Write;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-/// A pool whose connections use a fresh schema, or `None` (and a note on stderr) when
-/// `DATABASE_URL` is not set. Under CI (`TOWER_API_KEYS_REQUIRE_POSTGRES=1`) a missing
-/// or unreachable database fails the test instead.
+/// A pool whose connections use a fresh schema, or `None` (and a skip recorded, see
+/// [`super::skips`]) when `DATABASE_URL` is not set or PostgreSQL does not answer within
+/// a second. Under CI (`TOWER_API_KEYS_REQUIRE_POSTGRES=1`) a missing or unreachable
+/// database fails the test instead.
 pub async fn schema_pool(test: &str) -> Option<(PgPool, String)> {
     let required = std::env::var("TOWER_API_KEYS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
     let url = match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => url,
         _ => {
             assert!(!required, "DATABASE_URL must point to PostgreSQL under CI");
-            // Written past the test harness's capture, so `cargo test` shows it.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: set DATABASE_URL=postgres://… to run the PostgreSQL tests"
-            );
+            super::skips::skip(test, "set DATABASE_URL=postgres://… to run it");
             return None;
         }
     };
-    let admin = match PgPool::connect(&url).await {
+    // An unreachable server is told in under a second, not after sqlx's 30 s.
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(900))
+        .connect(&url)
+        .await;
+    let admin = match admin {
         Ok(pool) => pool,
         Err(error) => {
             assert!(
                 !required,
                 "PostgreSQL at DATABASE_URL is unreachable: {error}"
             );
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: PostgreSQL unreachable ({error})"
-            );
+            super::skips::skip(test, &format!("PostgreSQL unreachable ({error})"));
             return None;
         }
     };
