@@ -919,7 +919,7 @@ mod tests {
             let cache = cache.clone();
             async move { cache.lookup(&hash).await }
         });
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        until_in_flight(&cache, &hash).await;
         cache.invalidate(&hash);
         assert!(pending.await.unwrap().is_ok());
         assert!(cache.get_cached(&hash).is_none());
@@ -933,7 +933,7 @@ mod tests {
             let cache = cache.clone();
             async move { cache.lookup(&hash).await }
         });
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        until_in_flight(&cache, &hash).await;
         cache.invalidate_key_id(&KeyId::new("ak_1"));
         // A new flight, not the one that started before the revocation.
         cache.lookup(&hash).await.unwrap();
@@ -975,7 +975,7 @@ mod tests {
             let cache = cache.clone();
             async move { cache.lookup(&hash).await }
         });
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        until_in_flight(&cache, &hash).await;
         assert_eq!(cache.core.ledger().flights.len(), 1);
         pending.abort();
         let _ = pending.await;
@@ -1074,24 +1074,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_flight_lands_despite_invalidations_of_other_keys_only() {
-        struct Slow;
+        /// Answers like `Everything` once the test lets a call through.
+        struct Gated(tokio::sync::Semaphore);
         #[async_trait]
-        impl KeyVerifier for Slow {
+        impl KeyVerifier for Gated {
             async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.0.acquire().await.unwrap().forget();
                 Everything.verify(hash).await
             }
         }
-        let cache = CachedVerifier::new(Slow);
+        let cache = CachedVerifier::new(Gated(tokio::sync::Semaphore::new(0)));
         let (mine, other) = (hash_of(1), hash_of(2));
         let flight = |hash: KeyHash| {
             let cache = cache.clone();
             tokio::spawn(async move { cache.lookup(&hash).await })
         };
         let pending = flight(mine);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_in_flight(&cache, &mine).await;
         cache.invalidate_key_id(&KeyId::new("ak_2"));
         cache.invalidate(&other);
+        cache.invalidate_account("acct_0");
+        cache.verifier().0.add_permits(1);
         pending.await.unwrap().unwrap();
         assert!(
             cache.get_cached(&mine).is_some(),
@@ -1100,13 +1103,23 @@ mod tests {
 
         cache.invalidate(&mine);
         let pending = flight(mine);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_in_flight(&cache, &mine).await;
         cache.invalidate_account("acct_1");
+        cache.verifier().0.add_permits(1);
         pending.await.unwrap().unwrap();
         assert!(
             cache.get_cached(&mine).is_none(),
             "its account was invalidated"
         );
+    }
+
+    /// Waits until a lookup of `hash` is in flight (its flight is in the map).
+    async fn until_in_flight<V>(cache: &CachedVerifier<V>, hash: &KeyHash) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cache.core.ledger().flights.contains_key(hash) {
+            assert!(Instant::now() < deadline, "the lookup never started");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test]
