@@ -127,6 +127,14 @@ mod tests {
             token_of(b"Bearer sk_\xc3\xa9\xff"),
             Err(bad(InvalidRequest::IllegalCharacters))
         );
+        // Only the last character illegal (before any `=` padding): still refused.
+        for raw in [&b"Bearer sk_live_abc!"[..], b"Bearer abc\"==", b"Bearer a@"] {
+            assert_eq!(
+                token_of(raw),
+                Err(bad(InvalidRequest::IllegalCharacters)),
+                "{raw:?}"
+            );
+        }
 
         let mut headers = HeaderMap::new();
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
