@@ -803,17 +803,22 @@ mod tests {
     use async_trait::async_trait;
     use std::sync::atomic::AtomicBool;
 
-    /// Knows one key; counts calls; can be made slow or failing.
+    /// Knows one key; counts calls; can be made slow, held (each call takes a permit of
+    /// `gate`) or failing.
     struct Fixture {
         known: KeyHash,
         expires_at: Option<OffsetDateTime>,
         delay: Duration,
         failing: AtomicBool,
+        gate: Option<tokio::sync::Semaphore>,
     }
 
     #[async_trait]
     impl KeyVerifier for Fixture {
         async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.unwrap().forget();
+            }
             tokio::time::sleep(self.delay).await;
             if self.failing.load(Ordering::SeqCst) {
                 return Err(VerifyError::backend("down"));
@@ -831,12 +836,25 @@ mod tests {
             expires_at: None,
             delay: Duration::from_millis(delay_ms),
             failing: AtomicBool::new(false),
+            gate: None,
         }
+    }
+
+    /// A fixture whose calls wait until the test adds permits.
+    fn gated() -> Fixture {
+        Fixture {
+            gate: Some(tokio::sync::Semaphore::new(0)),
+            ..fixture(0)
+        }
+    }
+
+    fn release(cache: &CachedVerifier<Fixture>, permits: usize) {
+        cache.verifier().gate.as_ref().unwrap().add_permits(permits);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_verify_call() {
-        let cache = CachedVerifier::new(fixture(50));
+        let cache = CachedVerifier::new(gated());
         let hash = KeyHash::of("known");
         let tasks: Vec<_> = (0..100)
             .map(|_| {
@@ -844,6 +862,13 @@ mod tests {
                 tokio::spawn(async move { cache.lookup(&hash).await })
             })
             .collect();
+        // All 100 missed while the one call is held: none was served from the cache.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.stats().misses < 100 {
+            assert!(Instant::now() < deadline, "the lookups never all missed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        release(&cache, 100);
         for task in tasks {
             assert!(matches!(task.await.unwrap(), Ok(Lookup::Found(_))));
         }
@@ -853,13 +878,13 @@ mod tests {
     #[tokio::test]
     async fn unknown_keys_are_cached_for_the_negative_ttl() {
         let cache = CachedVerifier::builder(fixture(0))
-            .negative_ttl(Duration::from_millis(200))
+            .negative_ttl(Duration::from_secs(2))
             .build();
         let hash = KeyHash::of("nope");
         assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
         assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
         assert_eq!(cache.stats().verifier_calls, 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
         assert_eq!(cache.stats().verifier_calls, 2);
     }
@@ -913,7 +938,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lookup_in_flight_during_invalidation_is_not_cached() {
-        let cache = CachedVerifier::new(fixture(100));
+        let cache = CachedVerifier::new(gated());
         let hash = KeyHash::of("known");
         let pending = tokio::spawn({
             let cache = cache.clone();
@@ -921,22 +946,31 @@ mod tests {
         });
         until_in_flight(&cache, &hash).await;
         cache.invalidate(&hash);
+        release(&cache, 1);
         assert!(pending.await.unwrap().is_ok());
         assert!(cache.get_cached(&hash).is_none());
     }
 
     #[tokio::test]
     async fn lookups_after_an_invalidation_do_not_join_an_older_flight() {
-        let cache = CachedVerifier::new(fixture(200));
+        let cache = CachedVerifier::new(gated());
         let hash = KeyHash::of("known");
-        let first = tokio::spawn({
+        let lookup = || {
             let cache = cache.clone();
-            async move { cache.lookup(&hash).await }
-        });
+            tokio::spawn(async move { cache.lookup(&hash).await })
+        };
+        let first = lookup();
         until_in_flight(&cache, &hash).await;
         cache.invalidate_key_id(&KeyId::new("ak_1"));
         // A new flight, not the one that started before the revocation.
-        cache.lookup(&hash).await.unwrap();
+        let second = lookup();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.stats().misses < 2 {
+            assert!(Instant::now() < deadline, "the second lookup never missed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        release(&cache, 2);
+        second.await.unwrap().unwrap();
         first.await.unwrap().unwrap();
         assert_eq!(cache.stats().verifier_calls, 2);
         assert!(
@@ -996,12 +1030,12 @@ mod tests {
     #[tokio::test]
     async fn entries_never_outlive_the_keys_expiry() {
         let mut verifier = fixture(0);
-        verifier.expires_at = Some(OffsetDateTime::now_utc() + Duration::from_millis(150));
+        verifier.expires_at = Some(OffsetDateTime::now_utc() + Duration::from_secs(2));
         let cache = CachedVerifier::new(verifier);
         let hash = KeyHash::of("known");
         cache.lookup(&hash).await.unwrap();
         assert!(cache.get_cached(&hash).is_some());
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert!(cache.get_cached(&hash).is_none());
     }
 

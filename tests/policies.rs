@@ -439,7 +439,7 @@ async fn rotation_keeps_the_old_key_until_the_overlap_ends() {
         .send(
             "POST",
             &format!("/v1/account/api-keys/{id}/rotate"),
-            r#"{"overlap_seconds": 1}"#,
+            r#"{"overlap_seconds": 5}"#,
         )
         .await;
     assert_eq!(rotated.status, 201, "{}", rotated.body);

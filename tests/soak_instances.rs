@@ -49,6 +49,9 @@ struct Shared {
     changes: AtomicU64,
     /// The longest time (µs) a key was still accepted after the change that ended it.
     latest_acceptance_us: AtomicU64,
+    /// Requests accepted with a key not (yet) ended, and refused with an ended one.
+    served_live: AtomicU64,
+    refused_ended: AtomicU64,
 }
 
 impl Shared {
@@ -65,9 +68,11 @@ impl Shared {
         }
     }
 
-    fn ended(&self, key: &str) {
+    /// `key` was ended by a change sent at `sent` (stamped before sending: stricter
+    /// than the commit, which came later).
+    fn ended(&self, key: &str, sent: Instant) {
         self.changes.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let now = sent;
         if let Some(entry) = self
             .churned
             .lock()
@@ -138,6 +143,7 @@ async fn churn(
         shared.hand_out(&old);
         tokio::time::sleep(pause).await;
 
+        let sent = Instant::now();
         let (status, body) = there
             .send(
                 "POST",
@@ -151,7 +157,7 @@ async fn churn(
             shared.violation(format!("rotate: {status} {body}"));
             continue;
         }
-        shared.ended(&old);
+        shared.ended(&old, sent);
         let rotated: serde_json::Value = serde_json::from_str(&body).unwrap();
         let (new_id, new) = (
             rotated["id"].as_str().unwrap().to_owned(),
@@ -161,6 +167,7 @@ async fn churn(
         tokio::time::sleep(pause).await;
 
         // Restricted to an endpoint that is not /whoami: ended for the clients.
+        let sent = Instant::now();
         let (status, body) = here
             .send(
                 "PATCH",
@@ -173,7 +180,7 @@ async fn churn(
         if status != 200 {
             shared.violation(format!("restrict: {status} {body}"));
         } else {
-            shared.ended(&new);
+            shared.ended(&new, sent);
         }
 
         let (status, body) = there
@@ -196,6 +203,7 @@ async fn churn(
         );
         shared.hand_out(&key);
         tokio::time::sleep(pause).await;
+        let sent = Instant::now();
         let (status, _) = here
             .send("DELETE", &format!("/v1/account/api-keys/{id}"), &auth, "")
             .await
@@ -203,7 +211,7 @@ async fn churn(
         if status != 204 {
             shared.violation(format!("revoke: {status}"));
         } else {
-            shared.ended(&key);
+            shared.ended(&key, sent);
         }
         // Rotated-then-restricted keys stay active: keep the account under its limit.
         let (status, _) = there
@@ -250,15 +258,25 @@ async fn client(addr: SocketAddr, seed: u64, shared: Arc<Shared>, until: Instant
         if status >= 500 || !matches!(status, 200 | 401 | 403) {
             shared.violation(format!("{status} {body}"));
         }
+        let ended_at = shared
+            .churned
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|c| c.key == key)
+            .and_then(|c| c.ended_at)
+            .filter(|at| *at < sent_at);
+        match (status, ended_at) {
+            (200, None) => {
+                shared.served_live.fetch_add(1, Ordering::Relaxed);
+            }
+            (401 | 403, Some(_)) => {
+                shared.refused_ended.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if status == 200 {
-            let ended_at = shared
-                .churned
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|c| c.key == key)
-                .and_then(|c| c.ended_at);
-            if let Some(ended_at) = ended_at.filter(|at| *at < sent_at) {
+            if let Some(ended_at) = ended_at {
                 let late = sent_at - ended_at;
                 shared
                     .latest_acceptance_us
@@ -337,7 +355,13 @@ async fn soak_across_instances() {
         "{:?}",
         &violations[..violations.len().min(5)]
     );
-    assert!(total > 0 && shared.changes.load(Ordering::Relaxed) > 0);
+    // It did exercise both sides: live keys served, ended keys refused.
+    let (served, refused) = (
+        shared.served_live.load(Ordering::Relaxed),
+        shared.refused_ended.load(Ordering::Relaxed),
+    );
+    println!("{served} requests served with live keys, {refused} refused with ended ones");
+    assert!(served > 0 && refused > 0 && shared.changes.load(Ordering::Relaxed) > 0);
     assert!(
         end - warm < 32.0,
         "memory grew {:.1} MiB after warm-up",

@@ -12,16 +12,24 @@ use tower_api_keys::key::Environment;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_first_requests_make_one_verifier_call() {
     let keys = keys().await;
-    let mut verifier = Counting::new(keys.store.clone());
-    verifier.delay = Duration::from_millis(50);
-    let app = app(live_layer(&keys, CachedVerifier::new(verifier.clone())));
+    let verifier = Counting::new(keys.store.clone());
+    let cache = CachedVerifier::new(verifier.clone());
+    let app = app(live_layer(&keys, cache.clone()));
     let auth = bearer(&keys.read);
+    // The one call is held until all 100 requests have missed the cache: none of them
+    // can be served from an answer that landed early.
+    let held = verifier.hold().await;
     let requests: Vec<_> = (0..100)
         .map(|_| {
             let (app, auth) = (app.clone(), auth.clone());
             tokio::spawn(async move { send(&app, get_with("/whoami", Some(&auth))).await.status() })
         })
         .collect();
+    eventually("100 misses", Duration::from_secs(10), async || {
+        cache.stats().misses >= 100
+    })
+    .await;
+    drop(held);
     for request in requests {
         assert_eq!(request.await.unwrap(), StatusCode::OK);
     }

@@ -6,12 +6,20 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-/// The skip log of this `cargo test` run.
+/// The skip log of this `cargo test` run: named by the cargo process that runs every
+/// test binary, its pid and its start time (a later cargo with the same pid is another
+/// run).
 pub fn log_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "skipped-{}.log",
-        std::os::unix::process::parent_id()
-    ))
+    let parent = std::os::unix::process::parent_id();
+    // Field 22 of /proc/<pid>/stat, after the parenthesised command name.
+    let started = std::fs::read_to_string(format!("/proc/{parent}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(19).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("skipped-{parent}-{started}.log"))
 }
 
 /// Records that `test` was skipped, and why.
