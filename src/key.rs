@@ -756,4 +756,23 @@ mod tests {
                 .starts_with("key_")
         );
     }
+
+    #[test]
+    fn environment_tags_are_read_back_or_refused() {
+        assert_eq!(Environment::parse("live"), Some(Environment::LIVE));
+        assert_eq!(Environment::parse("test"), Some(Environment::TEST));
+        assert_eq!(
+            Environment::parse("staging2").map(|e| e.as_str().to_owned()),
+            Some("staging2".to_owned())
+        );
+        assert_eq!(
+            Environment::parse(&"a".repeat(16)).map(|e| e.as_str().len()),
+            Some(16)
+        );
+        for bad in ["", "a b", "live_", "é", &"a".repeat(17)] {
+            assert_eq!(Environment::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(format!("{:?}", Environment::LIVE), "\"live\"");
+        assert_eq!(Environment::TEST.to_string(), "test");
+    }
 }
