@@ -151,15 +151,19 @@ fn parse_origin(value: &str) -> Option<Origin> {
     let (scheme, rest) = value.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit('@').next()?;
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            match port.parse() {
-                Ok(port) => (host, Some(port)),
-                Err(_) if port.is_empty() => (host, None),
-                Err(_) => return None,
-            }
+    // `[v6]` or `[v6]:port`; else `host` or `host:port`. An empty port is no port.
+    let (host, port) = if authority.starts_with('[') {
+        let (host, rest) = authority.split_at(authority.find(']')? + 1);
+        match rest {
+            "" => (host, ""),
+            _ => (host, rest.strip_prefix(':')?),
         }
-        _ => (authority, None),
+    } else {
+        authority.rsplit_once(':').unwrap_or((authority, ""))
+    };
+    let port = match port {
+        "" => None,
+        port => Some(port.parse::<u16>().ok()?),
     };
     if scheme.is_empty() || host.is_empty() {
         return None;
@@ -400,6 +404,59 @@ mod tests {
         assert!(!r.allows_referrer(&headers(ORIGIN, "null")));
         assert!("*.com-".parse::<ReferrerPattern>().is_err());
         assert!("not a url".parse::<ReferrerPattern>().is_err());
+    }
+
+    #[test]
+    fn origins_with_ports_users_and_ipv6_hosts() {
+        let origin = |value: &str| parse_origin(value).map(|o| (o.scheme, o.host, o.port));
+        let some = |scheme: &str, host: &str, port: Option<u16>| {
+            Some((scheme.to_owned(), host.to_owned(), port))
+        };
+        assert_eq!(
+            origin("HTTPS://App.Example.com:8443/x"),
+            some("https", "app.example.com", Some(8443))
+        );
+        assert_eq!(
+            origin("https://app.example.com:"),
+            some("https", "app.example.com", None)
+        );
+        assert_eq!(
+            origin("https://user:pw@app.example.com/x?y#z"),
+            some("https", "app.example.com", None)
+        );
+        assert_eq!(
+            origin("https://[::1]:8443"),
+            some("https", "[::1]", Some(8443))
+        );
+        assert_eq!(origin("https://[::1]"), some("https", "[::1]", None));
+        assert_eq!(origin("https://[::1]/path"), some("https", "[::1]", None));
+        for bad in [
+            "https://app.example.com:port",
+            "https://app.example.com:99999",
+            "https://[::1",
+            "https://[::1]x",
+            "https://:8443",
+            "://host",
+            "host",
+        ] {
+            assert!(origin(bad).is_none(), "{bad}");
+        }
+        // An IPv6 origin can be allowed, with and without its port.
+        let r = Restrictions::none().referrers(["http://[::1]:3000".parse().unwrap()]);
+        assert!(r.allows_referrer(&headers(ORIGIN, "http://[::1]:3000")));
+        assert!(!r.allows_referrer(&headers(ORIGIN, "http://[::1]")));
+    }
+
+    #[test]
+    fn emptiness_is_no_restriction_at_all() {
+        assert!(Restrictions::none().is_empty());
+        assert_eq!(Restrictions::none(), Restrictions::default());
+        let ip = Restrictions::none().ips(["10.0.0.0/8".parse().unwrap()]);
+        let referrer = Restrictions::none().referrers(["*.example.com".parse().unwrap()]);
+        let endpoint = Restrictions::none().endpoints(["GET /x".parse().unwrap()]);
+        for restricted in [ip, referrer, endpoint] {
+            assert!(!restricted.is_empty(), "{restricted:?}");
+        }
     }
 
     #[test]
