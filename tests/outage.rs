@@ -111,7 +111,7 @@ async fn a_stale_key_is_served_at_once_and_refreshed_by_one_background_task() {
     let keys = keys().await;
     let verifier = Counting::new(keys.store.clone());
     let cache = CachedVerifier::builder(verifier.clone())
-        .positive_ttl(Duration::from_millis(100))
+        .positive_ttl(Duration::from_secs(1))
         .build();
     let app = app(live_layer(&keys, cache.clone()));
     let auth = bearer(&keys.read);
@@ -122,7 +122,7 @@ async fn a_stale_key_is_served_at_once_and_refreshed_by_one_background_task() {
     assert_eq!(verifier.calls(), 1);
     // Past the fresh TTL (a sleep that may only overshoot), with the verifier held: the
     // refresh cannot finish, so every request answered was served without waiting.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let held = verifier.hold().await;
     let requests: Vec<_> = (0..100)
         .map(|_| {
@@ -144,7 +144,8 @@ async fn a_stale_key_is_served_at_once_and_refreshed_by_one_background_task() {
         "one background refresh for 100 stale hits"
     );
     drop(held);
-    // Once the refresh lands, the key is fresh again.
+    // Once the refresh lands, the key is fresh again (for a second: on a loaded machine
+    // a later request may find it stale again and refresh once more, which is fine).
     eventually("the refresh", Duration::from_secs(10), async || {
         let stale_before = cache.stats().stale_hits;
         assert_eq!(
@@ -154,7 +155,6 @@ async fn a_stale_key_is_served_at_once_and_refreshed_by_one_background_task() {
         cache.stats().stale_hits == stale_before
     })
     .await;
-    assert_eq!(verifier.calls(), 2);
 }
 
 #[tokio::test]

@@ -239,12 +239,15 @@ pub enum ManageError {
         "the key has {what} that the key making the request lacks; a key cannot obtain a secret broader than itself"
     )]
     ExceedsCaller {
-        /// What the key has more of: `a scope`, `a later expiry`, `other restrictions`
-        /// or `another project`.
+        /// What the key has more of: `another account`, `another environment`,
+        /// `a scope`, `a later expiry`, `other restrictions` or `another project`.
         what: &'static str,
     },
-    /// The account has its maximum of active keys (409 `api_key_limit_reached`).
-    #[error("the account already has {limit} active API keys; revoke one first")]
+    /// The account has its maximum of active keys in the key's environment (409
+    /// `api_key_limit_reached`).
+    #[error(
+        "the account already has {limit} active API keys in this environment; revoke one first"
+    )]
     LimitReached {
         /// The limit.
         limit: usize,
@@ -331,11 +334,18 @@ impl IntoResponse for ManageError {
 }
 
 /// Whether `caller` could have created `key` itself, and so may receive a secret with
-/// its powers (rotation): each of its scopes held by `caller`, an expiry no later than
-/// `caller`'s, `caller`'s restrictions if `caller` has any, `caller`'s project if it is
-/// locked to one. Else [`ManageError::ExceedsCaller`].
+/// its powers (rotation): `caller`'s account and environment, each of its scopes held by
+/// `caller`, an expiry no later than `caller`'s, `caller`'s restrictions if `caller` has
+/// any, `caller`'s project if it is locked to one. Else [`ManageError::ExceedsCaller`].
 pub fn check_within(caller: &Principal, key: &KeyInfo) -> Result<(), ManageError> {
     let exceeds = |what| Err(ManageError::ExceedsCaller { what });
+    // Keys are made in their creator's account and environment only.
+    if key.account_id != caller.account_id() {
+        return exceeds("another account");
+    }
+    if key.environment != *caller.environment() {
+        return exceeds("another environment");
+    }
     if key.scopes.iter().any(|scope| !caller.has_scope(scope)) {
         return exceeds("a scope");
     }
@@ -748,5 +758,28 @@ mod tests {
             "invalid_name"
         );
         assert_eq!(check_name("   ").unwrap_err().code(), "invalid_name");
+    }
+
+    #[test]
+    fn a_key_never_exceeds_its_caller() {
+        use crate::record::KeyRecord;
+        let caller_record = KeyRecord::new(KeyId::new("ak_c"), "c", "acct", Environment::TEST)
+            .with_scopes([Scope::Admin]);
+        let caller = Principal::new(Arc::new(caller_record));
+        let key = |account: &str, environment: Environment| {
+            StoredKey::new(
+                &KeyFormat::new("sk").with_environment(Environment::TEST),
+                &KeyFormat::new("sk").generate(&Environment::LIVE),
+                NewKey::new(account, "k", environment).scopes([Scope::Read]),
+            )
+            .info()
+        };
+        assert!(check_within(&caller, &key("acct", Environment::TEST)).is_ok());
+        let code = |key| check_within(&caller, &key).map_err(|e| (e.code(), e.to_string()));
+        let refused = code(key("acct", Environment::LIVE)).unwrap_err();
+        assert_eq!(refused.0, "key_exceeds_caller");
+        assert!(refused.1.contains("another environment"), "{}", refused.1);
+        let refused = code(key("other", Environment::TEST)).unwrap_err();
+        assert!(refused.1.contains("another account"), "{}", refused.1);
     }
 }

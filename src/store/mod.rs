@@ -410,9 +410,9 @@ impl CreatedKey {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The account already has its maximum of active keys (409
-    /// `api_key_limit_reached`).
-    #[error("the account already has {limit} active API keys")]
+    /// The account already has its maximum of active keys in the key's environment
+    /// (409 `api_key_limit_reached`).
+    #[error("the account already has {limit} active API keys in this environment")]
     LimitReached {
         /// The limit.
         limit: usize,
