@@ -282,6 +282,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn built_in_names_parse_to_the_built_in_scopes() {
+        // Not to custom scopes of the same name, which would not nest.
+        assert_eq!("read".parse::<Scope>(), Ok(Scope::Read));
+        assert_eq!("write".parse::<Scope>(), Ok(Scope::Write));
+        assert_eq!("admin".parse::<Scope>(), Ok(Scope::Admin));
+        let write: Scopes = "write".parse().unwrap();
+        assert!(write.allows(&Scope::Read));
+        let admin: Scopes = "admin".parse().unwrap();
+        assert!(admin.allows(&Scope::Write));
+        assert_eq!(format!("{:?}", Scope::Write), "write");
+        assert_eq!(
+            format!("{:?}", Scope::custom("reports:export")),
+            "reports:export"
+        );
+    }
+
+    #[test]
     fn built_in_scopes_nest() {
         let read = Scopes::from(Scope::Read);
         let write = Scopes::from(Scope::Write);
