@@ -90,6 +90,7 @@ pub mod layer;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod manage;
+mod percent;
 pub mod policy;
 pub mod principal;
 pub mod record;

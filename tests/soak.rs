@@ -21,16 +21,6 @@ use tower_api_keys::store::SqliteStore;
 use tower_api_keys::usage::UsageRecorder;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a 60 s soak; run it on purpose"]
 async fn soak() {
@@ -215,12 +205,12 @@ async fn soak() {
         .collect();
 
     tokio::time::sleep(Duration::from_secs(seconds.min(10))).await;
-    let warm = rss_mib();
+    let warm = support::rss_mib();
     for client in clients {
         client.await.unwrap();
     }
     let churned = admin_task.await.unwrap();
-    let end = rss_mib();
+    let end = support::rss_mib();
     let violations = violations.lock().unwrap().clone();
     let total = requests.load(Ordering::Relaxed);
     println!(

@@ -25,16 +25,6 @@ use tower_api_keys::scope::Scope;
 use tower_api_keys::store::PostgresStore;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096.0 / (1024.0 * 1024.0)
-}
-
 /// A key handed to the clients, and when the change that ended it committed.
 struct Churned {
     key: String,
@@ -335,11 +325,11 @@ async fn soak_across_instances() {
         tasks.push(tokio::spawn(client(addr, n + 1, shared.clone(), until)));
     }
     tokio::time::sleep(Duration::from_secs(seconds.min(10))).await;
-    let warm = rss_mib();
+    let warm = support::rss_mib();
     for task in tasks {
         task.await.unwrap();
     }
-    let end = rss_mib();
+    let end = support::rss_mib();
     let violations = shared.violations.lock().unwrap().clone();
     let total = shared.requests.load(Ordering::Relaxed);
     println!(

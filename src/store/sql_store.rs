@@ -147,35 +147,11 @@ fn scrub(message: &str, url: &str) -> String {
     .filter(|secret| !secret.is_empty())
     {
         scrubbed = scrubbed.replace(secret, "***");
-        if let Ok(decoded) = percent_decoded(secret) {
-            scrubbed = scrubbed.replace(&decoded, "***");
+        if let Some(decoded) = crate::percent::decode(secret) {
+            scrubbed = scrubbed.replace(&*decoded, "***");
         }
     }
     scrubbed
-}
-
-fn percent_decoded(text: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
 }
 
 #[cfg(test)]

@@ -206,3 +206,14 @@ pub async fn code_of(response: Response<Body>) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// This process's resident set, in MiB.
+pub fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
