@@ -32,7 +32,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use tower_api_keys::bearer::bearer_token;
-use tower_api_keys::envelope::Envelope;
+use tower_api_keys::error::Envelope;
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
 use tower_api_keys::manage::{Ack, KeyManager, KeyOwner, KeyRoutes};
 use tower_api_keys::policy::ProjectFromPath;

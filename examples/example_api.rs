@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
-use tower_api_keys::envelope::Envelope;
+use tower_api_keys::error::Envelope;
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{Ack, CreateKey, KeyManager, KeyRoutes};
 use tower_api_keys::restriction::Restrictions;

@@ -852,6 +852,50 @@ mod tests {
         cache.verifier().gate.as_ref().unwrap().add_permits(permits);
     }
 
+    #[test]
+    fn lifetimes_are_capped_at_a_century_not_less() {
+        let now = Instant::now();
+        let century = Duration::from_secs(100 * 365 * 24 * 3600);
+        assert_eq!(later(now, Duration::MAX), now + century);
+        assert_eq!(
+            later(now, Duration::from_secs(60)),
+            now + Duration::from_secs(60)
+        );
+    }
+
+    /// An answer that started at `seq` is stale exactly when an invalidation recorded
+    /// after `seq` names it, or when the log no longer reaches back to `seq`.
+    #[test]
+    fn the_ledger_counts_only_invalidations_after_the_flight_began() {
+        let (hash, other) = (KeyHash::of("mine"), KeyHash::of("other"));
+        let found = Lookup::Found(Arc::new(KeyRecord::new(
+            KeyId::new("ak_1"),
+            "k",
+            "acct",
+            Environment::LIVE,
+        )));
+        let mut ledger = Ledger::default();
+        assert!(!ledger.invalidated_since(0, &hash, &found));
+        // Made before the flight began (seq 1): does not count.
+        ledger.record(Target::Hash(hash));
+        let began = ledger.seq;
+        ledger.record(Target::Hash(other));
+        assert!(!ledger.invalidated_since(began, &hash, &found));
+        // Older entries still in the log do not make it stale either.
+        ledger.record(Target::Id(KeyId::new("ak_2")));
+        assert!(!ledger.invalidated_since(began, &hash, &found));
+        ledger.record(Target::Account("acct".into()));
+        assert!(ledger.invalidated_since(began, &hash, &found));
+        assert!(!ledger.invalidated_since(ledger.seq, &hash, &found));
+        // Once the log has forgotten the flight's start, any answer may be stale.
+        let mut ledger = Ledger::default();
+        for _ in 0..=LOG_LEN {
+            ledger.record(Target::Hash(other));
+        }
+        assert!(ledger.invalidated_since(0, &hash, &found));
+        assert!(!ledger.invalidated_since(1, &hash, &found));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_share_one_verify_call() {
         let cache = CachedVerifier::new(gated());

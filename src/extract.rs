@@ -26,10 +26,9 @@
 use std::marker::PhantomData;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::error::{AuthError, ErrorResponder, MissingApiKeyLayer, PrincipalRejection};
+use crate::error::{MissingApiKeyLayer, PrincipalRejection};
 use crate::principal::{Principal, authenticated, require};
 use crate::scope::ScopeMarker;
 
@@ -70,25 +69,5 @@ impl<M: ScopeMarker, S: Send + Sync> FromRequestParts<S> for RequireScope<M> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         require(&parts.extensions, Some(&M::scope())).map(|p| RequireScope(p, PhantomData))
-    }
-}
-
-impl IntoResponse for AuthError {
-    /// The default rendering; an enclosing [`ApiKeyLayer`](crate::ApiKeyLayer) with a
-    /// custom realm or body format renders it again its own way.
-    fn into_response(self) -> Response {
-        ErrorResponder::respond_by_default(self)
-    }
-}
-
-impl IntoResponse for MissingApiKeyLayer {
-    fn into_response(self) -> Response {
-        self.respond()
-    }
-}
-
-impl IntoResponse for PrincipalRejection {
-    fn into_response(self) -> Response {
-        self.respond()
     }
 }

@@ -45,7 +45,7 @@ use tracing::field::Empty;
 use crate::bearer::bearer_token;
 use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
-use crate::error::{AuthError, ErrorFormat, ErrorResponder, RenderedByDefault};
+use crate::error::{AuthError, ErrorFormat, ErrorResponder};
 use crate::key::{Environment, KeyFormat, KeyHash};
 use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, ForeignToken, Principal};
@@ -60,7 +60,8 @@ struct Shared<V> {
     optional: bool,
     pass_foreign: bool,
     responder: Arc<ErrorResponder>,
-    /// Whether `responder` differs from the defaults that extractors render with.
+    /// Whether `responder` differs from the defaults: then it travels in the request's
+    /// extensions, so that extractors and guards answer in the same format.
     custom_responses: bool,
     usage: Option<UsageRecorder>,
 }
@@ -76,6 +77,16 @@ impl<V> Clone for Shared<V> {
             responder: Arc::clone(&self.responder),
             custom_responses: self.custom_responses,
             usage: self.usage.clone(),
+        }
+    }
+}
+
+impl<V> Shared<V> {
+    /// Puts a custom renderer into the request's extensions, for the extractors and
+    /// guards behind the layer (the default needs none: they fall back to it).
+    fn lend_responder<B>(&self, request: &mut Request<B>) {
+        if self.custom_responses {
+            request.extensions_mut().insert(Arc::clone(&self.responder));
         }
     }
 }
@@ -221,7 +232,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
 
     /// Replaces the body format of rejections (default
     /// [`JsonErrorFormat`](crate::error::JsonErrorFormat); an
-    /// [`Envelope`](crate::envelope::Envelope) for other shapes). Applies to the
+    /// [`Envelope`](crate::error::Envelope) for other shapes). Applies to the
     /// extractors' and guards' rejections too.
     #[must_use]
     pub fn error_format(self, format: impl ErrorFormat) -> Self {
@@ -366,19 +377,15 @@ where
 impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
     fn call_inner<ReqBody, ResBody>(
         &mut self,
-        request: Request<ReqBody>,
+        mut request: Request<ReqBody>,
     ) -> ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
-        let rerender = self
-            .shared
-            .custom_responses
-            .then(|| Arc::clone(&self.shared.responder));
+        self.shared.lend_responder(&mut request);
         ResponseFuture {
             state: State::Inner {
                 fut: self.inner.call(request),
-                rerender,
             },
         }
     }
@@ -429,12 +436,8 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                 Ok(principal) => {
                     record_accepted(&span, &principal);
                     request.extensions_mut().insert(principal);
-                    Verified(Outcome::Accepted {
-                        request,
-                        rerender: shared
-                            .custom_responses
-                            .then(|| Arc::clone(&shared.responder)),
-                    })
+                    shared.lend_responder(&mut request);
+                    Verified(Outcome::Accepted(request))
                 }
                 Err(error) => {
                     span.record("outcome", error.code());
@@ -468,10 +471,7 @@ pub struct Verified<B>(Outcome<B>);
 
 #[derive(Debug)]
 enum Outcome<B> {
-    Accepted {
-        request: Request<B>,
-        rerender: Option<Arc<ErrorResponder>>,
-    },
+    Accepted(Request<B>),
     Rejected(Response<Bytes>),
 }
 
@@ -502,7 +502,6 @@ pin_project! {
         Inner {
             #[pin]
             fut: S::Future,
-            rerender: Option<Arc<ErrorResponder>>,
         },
         Reject {
             response: Option<S::Response>,
@@ -538,26 +537,16 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Verify { fut, inner } => match ready!(fut.as_mut().poll(cx)) {
-                    Verified(Outcome::Accepted { request, rerender }) => {
+                    Verified(Outcome::Accepted(request)) => {
                         let mut inner = inner.take().expect("polled after completion");
                         let fut = inner.call(request);
-                        state.set(State::Inner { fut, rerender });
+                        state.set(State::Inner { fut });
                     }
                     Verified(Outcome::Rejected(response)) => {
                         return Poll::Ready(Ok(response.map(ResBody::from)));
                     }
                 },
-                StateProj::Inner { fut, rerender } => {
-                    let mut response = ready!(fut.poll(cx))?;
-                    if let Some(responder) = rerender {
-                        if let Some(RenderedByDefault(error)) =
-                            response.extensions_mut().remove::<RenderedByDefault>()
-                        {
-                            response = responder.respond(&error);
-                        }
-                    }
-                    return Poll::Ready(Ok(response));
-                }
+                StateProj::Inner { fut } => return fut.poll(cx),
                 StateProj::Reject { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));
                 }

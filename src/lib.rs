@@ -78,7 +78,6 @@ pub mod bearer;
 pub mod cache;
 pub mod client_ip;
 pub mod clock;
-pub mod envelope;
 pub mod error;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

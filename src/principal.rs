@@ -138,20 +138,21 @@ pub(crate) fn require(
     extensions: &http::Extensions,
     required: Option<&Scope>,
 ) -> Result<Principal, crate::error::PrincipalRejection> {
+    use crate::error::PrincipalRejection;
     let Some(principal) = authenticated(extensions)? else {
         let error = if extensions.get::<ForeignToken>().is_some() {
             crate::AuthError::InvalidKey
         } else {
             crate::AuthError::MissingKey
         };
-        return Err(error.into());
+        return Err(PrincipalRejection::auth(error, extensions));
     };
     if let Some(required) = required {
         if !principal.has_scope(required) {
-            return Err(crate::AuthError::InsufficientScope {
+            let error = crate::AuthError::InsufficientScope {
                 required: required.clone(),
-            }
-            .into());
+            };
+            return Err(PrincipalRejection::auth(error, extensions));
         }
     }
     Ok(principal)

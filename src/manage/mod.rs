@@ -70,8 +70,8 @@ use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
 use crate::cache::CachedVerifier;
-use crate::envelope::Envelope;
 use crate::error::AuthError;
+use crate::error::Envelope;
 use crate::key::{Environment, KeyFormat, KeyId};
 use crate::principal::Principal;
 use crate::record::AccountStanding;

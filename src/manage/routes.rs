@@ -16,7 +16,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{CreateKey, KeyManager, KeyOwner, ManageError};
-use crate::envelope::Envelope;
+use crate::error::Envelope;
 use crate::key::{Environment, KeyId};
 use crate::principal::{Principal, require};
 use crate::restriction::Restrictions;
@@ -61,7 +61,7 @@ type CreatedView = dyn Fn(&KeyInfo, &str) -> Value + Send + Sync;
 /// ```
 /// use axum::Router;
 /// use serde_json::json;
-/// use tower_api_keys::{CachedVerifier, envelope::Envelope, key::KeyFormat, store::MemoryStore};
+/// use tower_api_keys::{CachedVerifier, error::Envelope, key::KeyFormat, store::MemoryStore};
 /// use tower_api_keys::manage::{Ack, KeyManager, KeyRoutes};
 ///
 /// let store = MemoryStore::new();

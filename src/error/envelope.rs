@@ -14,7 +14,7 @@
 //! and for the management routes with `KeyRoutes::envelope` (feature `axum`):
 //!
 //! ```
-//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, envelope::Envelope, key::KeyFormat, store::MemoryStore};
+//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, error::Envelope, key::KeyFormat, store::MemoryStore};
 //!
 //! let layer = ApiKeyLayer::new(KeyFormat::new("sk"), CachedVerifier::new(MemoryStore::new()))
 //!     .error_format(Envelope::Success); // 401: {"success": false, "error": {...}}
@@ -23,7 +23,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::error::{AuthError, ErrorBody, ErrorFormat};
+use super::{AuthError, ErrorBody, ErrorFormat};
 
 /// The JSON shape around answers. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
