@@ -853,6 +853,130 @@ mod tests {
     }
 
     #[test]
+    fn hashes_under_one_digest_are_a_set() {
+        let [a, b, c] = [KeyHash::of("a"), KeyHash::of("b"), KeyHash::of("c")];
+        let mut one = Hashes::One(a);
+        one.insert(a);
+        assert!(matches!(one, Hashes::One(h) if h == a));
+        assert!(!Hashes::One(a).remove(&b), "a is still there");
+        assert!(Hashes::One(a).remove(&a));
+        let mut many = Hashes::One(a);
+        for hash in [b, b, c, a] {
+            many.insert(hash);
+        }
+        assert!(matches!(&many, Hashes::Many(all) if *all == [a, b, c]));
+        assert!(!many.remove(&a));
+        assert!(matches!(&many, Hashes::Many(left) if *left == [b, c]));
+        assert!(!many.remove(&b));
+        assert!(many.remove(&c));
+    }
+
+    #[tokio::test]
+    async fn a_hot_slot_answers_only_for_its_own_hash() {
+        let cache = CachedVerifier::new(Everything);
+        let a = hash_of(1);
+        // Another hash in the same hot slot (the same last two bytes).
+        let mut bytes = *a.as_bytes();
+        bytes[0] = 2;
+        let b = KeyHash::from_bytes(bytes);
+        assert_eq!(hot_index(&a), hot_index(&b));
+        cache.lookup(&a).await.unwrap();
+        assert!(cache.get_cached(&a).is_some(), "now in the hot slot");
+        assert!(cache.get_cached(&b).is_none());
+    }
+
+    #[tokio::test]
+    async fn fresh_hits_are_not_stale_and_shows_its_settings() {
+        let cache = CachedVerifier::new(fixture(0));
+        let hash = KeyHash::of("known");
+        cache.lookup(&hash).await.unwrap();
+        assert!(cache.get_cached(&hash).is_some());
+        assert!(cache.get_cached(&hash).is_some());
+        assert_eq!(cache.stats().stale_hits, 0);
+        let debug = format!("{cache:?}");
+        assert!(debug.contains("positive_ttl: 60s"), "{debug}");
+    }
+
+    /// Waits (up to 10 s) until `condition` holds.
+    async fn until(mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "the condition never held");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_refreshed_in_the_background_and_cached_again() {
+        let cache = CachedVerifier::builder(fixture(0))
+            .positive_ttl(Duration::from_secs(1))
+            .stale_window(Duration::from_secs(60))
+            .build();
+        let hash = KeyHash::of("known");
+        cache.lookup(&hash).await.unwrap();
+        // Waits out the TTL (a slow machine only makes it longer).
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        assert!(cache.get_cached(&hash).is_some(), "served stale");
+        assert_eq!(cache.stats().stale_hits, 1);
+        until(|| cache.stats().verifier_calls == 2 && cache.core.ledger().flights.is_empty()).await;
+        // The refreshed entry is fresh, and still in the cache.
+        assert!(cache.get_cached(&hash).is_some());
+        assert_eq!(cache.stats().stale_hits, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_waits_before_the_next_one() {
+        let cache = CachedVerifier::builder(fixture(0))
+            .positive_ttl(Duration::from_millis(50))
+            .stale_window(Duration::from_secs(60))
+            .build();
+        let hash = KeyHash::of("known");
+        cache.lookup(&hash).await.unwrap();
+        cache.verifier().failing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(cache.get_cached(&hash).is_some(), "served stale");
+        until(|| cache.stats().verifier_calls == 2 && cache.core.ledger().flights.is_empty()).await;
+        for _ in 0..5 {
+            assert!(cache.get_cached(&hash).is_some(), "still served stale");
+        }
+        // No further refresh for REFRESH_RETRY (1 s).
+        assert!(cache.core.ledger().flights.is_empty());
+        assert_eq!(cache.stats().verifier_calls, 2);
+    }
+
+    #[tokio::test]
+    async fn a_flight_others_wait_on_outlives_one_waiter_leaving() {
+        let cache = CachedVerifier::new(gated());
+        let hash = KeyHash::of("known");
+        let lookup = || {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.lookup(&hash).await })
+        };
+        let first = lookup();
+        until_in_flight(&cache, &hash).await;
+        let second = lookup();
+        // The map's reference and both waiters'.
+        until(|| {
+            cache
+                .core
+                .ledger()
+                .flights
+                .get(&hash)
+                .is_some_and(|flight| Arc::strong_count(flight) == 3)
+        })
+        .await;
+        first.abort();
+        assert!(first.await.is_err());
+        assert_eq!(
+            cache.core.ledger().flights.len(),
+            1,
+            "the second still waits"
+        );
+        release(&cache, 1);
+        assert!(matches!(second.await.unwrap(), Ok(Lookup::Found(_))));
+    }
+
+    #[test]
     fn lifetimes_are_capped_at_a_century_not_less() {
         let now = Instant::now();
         let century = Duration::from_secs(100 * 365 * 24 * 3600);
