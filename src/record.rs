@@ -1,5 +1,8 @@
 //! What a verifier returns for a known key.
 
+use std::fmt;
+use std::sync::atomic::AtomicI64;
+
 use time::OffsetDateTime;
 
 use crate::key::{Environment, KeyId};
@@ -47,7 +50,7 @@ pub struct KeyRecord {
     pub restrictions: Restrictions,
     /// When the usage recorder last noted this key (unix seconds); runtime state, not
     /// data: ignored by `==`, reset by `clone`.
-    pub(crate) last_seen: crate::usage::UsageStamp,
+    pub(crate) last_seen: LastSeen,
 }
 
 /// An account's billing standing: since when it is past due, and for how long it keeps
@@ -115,7 +118,7 @@ impl KeyRecord {
             revoked_at: None,
             standing: AccountStanding::default(),
             restrictions: Restrictions::none(),
-            last_seen: crate::usage::UsageStamp::default(),
+            last_seen: LastSeen::default(),
         }
     }
 
@@ -185,5 +188,37 @@ impl KeyRecord {
     #[must_use]
     pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// The second (unix time) a cached record was last noted; part of [`KeyRecord`] so the
+/// hot path needs no map lookup.
+#[derive(Default)]
+pub(crate) struct LastSeen(AtomicI64);
+
+impl LastSeen {
+    /// The second, for the usage recorder to compare and raise.
+    pub(crate) fn seconds(&self) -> &AtomicI64 {
+        &self.0
+    }
+}
+
+impl Clone for LastSeen {
+    fn clone(&self) -> Self {
+        LastSeen::default()
+    }
+}
+
+impl PartialEq for LastSeen {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LastSeen {}
+
+impl fmt::Debug for LastSeen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LastSeen")
     }
 }

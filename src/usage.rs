@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,34 +28,9 @@ use time::OffsetDateTime;
 
 use crate::key::KeyId;
 use crate::record::KeyRecord;
-use crate::store::{KeyStore, StoreError};
+use crate::store::{StoreError, TouchLastUsed};
 
-/// The second (unix time) a cached record was last noted; part of [`KeyRecord`] so the
-/// hot path needs no map lookup.
-#[derive(Default)]
-pub(crate) struct UsageStamp(AtomicI64);
-
-impl Clone for UsageStamp {
-    fn clone(&self) -> Self {
-        UsageStamp::default()
-    }
-}
-
-impl PartialEq for UsageStamp {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for UsageStamp {}
-
-impl fmt::Debug for UsageStamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("UsageStamp")
-    }
-}
-
-/// Collects key uses in memory and flushes them to a [`KeyStore`] in batches. Cheap to
+/// Collects key uses in memory and flushes them to a store ([`TouchLastUsed`]: every [`KeyStore`](crate::store::KeyStore)) in batches. Cheap to
 /// clone; clones share the buffer.
 #[derive(Clone, Default)]
 pub struct UsageRecorder {
@@ -86,7 +61,7 @@ impl UsageRecorder {
     /// Notes that the key of `record` was used at `now`.
     pub fn record(&self, record: &KeyRecord, now: OffsetDateTime) {
         let second = now.unix_timestamp();
-        let stamp = &record.last_seen.0;
+        let stamp = record.last_seen.seconds();
         if stamp.load(Ordering::Relaxed) >= second
             || stamp.fetch_max(second, Ordering::Relaxed) >= second
         {
@@ -102,7 +77,7 @@ impl UsageRecorder {
     /// Writes the pending uses to `store` in one batch; returns how many keys it
     /// updated. On failure, or if the future is dropped before the store answers, the
     /// uses are kept for the next flush.
-    pub async fn flush<S: KeyStore + ?Sized>(&self, store: &S) -> Result<usize, StoreError> {
+    pub async fn flush<S: TouchLastUsed + ?Sized>(&self, store: &S) -> Result<usize, StoreError> {
         let pending = std::mem::take(
             &mut *self
                 .inner
@@ -125,14 +100,14 @@ impl UsageRecorder {
             recorder: self,
             batch: latest.into_iter().collect(),
         };
-        store.touch(&batch.batch).await?;
+        store.touch_last_used(&batch.batch).await?;
         self.inner.writes.fetch_add(1, Ordering::Relaxed);
         Ok(std::mem::take(&mut batch.batch).len())
     }
 
     /// Flushes to `store` every `every`, in a background task (needs a Tokio runtime).
     /// The task ends when the returned handle is aborted or dropped with the runtime.
-    pub fn spawn_flusher<S: KeyStore>(
+    pub fn spawn_flusher<S: TouchLastUsed>(
         &self,
         store: S,
         every: Duration,
@@ -183,10 +158,8 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::key::{Environment, KeyFormat, KeyHash};
-    use crate::record::{AccountStanding, KeyRecord};
-    use crate::store::{KeyChanges, KeyInfo, MemoryStore, NewKey, StoredKey};
-    use crate::verify::{KeyVerifier, VerifyError};
+    use crate::key::{Environment, KeyFormat};
+    use crate::store::{KeyStore, MemoryStore, NewKey};
 
     /// A memory store whose `touch` hangs while `stalled` is set.
     #[derive(Clone, Default)]
@@ -195,56 +168,17 @@ mod tests {
         stalled: Arc<AtomicBool>,
     }
 
+    /// Only what the recorder needs: the narrow trait, not a whole store.
     #[async_trait]
-    impl KeyVerifier for Stalling {
-        async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
-            self.store.verify(hash).await
-        }
-    }
-
-    #[async_trait]
-    impl KeyStore for Stalling {
-        async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
-            self.store.insert(key).await
-        }
-        async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
-            self.store.list(account_id).await
-        }
-        async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-            self.store.get(account_id, id).await
-        }
-        async fn update(
+    impl TouchLastUsed for Stalling {
+        async fn touch_last_used(
             &self,
-            account_id: &str,
-            id: &KeyId,
-            changes: &KeyChanges,
-        ) -> Result<KeyInfo, StoreError> {
-            self.store.update(account_id, id, changes).await
-        }
-        async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-            self.store.revoke(account_id, id).await
-        }
-        async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-            self.store.find_by_hash(hash).await
-        }
-        async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+            used: &[(KeyId, OffsetDateTime)],
+        ) -> Result<(), StoreError> {
             if self.stalled.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
-            self.store.touch(used).await
-        }
-        async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
-            self.store.find_by_id(id).await
-        }
-        async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
-            self.store.standing(account_id).await
-        }
-        async fn set_standing(
-            &self,
-            account_id: &str,
-            standing: AccountStanding,
-        ) -> Result<(), StoreError> {
-            self.store.set_standing(account_id, standing).await
+            self.store.touch_last_used(used).await
         }
     }
 
@@ -252,6 +186,7 @@ mod tests {
     async fn a_flush_cut_short_loses_no_use() {
         let store = Stalling::default();
         let created = store
+            .store
             .create(
                 &KeyFormat::new("sk"),
                 NewKey::new("acct", "k", Environment::LIVE),
@@ -259,6 +194,7 @@ mod tests {
             .await
             .unwrap();
         let record = store
+            .store
             .find_by_hash(&created.key.hash())
             .await
             .unwrap()
@@ -274,7 +210,7 @@ mod tests {
 
         store.stalled.store(false, Ordering::SeqCst);
         assert_eq!(recorder.flush(&store).await.unwrap(), 1, "the use was kept");
-        let info = store.get("acct", &created.info.id).await.unwrap();
+        let info = store.store.get("acct", &created.info.id).await.unwrap();
         assert!(info.last_used_at.is_some());
         assert_eq!(recorder.flush(&store).await.unwrap(), 0, "and written once");
     }

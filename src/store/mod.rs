@@ -425,6 +425,21 @@ pub enum StoreError {
     Backend(#[source] Box<dyn Error + Send + Sync>),
 }
 
+/// The one thing the [usage recorder](crate::usage::UsageRecorder) needs of a store:
+/// writing last-used times, a batch at a time. Every [`KeyStore`] is one.
+#[async_trait]
+pub trait TouchLastUsed: Send + Sync + 'static {
+    /// Records when keys were last used; a store keeps the later of two times.
+    async fn touch_last_used(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<S: KeyStore + ?Sized> TouchLastUsed for S {
+    async fn touch_last_used(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
+        self.touch(used).await
+    }
+}
+
 /// Keeps API keys. See the [module docs](self).
 ///
 /// Every method that names a key also names the account: a key of another account is
