@@ -20,9 +20,10 @@ use axum::routing::get;
 use http::{HeaderValue, Request};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_keys::key::{Environment, KeyFormat};
+use tower_api_keys::manage::NewKey;
 use tower_api_keys::scope::{Scope, Write};
-use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier, RequireScope};
+use tower_api_keys::{KeyManager, MemoryStore};
 
 const BATCH: u32 = 500;
 const SAMPLES: usize = 41;
@@ -65,10 +66,16 @@ fn main() {
         .unwrap();
     let format = KeyFormat::new("sk");
     let store = MemoryStore::new();
+    let manager = KeyManager::new(
+        store.clone(),
+        CachedVerifier::new(store.clone()),
+        format.clone(),
+    );
     let key = runtime
-        .block_on(store.create(
-            &format,
-            NewKey::new("acct", "bench", Environment::LIVE).scopes([Scope::Write]),
+        .block_on(manager.create_for_account(
+            "acct",
+            Environment::LIVE,
+            NewKey::named("bench").scopes([Scope::Write]),
         ))
         .unwrap()
         .key;

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tower::ServiceExt;
-use tower_api_keys::cache::Lookup;
 use tower_api_keys::key::KeyId;
 use tower_api_keys::key::{Environment, KeyFormat, KeyHash};
-use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_keys::manage::NewKey;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier, KeyRecord, KeyVerifier, VerifyError};
+use tower_api_keys::{KeyManager, MemoryStore};
 
 struct SlowCounting {
     inner: MemoryStore,
@@ -52,8 +52,13 @@ fn main() {
         .unwrap();
     let format = KeyFormat::new("sk");
     let store = MemoryStore::new();
+    let manager = KeyManager::new(
+        store.clone(),
+        CachedVerifier::new(store.clone()),
+        format.clone(),
+    );
     let key = runtime
-        .block_on(store.create(&format, NewKey::new("acct", "k", Environment::LIVE)))
+        .block_on(manager.create_for_account("acct", Environment::LIVE, NewKey::named("k")))
         .unwrap()
         .key;
     let calls = Arc::new(AtomicUsize::new(0));
@@ -136,8 +141,12 @@ fn main() {
 
 /// The id the cache holds for `hash`.
 fn id_of<V: KeyVerifier>(cache: &CachedVerifier<V>, hash: &KeyHash) -> KeyId {
-    match cache.get_cached(hash) {
-        Some(Lookup::Found(record)) => record.id.clone(),
+    assert!(cache.is_cached(hash), "not cached");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    match runtime.block_on(cache.lookup(hash)) {
+        Ok(Some(record)) => record.id.clone(),
         _ => panic!("not cached"),
     }
 }
@@ -158,7 +167,7 @@ fn median_invalidation<V: KeyVerifier>(cache: &CachedVerifier<V>, hashes: &[KeyH
         .collect();
     times.sort();
     for i in 0..1_000 {
-        assert!(cache.get_cached(&hashes[i * step]).is_none(), "invalidated");
+        assert!(!cache.is_cached(&hashes[i * step]), "invalidated");
     }
     times[times.len() / 2]
 }
@@ -187,9 +196,10 @@ fn hits_during<V: KeyVerifier>(
         let (mut hits, mut misses) = (0u64, 0u64);
         while started.elapsed() < Duration::from_secs(1) {
             for hash in hot {
-                match cache.get_cached(hash) {
-                    Some(_) => hits += 1,
-                    None => misses += 1,
+                if cache.is_cached(hash) {
+                    hits += 1;
+                } else {
+                    misses += 1;
                 }
             }
         }
@@ -213,7 +223,7 @@ fn invalidation(
         let refill = |cache: &CachedVerifier<support::KnowsEveryKey>, keys: &[KeyHash]| {
             runtime.block_on(async {
                 for hash in keys {
-                    cache.load(*hash).await.unwrap();
+                    cache.lookup(hash).await.unwrap();
                 }
             });
         };
@@ -234,7 +244,7 @@ fn invalidation(
     // (a DELETE loop on a revoked key), and of cached keys, against no flood.
     let hot = &hashes[600_000..601_000];
     for hash in hot {
-        assert!(big.get_cached(hash).is_some());
+        assert!(big.is_cached(hash));
     }
     let revoked: Vec<KeyId> = (0..100)
         .map(|i| KeyId::new(format!("ak_revoked_{i}")))

@@ -21,7 +21,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{CreateKey, KeyManager, KeyRoutes};
+use tower_api_keys::manage::{KeyManager, KeyRoutes, NewKey};
 use tower_api_keys::policy::EnvironmentByHost;
 use tower_api_keys::{ApiKeyLayer, Principal};
 
@@ -60,7 +60,7 @@ async fn main() -> Result<(), support::BoxError> {
         ("TEST_KEY", Environment::TEST),
     ] {
         let created = manager
-            .reissue(ACCOUNT, environment, CreateKey::named(name))
+            .reissue(ACCOUNT, environment, NewKey::named(name))
             .await?;
         support::credential(name, created.key.expose_secret());
     }

@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
-use tower_api_keys::manage::{CreateKey, KeyManager, KeyRoutes};
+use tower_api_keys::manage::{KeyManager, KeyRoutes, NewKey};
 use tower_api_keys::record::AccountStanding;
 use tower_api_keys::scope::{Admin, Read, Scope, Write};
 use tower_api_keys::{ApiKeyLayer, RequireScope};
@@ -205,7 +205,7 @@ async fn main() -> Result<(), support::BoxError> {
             let standing = AccountStanding::past_due(since).with_grace_days(7);
             manager.set_standing(account, standing).await?;
         }
-        let request = CreateKey::named(name).scopes(scope);
+        let request = NewKey::named(name).scopes(scope);
         let created = manager.reissue(account, Environment::LIVE, request).await?;
         support::credential(name, created.key.expose_secret());
     }

@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use tower_api_keys::error::Envelope;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{Ack, CreateKey, KeyManager, KeyRoutes};
+use tower_api_keys::manage::{Ack, KeyManager, KeyRoutes, NewKey};
 use tower_api_keys::restriction::Restrictions;
 use tower_api_keys::{ApiKeyLayer, Principal};
 
@@ -77,7 +77,7 @@ async fn main() -> Result<(), support::BoxError> {
         ),
     ];
     for (name, environment, restrictions) in bootstrap {
-        let request = CreateKey::named(name).restrictions(restrictions);
+        let request = NewKey::named(name).restrictions(restrictions);
         let created = manager.reissue(ACCOUNT, environment, request).await?;
         support::credential(name, created.key.expose_secret());
     }

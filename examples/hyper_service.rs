@@ -23,7 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use tower::ServiceBuilder;
 use tower_api_keys::client_ip::PeerAddr;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{CreateKey, KeyManager};
+use tower_api_keys::manage::{KeyManager, NewKey};
 use tower_api_keys::scope::Scope;
 use tower_api_keys::{ApiKeyLayer, Principal};
 
@@ -58,7 +58,7 @@ async fn main() -> Result<(), support::BoxError> {
     let backend = support::Backend::open("hyper_service.db").await?;
     let format = KeyFormat::new("sk");
     let manager = KeyManager::new(backend.store.clone(), backend.cache.clone(), format.clone());
-    let request = CreateKey::named("ADMIN_KEY").scopes(Scope::Admin);
+    let request = NewKey::named("ADMIN_KEY").scopes(Scope::Admin);
     let created = manager
         .reissue("acct_hyper", Environment::LIVE, request)
         .await?;

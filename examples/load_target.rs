@@ -5,15 +5,21 @@
 use axum::Router;
 use axum::routing::get;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_keys::manage::NewKey;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
+use tower_api_keys::{KeyManager, MemoryStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let format = KeyFormat::new("sk");
     let store = MemoryStore::new();
-    let key = store
-        .create(&format, NewKey::new("acct_load", "load", Environment::LIVE))
+    let manager = KeyManager::new(
+        store.clone(),
+        CachedVerifier::new(store.clone()),
+        format.clone(),
+    );
+    let key = manager
+        .create_for_account("acct_load", Environment::LIVE, NewKey::named("load"))
         .await?
         .key;
     let routes = Router::new().route("/", get(|| async { "ok" }));

@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{self, CreateKey, KeyManager};
+use tower_api_keys::manage::{self, KeyManager, NewKey};
 use tower_api_keys::scope::{Read, Scope, Write};
 use tower_api_keys::{ApiKeyLayer, Principal, RequireScope};
 
@@ -62,7 +62,7 @@ async fn main() -> Result<(), support::BoxError> {
     let format = KeyFormat::new("sk");
     let manager = KeyManager::new(backend.store.clone(), backend.cache.clone(), format.clone());
     for (name, scope) in [("ADMIN_KEY", Scope::Admin), ("READ_KEY", Scope::Read)] {
-        let request = CreateKey::named(name).scopes(scope);
+        let request = NewKey::named(name).scopes(scope);
         let created = manager.reissue(ACCOUNT, Environment::LIVE, request).await?;
         support::credential(name, created.key.expose_secret());
     }

@@ -1,6 +1,6 @@
 //! [`CachedVerifier`]: a moka cache in front of any [`KeyVerifier`].
 //!
-//! - **Hits are synchronous.** [`CachedVerifier::get_cached`] probes the cache without
+//! - **Hits are synchronous.** [`CachedVerifier::is_cached`] probes the cache without
 //!   creating a future; only a miss goes async.
 //! - **Known keys** are cached for the positive TTL (default 60 s), never past the key's
 //!   own `expires_at`. **Unknown keys** are cached too, for the negative TTL (default
@@ -45,11 +45,11 @@ use tokio::sync::OnceCell;
 
 use crate::key::{KeyHash, KeyId};
 use crate::record::KeyRecord;
-use crate::verify::{KeyVerifier, VerifyError};
+use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
 /// The answer for one key hash, as cached.
 #[derive(Debug, Clone)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// The verifier knows the key (it may still be revoked or expired).
     Found(Arc<KeyRecord>),
     /// The verifier does not know the key.
@@ -482,7 +482,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 
     /// The cached answer for `hash`, if there is one. Synchronous; counts a hit or a
     /// miss.
-    pub fn get_cached(&self, hash: &KeyHash) -> Option<Lookup> {
+    pub(crate) fn get_cached(&self, hash: &KeyHash) -> Option<Lookup> {
         let core = &*self.core;
         let slot = &core.hot[hot_index(hash)];
         // Read before moka: an invalidation racing with this read bumps it after.
@@ -519,18 +519,35 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         Some(lookup)
     }
 
-    /// The answer for `hash`: from the cache, or from the verifier (one call however
-    /// many lookups of the same hash wait for it).
-    pub async fn lookup(&self, hash: &KeyHash) -> Result<Lookup, VerifyError> {
+    /// The record of the key with `hash`: from the cache, or from the verifier (one call
+    /// however many lookups of the same hash wait for it); `None` for a key the verifier
+    /// does not know. What the layer does on every request, for code that checks keys
+    /// itself.
+    pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
+        Ok(match self.find(hash).await? {
+            Lookup::Found(record) => Some(record),
+            Lookup::Unknown => None,
+        })
+    }
+
+    /// The answer for `hash`: from the cache, or from the verifier.
+    pub(crate) async fn find(&self, hash: &KeyHash) -> Result<Lookup, VerifyError> {
         match self.get_cached(hash) {
             Some(found) => Ok(found),
             None => self.load(*hash).await,
         }
     }
 
+    /// Whether the cache holds an answer for `hash` (known or unknown key, fresh or
+    /// stale), without asking the verifier: the synchronous probe the layer makes first.
+    /// Counts as a hit or a miss in [`stats`](Self::stats).
+    pub fn is_cached(&self, hash: &KeyHash) -> bool {
+        self.get_cached(hash).is_some()
+    }
+
     /// Asks the verifier, single-flight, and caches the answer. For callers that
     /// already missed with [`get_cached`](Self::get_cached).
-    pub async fn load(&self, hash: KeyHash) -> Result<Lookup, VerifyError> {
+    pub(crate) async fn load(&self, hash: KeyHash) -> Result<Lookup, VerifyError> {
         let core = &*self.core;
         let flight = {
             let mut ledger = core.ledger();
@@ -727,6 +744,20 @@ struct AbandonedFlight<'a, V> {
     flight: &'a Flight,
 }
 
+impl<V: Send + Sync + 'static> Invalidate for CachedVerifier<V> {
+    fn invalidate_key_id(&self, id: &KeyId) {
+        CachedVerifier::invalidate_key_id(self, id);
+    }
+
+    fn invalidate_account(&self, account_id: &str) {
+        CachedVerifier::invalidate_account(self, account_id);
+    }
+
+    fn invalidate_all(&self) {
+        CachedVerifier::invalidate_all(self);
+    }
+}
+
 impl<V> Drop for AbandonedFlight<'_, V> {
     fn drop(&mut self) {
         if self.flight.answer.initialized() {
@@ -880,7 +911,7 @@ mod tests {
         bytes[0] = 2;
         let b = KeyHash::from_bytes(bytes);
         assert_eq!(hot_index(&a), hot_index(&b));
-        cache.lookup(&a).await.unwrap();
+        cache.find(&a).await.unwrap();
         assert!(cache.get_cached(&a).is_some(), "now in the hot slot");
         assert!(cache.get_cached(&b).is_none());
     }
@@ -889,7 +920,7 @@ mod tests {
     async fn fresh_hits_are_not_stale_and_shows_its_settings() {
         let cache = CachedVerifier::new(fixture(0));
         let hash = KeyHash::of("known");
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert!(cache.get_cached(&hash).is_some());
         assert!(cache.get_cached(&hash).is_some());
         assert_eq!(cache.stats().stale_hits, 0);
@@ -913,7 +944,7 @@ mod tests {
             .stale_window(Duration::from_secs(60))
             .build();
         let hash = KeyHash::of("known");
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         // Waits out the TTL (a slow machine only makes it longer).
         tokio::time::sleep(Duration::from_millis(1_050)).await;
         assert!(cache.get_cached(&hash).is_some(), "served stale");
@@ -931,7 +962,7 @@ mod tests {
             .stale_window(Duration::from_secs(60))
             .build();
         let hash = KeyHash::of("known");
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         cache.verifier().failing.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(cache.get_cached(&hash).is_some(), "served stale");
@@ -950,7 +981,7 @@ mod tests {
         let hash = KeyHash::of("known");
         let lookup = || {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.lookup(&hash).await })
+            tokio::spawn(async move { cache.find(&hash).await })
         };
         let first = lookup();
         until_in_flight(&cache, &hash).await;
@@ -1027,7 +1058,7 @@ mod tests {
         let tasks: Vec<_> = (0..100)
             .map(|_| {
                 let cache = cache.clone();
-                tokio::spawn(async move { cache.lookup(&hash).await })
+                tokio::spawn(async move { cache.find(&hash).await })
             })
             .collect();
         // All 100 missed while the one call is held: none was served from the cache.
@@ -1049,11 +1080,11 @@ mod tests {
             .negative_ttl(Duration::from_secs(2))
             .build();
         let hash = KeyHash::of("nope");
-        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
-        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
+        assert!(matches!(cache.find(&hash).await, Ok(Lookup::Unknown)));
+        assert!(matches!(cache.find(&hash).await, Ok(Lookup::Unknown)));
         assert_eq!(cache.stats().verifier_calls, 1);
         tokio::time::sleep(Duration::from_millis(2_100)).await;
-        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Unknown)));
+        assert!(matches!(cache.find(&hash).await, Ok(Lookup::Unknown)));
         assert_eq!(cache.stats().verifier_calls, 2);
     }
 
@@ -1062,10 +1093,10 @@ mod tests {
         let cache = CachedVerifier::new(fixture(0));
         let hash = KeyHash::of("known");
         cache.verifier().failing.store(true, Ordering::SeqCst);
-        assert!(cache.lookup(&hash).await.is_err());
-        assert!(cache.lookup(&hash).await.is_err());
+        assert!(cache.find(&hash).await.is_err());
+        assert!(cache.find(&hash).await.is_err());
         cache.verifier().failing.store(false, Ordering::SeqCst);
-        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Found(_))));
+        assert!(matches!(cache.find(&hash).await, Ok(Lookup::Found(_))));
         assert_eq!(cache.stats().verifier_calls, 3);
     }
 
@@ -1073,8 +1104,8 @@ mod tests {
     async fn invalidation_by_hash_id_and_all() {
         let cache = CachedVerifier::new(fixture(0));
         let hash = KeyHash::of("known");
-        cache.lookup(&hash).await.unwrap();
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert_eq!(cache.stats().verifier_calls, 1);
         assert_eq!(cache.stats().hits, 1);
 
@@ -1084,11 +1115,11 @@ mod tests {
         );
         cache.invalidate(&hash);
         assert!(cache.get_cached(&hash).is_none(), "gone from both tables");
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert_eq!(cache.stats().verifier_calls, 2);
 
         cache.invalidate_key_id(&KeyId::new("ak_other"));
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert_eq!(
             cache.stats().verifier_calls,
             2,
@@ -1097,7 +1128,7 @@ mod tests {
 
         cache.invalidate_key_id(&KeyId::new("ak_1"));
         assert!(cache.get_cached(&hash).is_none());
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert_eq!(cache.stats().verifier_calls, 3);
 
         cache.invalidate_all();
@@ -1110,7 +1141,7 @@ mod tests {
         let hash = KeyHash::of("known");
         let pending = tokio::spawn({
             let cache = cache.clone();
-            async move { cache.lookup(&hash).await }
+            async move { cache.find(&hash).await }
         });
         until_in_flight(&cache, &hash).await;
         cache.invalidate(&hash);
@@ -1125,7 +1156,7 @@ mod tests {
         let hash = KeyHash::of("known");
         let lookup = || {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.lookup(&hash).await })
+            tokio::spawn(async move { cache.find(&hash).await })
         };
         let first = lookup();
         until_in_flight(&cache, &hash).await;
@@ -1152,7 +1183,7 @@ mod tests {
         let cache = CachedVerifier::new(fixture(0));
         for _ in 0..200 {
             let hash = KeyHash::of("known");
-            cache.lookup(&hash).await.unwrap();
+            cache.find(&hash).await.unwrap();
             cache.invalidate_all();
             assert!(cache.get_cached(&hash).is_none());
         }
@@ -1165,7 +1196,7 @@ mod tests {
             .stale_window(Duration::MAX)
             .build();
         let hash = KeyHash::of("known");
-        assert!(matches!(cache.lookup(&hash).await, Ok(Lookup::Found(_))));
+        assert!(matches!(cache.find(&hash).await, Ok(Lookup::Found(_))));
         assert!(cache.get_cached(&hash).is_some());
     }
 
@@ -1175,7 +1206,7 @@ mod tests {
         let hash = KeyHash::of("known");
         let pending = tokio::spawn({
             let cache = cache.clone();
-            async move { cache.lookup(&hash).await }
+            async move { cache.find(&hash).await }
         });
         until_in_flight(&cache, &hash).await;
         assert_eq!(cache.core.ledger().flights.len(), 1);
@@ -1190,8 +1221,8 @@ mod tests {
         verifier.expires_at = Some(OffsetDateTime::now_utc() - Duration::from_secs(1));
         let cache = CachedVerifier::new(verifier);
         let hash = KeyHash::of("known");
-        cache.lookup(&hash).await.unwrap();
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert_eq!(cache.stats().verifier_calls, 1);
     }
 
@@ -1201,7 +1232,7 @@ mod tests {
         verifier.expires_at = Some(OffsetDateTime::now_utc() + Duration::from_secs(2));
         let cache = CachedVerifier::new(verifier);
         let hash = KeyHash::of("known");
-        cache.lookup(&hash).await.unwrap();
+        cache.find(&hash).await.unwrap();
         assert!(cache.get_cached(&hash).is_some());
         tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert!(cache.get_cached(&hash).is_none());
@@ -1237,7 +1268,7 @@ mod tests {
         let cache = CachedVerifier::new(Everything);
         let hashes: Vec<KeyHash> = (0..10).map(hash_of).collect();
         for hash in &hashes {
-            cache.lookup(hash).await.unwrap();
+            cache.find(hash).await.unwrap();
             assert!(cache.get_cached(hash).is_some(), "read into the hot table");
         }
         cache.invalidate_key_id(&KeyId::new("ak_3"));
@@ -1289,7 +1320,7 @@ mod tests {
         let (mine, other) = (hash_of(1), hash_of(2));
         let flight = |hash: KeyHash| {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.lookup(&hash).await })
+            tokio::spawn(async move { cache.find(&hash).await })
         };
         let pending = flight(mine);
         until_in_flight(&cache, &mine).await;
@@ -1331,7 +1362,7 @@ mod tests {
             .stale_window(Duration::ZERO)
             .build();
         for n in 0..20 {
-            cache.lookup(&hash_of(n)).await.unwrap();
+            cache.find(&hash_of(n)).await.unwrap();
         }
         assert_eq!(cache.core.ledger().by_id.len(), 20);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1342,7 +1373,7 @@ mod tests {
         }
         assert!(cache.core.ledger().by_account.is_empty());
         // And a key read again is indexed (and invalidated) again.
-        cache.lookup(&hash_of(4)).await.unwrap();
+        cache.find(&hash_of(4)).await.unwrap();
         cache.invalidate_key_id(&KeyId::new("ak_4"));
         assert!(cache.get_cached(&hash_of(4)).is_none());
     }
@@ -1351,7 +1382,7 @@ mod tests {
     async fn a_hot_key_evicted_for_size_is_not_served_after_its_revocation() {
         let cache = CachedVerifier::builder(Everything).max_capacity(8).build();
         let hot = hash_of(1);
-        cache.lookup(&hot).await.unwrap();
+        cache.find(&hot).await.unwrap();
         assert!(cache.get_cached(&hot).is_some(), "read into the hot table");
         // Fill far past the capacity: moka evicts, the hot key among others (its hot
         // hits never told moka it is used).
@@ -1359,7 +1390,7 @@ mod tests {
         let mut n = 2u8;
         while cache.core.entries.contains_key(&hot) {
             assert!(Instant::now() < deadline, "never evicted");
-            cache.lookup(&hash_of(n)).await.unwrap();
+            cache.find(&hash_of(n)).await.unwrap();
             cache.run_pending_tasks();
             n = n.wrapping_add(1).max(2);
         }

@@ -12,7 +12,7 @@
 //!   it is no defence against someone forging checksums; such keys are unknown to the
 //!   store and end in the cache's negative entries.)
 //!
-//! The server stores only the [`KeyHash`] (SHA-256 of the whole key) and a [`hint`]
+//! The server stores only the [`KeyHash`] (SHA-256 of the whole key) and a [hint](ApiKey::hint)
 //! (the last four characters); the plaintext [`ApiKey`] is shown once.
 //!
 //! ```
@@ -151,6 +151,11 @@ impl fmt::Debug for KeyFormat {
     }
 }
 
+/// A key prefix that is not 1–16 ASCII letters or digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key prefix must be 1-16 ASCII letters or digits, got {0:?}")]
+pub struct InvalidPrefix(pub String);
+
 /// Why a string is not a key of this format.
 ///
 /// Never shown to clients (they get `invalid_api_key`); useful in logs and tests.
@@ -210,16 +215,24 @@ impl KeyFormat {
     /// If the prefix is not 1–16 ASCII letters or digits.
     #[must_use]
     pub fn new(prefix: &str) -> Self {
-        assert!(
-            is_valid_tag(prefix, 16),
-            "key prefix must be 1-16 ASCII letters or digits, got {prefix:?}"
-        );
-        KeyFormat {
+        match Self::try_new(prefix) {
+            Ok(format) => format,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// Like [`new`](Self::new), for a prefix read from input (a command line, a
+    /// configuration file): an error instead of a panic.
+    pub fn try_new(prefix: &str) -> Result<Self, InvalidPrefix> {
+        if !is_valid_tag(prefix, 16) {
+            return Err(InvalidPrefix(prefix.to_owned()));
+        }
+        Ok(KeyFormat {
             prefix: prefix.into(),
             environments: Arc::new([Environment::LIVE, Environment::TEST]),
             body_len: DEFAULT_BODY_LEN,
             accept_unchecksummed: false,
-        }
+        })
     }
 
     /// Adds an environment tag (`staging`, `dev`, …) next to `live` and `test`.
@@ -432,7 +445,7 @@ impl fmt::Display for ApiKey {
 
 /// The last four characters of a key (fewer if the key is shorter).
 #[must_use]
-pub fn hint(key: &str) -> String {
+pub(crate) fn hint(key: &str) -> String {
     let start = key
         .char_indices()
         .rev()

@@ -467,7 +467,7 @@ fn record_accepted(span: &tracing::Span, principal: &Principal) {
 
 /// The outcome of a verification that had to go to the verifier (opaque).
 #[derive(Debug)]
-pub struct Verified<B>(Outcome<B>);
+pub(crate) struct Verified<B>(Outcome<B>);
 
 #[derive(Debug)]
 enum Outcome<B> {
@@ -476,7 +476,7 @@ enum Outcome<B> {
 }
 
 /// The boxed future of a cache miss: verifier lookup and policy checks.
-pub type VerifyFuture<B> = Pin<Box<dyn Future<Output = Verified<B>> + Send + 'static>>;
+pub(crate) type VerifyFuture<B> = Pin<Box<dyn Future<Output = Verified<B>> + Send + 'static>>;
 
 pin_project! {
     /// The response future of [`ApiKeyAuth`].

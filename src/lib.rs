@@ -19,16 +19,15 @@
 //!
 //! ```
 //! use axum::{Json, Router, routing::{get, post}};
-//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, Principal, RequireScope};
-//! use tower_api_keys::key::{Environment, KeyFormat};
-//! use tower_api_keys::scope::{Scope, Write};
-//! use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_keys::{manage::NewKey, scope::Write, ApiKeyLayer, CachedVerifier, Environment, KeyFormat, KeyManager, MemoryStore, Principal, RequireScope, Scope};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let format = KeyFormat::new("sk");
 //! let store = MemoryStore::new();
-//! let created = store
-//!     .create(&format, NewKey::new("acct_1", "quickstart", Environment::LIVE).scopes([Scope::Write]))
+//! let cache = CachedVerifier::new(store.clone());
+//! let manager = KeyManager::new(store, cache.clone(), format.clone());
+//! let created = manager
+//!     .create_for_account("acct_1", Environment::LIVE, NewKey::named("quickstart").scopes([Scope::Write]))
 //!     .await
 //!     .unwrap();
 //! println!("your key (shown once): {}", created.key.expose_secret());
@@ -36,7 +35,7 @@
 //! let app: Router = Router::new()
 //!     .route("/v1/whoami", get(|p: Principal| async move { Json(p) }))
 //!     .route("/v1/items", post(|_: RequireScope<Write>| async { "created" }))
-//!     .layer(ApiKeyLayer::new(format, CachedVerifier::new(store)).environment(Environment::LIVE));
+//!     .layer(ApiKeyLayer::new(format, cache).environment(Environment::LIVE));
 //! # let _ = app;
 //! # }
 //! ```
@@ -62,10 +61,19 @@
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `axum` | yes | the extractors [`Principal`], `Option<Principal>` and [`RequireScope`] |
+//! | `axum` | yes | the extractors [`Principal`], `Option<Principal>` and [`RequireScope`]; the key-management routes (`manage::KeyRoutes`) |
+//! | `sqlite` | yes | `SqliteStore`, the embedded store (bundles SQLite), and [`SqlStore`] |
+//! | `postgres` | no | `PostgresStore` and its `RevocationListener` (`LISTEN/NOTIFY`), and [`SqlStore`] |
+//! | `cli` | no | the `apikeys` command-line tool (bootstrap keys, list, revoke, migrate) |
 //!
-//! The core (keys, verifier, cache, layer, errors, memory store) builds with
-//! `--no-default-features`.
+//! The core (keys, verifier, cache, layer, errors, memory store, [`KeyManager`]) builds
+//! with `--no-default-features`.
+//!
+//! # Modules
+//!
+//! Bottom-up (each uses only those before it; `tests/module_graph.rs` checks): [`key`]
+//! and [`scope`]; [`record`] and [`principal`]; [`verify`] and [`cache`]; [`policy`];
+//! [`error`]; [`layer`], `extract` and [`guard`]; [`store`]; [`usage`]; [`manage`].
 //!
 //! [tower]: https://docs.rs/tower
 //! [hyper]: https://docs.rs/hyper
@@ -83,11 +91,8 @@ pub mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod extract;
 pub mod guard;
-pub mod invalidate;
 pub mod key;
 pub mod layer;
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod manage;
 mod percent;
 pub mod policy;
@@ -103,7 +108,13 @@ pub use cache::CachedVerifier;
 pub use error::AuthError;
 #[cfg(feature = "axum")]
 pub use extract::RequireScope;
+pub use key::{Environment, KeyFormat};
 pub use layer::{ApiKeyAuth, ApiKeyLayer};
+pub use manage::KeyManager;
 pub use principal::Principal;
 pub use record::KeyRecord;
+pub use scope::Scope;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use store::SqlStore;
+pub use store::{KeyStore, MemoryStore};
 pub use verify::{KeyVerifier, VerifyError};

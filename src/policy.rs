@@ -7,12 +7,12 @@
 //! |---|---|---|
 //! | 1 | format and checksum ([`KeyFormat::parse`](crate::key::KeyFormat::parse)) | 401 `invalid_api_key` |
 //! | 2 | lookup (unknown key) | 401 `invalid_api_key` |
-//! | 3 | [`check_revoked`] | 401 `api_key_revoked` |
-//! | 4 | [`check_expiry`] | 401 `api_key_expired` |
-//! | 5 | [`check_environment`] | 401 `environment_mismatch` |
-//! | 6 | [`check_standing`] (past due beyond the grace period) | 402 `payment_required` |
-//! | 7 | [`check_project`] | 403 `project_forbidden` |
-//! | 8 | [`check_ip`], [`check_referrer`], [`check_endpoint`] | 403 `ip_not_allowed`, `referrer_not_allowed`, `endpoint_not_allowed` |
+//! | 3 | `check_revoked` | 401 `api_key_revoked` |
+//! | 4 | `check_expiry` | 401 `api_key_expired` |
+//! | 5 | `check_environment` | 401 `environment_mismatch` |
+//! | 6 | `check_standing` (past due beyond the grace period) | 402 `payment_required` |
+//! | 7 | `check_project` | 403 `project_forbidden` |
+//! | 8 | `check_ip`, `check_referrer`, `check_endpoint` | 403 `ip_not_allowed`, `referrer_not_allowed`, `endpoint_not_allowed` |
 //! | 9 | scope, per route ([`RequireScope`](crate::RequireScope), [`ScopeGuardLayer`](crate::guard::ScopeGuardLayer)) | 403 `insufficient_scope` |
 //!
 //! Rules 1–8 run in the layer; rule 9 belongs to each route.
@@ -244,7 +244,7 @@ impl EnvironmentResolver for EnvironmentByHost {
 }
 
 /// Rule 3: a revoked key is refused.
-pub fn check_revoked(record: &KeyRecord) -> Result<(), AuthError> {
+pub(crate) fn check_revoked(record: &KeyRecord) -> Result<(), AuthError> {
     if record.is_revoked() {
         Err(AuthError::Revoked)
     } else {
@@ -253,7 +253,7 @@ pub fn check_revoked(record: &KeyRecord) -> Result<(), AuthError> {
 }
 
 /// Rule 4: a key is refused from its `expires_at` on.
-pub fn check_expiry(record: &KeyRecord, now: OffsetDateTime) -> Result<(), AuthError> {
+pub(crate) fn check_expiry(record: &KeyRecord, now: OffsetDateTime) -> Result<(), AuthError> {
     if record.is_expired_at(now) {
         Err(AuthError::Expired)
     } else {
@@ -262,7 +262,7 @@ pub fn check_expiry(record: &KeyRecord, now: OffsetDateTime) -> Result<(), AuthE
 }
 
 /// Rule 5: a deployment serving one environment refuses keys of another.
-pub fn check_environment(
+pub(crate) fn check_environment(
     record: &KeyRecord,
     deployment: Option<&Environment>,
 ) -> Result<(), AuthError> {
@@ -274,7 +274,10 @@ pub fn check_environment(
 
 /// Rule 6: an account past due keeps full access through its grace period (up to and
 /// including `past_due_since + grace_days`), then gets 402.
-pub fn check_standing(standing: &AccountStanding, now: OffsetDateTime) -> Result<(), AuthError> {
+pub(crate) fn check_standing(
+    standing: &AccountStanding,
+    now: OffsetDateTime,
+) -> Result<(), AuthError> {
     match standing.past_due_since {
         Some(since) if now > since + time::Duration::days(i64::from(standing.grace_days)) => {
             Err(AuthError::PaymentRequired)
@@ -286,7 +289,7 @@ pub fn check_standing(standing: &AccountStanding, now: OffsetDateTime) -> Result
 /// Rule 7: a key locked to a project is refused on another project's routes, and on
 /// routes where the project is ambiguous. A key without a project, or a route naming
 /// none, passes.
-pub fn check_project(
+pub(crate) fn check_project(
     record: &KeyRecord,
     requested: &RequestedProject<'_>,
 ) -> Result<(), AuthError> {
@@ -298,7 +301,7 @@ pub fn check_project(
 }
 
 /// Rule 8a: the client's address must be in the key's ranges, if it has any.
-pub fn check_ip(record: &KeyRecord, client: Option<IpAddr>) -> Result<(), AuthError> {
+pub(crate) fn check_ip(record: &KeyRecord, client: Option<IpAddr>) -> Result<(), AuthError> {
     if record.restrictions.allows_ip(client) {
         Ok(())
     } else {
@@ -307,7 +310,7 @@ pub fn check_ip(record: &KeyRecord, client: Option<IpAddr>) -> Result<(), AuthEr
 }
 
 /// Rule 8b: the request's origin must be one of the key's, if it has any.
-pub fn check_referrer(record: &KeyRecord, headers: &HeaderMap) -> Result<(), AuthError> {
+pub(crate) fn check_referrer(record: &KeyRecord, headers: &HeaderMap) -> Result<(), AuthError> {
     if record.restrictions.allows_referrer(headers) {
         Ok(())
     } else {
@@ -316,7 +319,11 @@ pub fn check_referrer(record: &KeyRecord, headers: &HeaderMap) -> Result<(), Aut
 }
 
 /// Rule 8c: the endpoint must be one of the key's, if it has any.
-pub fn check_endpoint(record: &KeyRecord, method: &Method, path: &str) -> Result<(), AuthError> {
+pub(crate) fn check_endpoint(
+    record: &KeyRecord,
+    method: &Method,
+    path: &str,
+) -> Result<(), AuthError> {
     if record.restrictions.allows_endpoint(method, path) {
         Ok(())
     } else {

@@ -20,10 +20,27 @@ use crate::scope::{Scope, Scopes};
 pub struct Principal(Arc<KeyRecord>);
 
 impl Principal {
-    /// The principal of a verified key record.
-    #[must_use]
-    pub fn new(record: Arc<KeyRecord>) -> Self {
+    /// The principal of a verified key record: made by the layer only.
+    pub(crate) fn new(record: Arc<KeyRecord>) -> Self {
         Principal(record)
+    }
+
+    /// A principal that no layer verified, for unit tests of your handlers (which take a
+    /// `Principal`) without a server. Never build one from anything a request carries:
+    /// it is trusted as it is.
+    ///
+    /// ```
+    /// use tower_api_keys::{Environment, Principal, Scope};
+    /// use tower_api_keys::{key::KeyId, record::KeyRecord};
+    ///
+    /// let record = KeyRecord::new(KeyId::new("ak_1"), "ci", "acct_1", Environment::TEST)
+    ///     .with_scopes([Scope::Read]);
+    /// let principal = Principal::for_tests(record);
+    /// assert_eq!(principal.account_id(), "acct_1");
+    /// ```
+    #[must_use]
+    pub fn for_tests(record: KeyRecord) -> Self {
+        Principal(Arc::new(record))
     }
 
     /// The key's public id (`ak_…`).

@@ -158,8 +158,10 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::key::{Environment, KeyFormat};
-    use crate::store::{KeyStore, MemoryStore, NewKey};
+    use crate::key::Environment;
+    use crate::scope::Scopes;
+    use crate::store::{KeyStore, MemoryStore, create_for_test};
+    use crate::verify::KeyVerifier;
 
     /// A memory store whose `touch` hangs while `stalled` is set.
     #[derive(Clone, Default)]
@@ -185,17 +187,12 @@ mod tests {
     #[tokio::test]
     async fn a_flush_cut_short_loses_no_use() {
         let store = Stalling::default();
-        let created = store
-            .store
-            .create(
-                &KeyFormat::new("sk"),
-                NewKey::new("acct", "k", Environment::LIVE),
-            )
+        let created = create_for_test(&store.store, "acct", "k", Environment::LIVE, Scopes::none())
             .await
             .unwrap();
         let record = store
             .store
-            .find_by_hash(&created.key.hash())
+            .verify(&created.key.hash())
             .await
             .unwrap()
             .unwrap();

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::key::KeyHash;
+use crate::key::{KeyHash, KeyId};
 use crate::record::KeyRecord;
 
 /// Finds the key record for a key hash.
@@ -56,6 +56,20 @@ impl<V: KeyVerifier + ?Sized> KeyVerifier for Box<V> {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
         (**self).verify(hash).await
     }
+}
+
+/// What a cache of verified keys forgets when keys change:
+/// [`CachedVerifier`](crate::CachedVerifier) is one. The PostgreSQL store's listener
+/// calls it for changes made on other instances, and
+/// [`KeyManager`](crate::manage::KeyManager) for its own, so neither needs to know the
+/// cache's type.
+pub trait Invalidate: Send + Sync + 'static {
+    /// Forgets every cached answer for key `id`.
+    fn invalidate_key_id(&self, id: &KeyId);
+    /// Forgets every cached answer for the keys of `account_id`.
+    fn invalidate_account(&self, account_id: &str);
+    /// Forgets everything.
+    fn invalidate_all(&self);
 }
 
 /// The verifier could not answer: its backend failed or timed out.

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::create::{NewKey, StoreForTests as _};
 use support::raw_http::{Client, serve};
 use support::temp_db::TempDb;
 use time::OffsetDateTime;
@@ -14,7 +15,7 @@ use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{KeyManager, router_with_scope};
 use tower_api_keys::restriction::Restrictions;
 use tower_api_keys::scope::Scope;
-use tower_api_keys::store::{KeyInfo, KeyStore, NewKey, SqliteStore};
+use tower_api_keys::store::{KeyInfo, KeyStore, SqliteStore};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
 struct Server {

@@ -5,10 +5,11 @@ mod support;
 
 use std::time::Duration;
 
+use support::create::{NewKey, StoreForTests as _};
 use support::raw_http::{Client, serve};
 use support::temp_db::TempDb;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{self, CreateKey, KeyManager};
+use tower_api_keys::manage::{self, KeyManager};
 use tower_api_keys::scope::Scope;
 use tower_api_keys::store::{KeyStore, SqliteStore};
 use tower_api_keys::usage::UsageRecorder;
@@ -44,7 +45,7 @@ async fn server(name: &str, limit: usize) -> Server {
                 .create_for_account(
                     &account,
                     Environment::LIVE,
-                    CreateKey::named(name).scopes(scope),
+                    manage::NewKey::named(name).scopes(scope),
                 )
                 .await
                 .unwrap()
@@ -399,7 +400,6 @@ async fn a_thousand_requests_make_a_handful_of_usage_writes() {
 
 #[tokio::test]
 async fn a_key_never_creates_more_than_it_has_nor_sees_other_environments() {
-    use tower_api_keys::store::NewKey;
     let server = server("bounds", 50).await;
     let format = KeyFormat::new("sk");
     let soon = time::OffsetDateTime::now_utc() + time::Duration::days(1);
@@ -495,7 +495,7 @@ async fn nested_routes_project_callers_and_odd_views() {
     let cache = CachedVerifier::new(store.clone());
     let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
     let admin = |project: Option<&str>| {
-        let mut request = CreateKey::named("admin").scopes(Scope::Admin);
+        let mut request = manage::NewKey::named("admin").scopes(Scope::Admin);
         if let Some(project) = project {
             request = request.project(project);
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http::header::RETRY_AFTER;
+use support::create::StoreForTests as _;
 use support::*;
 use tower_api_keys::store::KeyStore;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};

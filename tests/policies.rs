@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tower_api_keys::client_ip::PeerAddr;
 use tower_api_keys::clock::ManualClock;
 use tower_api_keys::key::{ApiKey, Environment, KeyFormat};
-use tower_api_keys::manage::{self, CreateKey, KeyManager};
+use tower_api_keys::manage::{self, KeyManager, NewKey};
 use tower_api_keys::policy::ProjectFromPath;
 use tower_api_keys::record::AccountStanding;
 use tower_api_keys::restriction::Restrictions;
@@ -47,7 +47,7 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    async fn key(&self, account: &str, request: CreateKey) -> ApiKey {
+    async fn key(&self, account: &str, request: NewKey) -> ApiKey {
         self.manager
             .create_for_account(account, Environment::LIVE, request.scopes(Scope::Admin))
             .await
@@ -80,7 +80,7 @@ fn auth(key: &ApiKey) -> String {
 #[tokio::test]
 async fn past_due_accounts_get_402_after_the_grace_period_and_clearing_takes_effect_at_once() {
     let setup = setup();
-    let key = setup.key("acct_1", CreateKey::named("k")).await;
+    let key = setup.key("acct_1", NewKey::named("k")).await;
     let failed = OffsetDateTime::now_utc() - time::Duration::days(30);
     let clock = Arc::new(ManualClock::new(failed));
     let app = routes()
@@ -145,9 +145,9 @@ async fn past_due_accounts_get_402_after_the_grace_period_and_clearing_takes_eff
 async fn project_locked_keys_only_reach_their_project() {
     let setup = setup();
     let locked = setup
-        .key("acct_1", CreateKey::named("a").project("proj_a"))
+        .key("acct_1", NewKey::named("a").project("proj_a"))
         .await;
-    let free = setup.key("acct_1", CreateKey::named("any")).await;
+    let free = setup.key("acct_1", NewKey::named("any")).await;
     let app = routes()
         .layer(setup.layer().projects(ProjectFromPath::after("projects")))
         .with_state(());
@@ -183,7 +183,7 @@ async fn referrer_and_endpoint_restrictions() {
     let key = setup
         .key(
             "acct_1",
-            CreateKey::named("browser").restrictions(restrictions),
+            NewKey::named("browser").restrictions(restrictions),
         )
         .await;
     let app = routes().layer(setup.layer()).with_state(());
@@ -247,10 +247,10 @@ async fn ip_restrictions_use_the_connection_and_believe_only_trusted_proxies() {
     let loopback =
         Restrictions::none().ips(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
     let far = setup
-        .key("acct_1", CreateKey::named("far").restrictions(elsewhere))
+        .key("acct_1", NewKey::named("far").restrictions(elsewhere))
         .await;
     let near = setup
-        .key("acct_1", CreateKey::named("near").restrictions(loopback))
+        .key("acct_1", NewKey::named("near").restrictions(loopback))
         .await;
 
     let serve = |layer: ApiKeyLayer<MemoryStore>| async move {
@@ -333,7 +333,7 @@ async fn ipv6_peers_and_ranges() {
     let setup = setup();
     let v6 = Restrictions::none().ips(["2001:db8:abcd::/48".parse().unwrap()]);
     let key = setup
-        .key("acct_1", CreateKey::named("v6").restrictions(v6))
+        .key("acct_1", NewKey::named("v6").restrictions(v6))
         .await;
     let app = routes().layer(setup.layer()).with_state(());
     for (peer, status) in [
@@ -351,7 +351,7 @@ async fn ipv6_peers_and_ranges() {
 #[tokio::test]
 async fn restrictions_set_at_creation_and_by_patch_over_http() {
     let setup = setup();
-    let admin = setup.key("acct_1", CreateKey::named("admin")).await;
+    let admin = setup.key("acct_1", NewKey::named("admin")).await;
     let app = routes()
         .nest("/v1/account", manage::router(setup.manager.clone()))
         .layer(setup.layer());
@@ -417,7 +417,7 @@ async fn restrictions_set_at_creation_and_by_patch_over_http() {
 #[tokio::test]
 async fn rotation_keeps_the_old_key_until_the_overlap_ends() {
     let setup = setup();
-    let admin = setup.key("acct_1", CreateKey::named("admin")).await;
+    let admin = setup.key("acct_1", NewKey::named("admin")).await;
     let app = routes()
         .nest("/v1/account", manage::router(setup.manager.clone()))
         .layer(setup.layer());

@@ -14,12 +14,12 @@ use http::Request;
 use support::postgres::{pool_in, schema_pool, url};
 use support::{app, bearer, body_json, get_with, send};
 use time::OffsetDateTime;
-use tower_api_keys::invalidate::RevocationListener;
 use tower_api_keys::key::{ApiKey, Environment, KeyFormat, KeyId};
-use tower_api_keys::manage::{CreateKey, KeyManager};
+use tower_api_keys::manage::{KeyManager, NewKey};
 use tower_api_keys::record::AccountStanding;
 use tower_api_keys::restriction::Restrictions;
 use tower_api_keys::scope::Scope;
+use tower_api_keys::store::RevocationListener;
 use tower_api_keys::store::{KeyChanges, PostgresStore};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
@@ -104,7 +104,7 @@ async fn seen_within_a_second(
 }
 
 /// A key of `acct` made through A, served (and so cached) by both instances.
-async fn cached_on_both(a: &Instance, b: &Instance, request: CreateKey) -> (ApiKey, KeyId) {
+async fn cached_on_both(a: &Instance, b: &Instance, request: NewKey) -> (ApiKey, KeyId) {
     let created = a
         .manager
         .create_for_account("acct", Environment::LIVE, request)
@@ -112,7 +112,7 @@ async fn cached_on_both(a: &Instance, b: &Instance, request: CreateKey) -> (ApiK
         .unwrap();
     for instance in [a, b] {
         assert_eq!(whoami(&instance.app, &created.key).await.0, 200);
-        assert!(instance.cache.get_cached(&created.key.hash()).is_some());
+        assert!(instance.cache.is_cached(&created.key.hash()));
     }
     (created.key, created.info.id)
 }
@@ -122,7 +122,7 @@ async fn rotation_without_overlap_ends_the_old_key_everywhere() {
     let Some((a, b)) = pair("prop_rotate").await else {
         return;
     };
-    let (old, id) = cached_on_both(&a, &b, CreateKey::named("k")).await;
+    let (old, id) = cached_on_both(&a, &b, NewKey::named("k")).await;
     let new = a.manager.rotate("acct", &id, Duration::ZERO).await.unwrap();
     assert_eq!(whoami(&a.app, &old).await, (401, "api_key_revoked".into()));
     seen_within_a_second("rotation", &b.app, &old, (401, "api_key_revoked")).await;
@@ -134,14 +134,14 @@ async fn a_key_whose_overlap_ends_stops_on_every_instance_when_it_ends() {
     let Some((a, b)) = pair("prop_overlap").await else {
         return;
     };
-    let (old, id) = cached_on_both(&a, &b, CreateKey::named("k")).await;
+    let (old, id) = cached_on_both(&a, &b, NewKey::named("k")).await;
     let overlap = Duration::from_millis(1500);
     let rotated_at = Instant::now();
     a.manager.rotate("acct", &id, overlap).await.unwrap();
     // B drops its record (which had no expiry) when told, and serves the old key with
     // its new expiry until the overlap ends.
     let started = Instant::now();
-    while b.cache.get_cached(&old.hash()).is_some() {
+    while b.cache.is_cached(&old.hash()) {
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "B still caches the old record"
@@ -181,7 +181,7 @@ async fn a_reissued_credential_ends_the_previous_one_everywhere() {
     };
     let first = a
         .manager
-        .reissue("acct", Environment::LIVE, CreateKey::named("BOOT"))
+        .reissue("acct", Environment::LIVE, NewKey::named("BOOT"))
         .await
         .unwrap();
     for instance in [&a, &b] {
@@ -189,7 +189,7 @@ async fn a_reissued_credential_ends_the_previous_one_everywhere() {
     }
     let second = a
         .manager
-        .reissue("acct", Environment::LIVE, CreateKey::named("BOOT"))
+        .reissue("acct", Environment::LIVE, NewKey::named("BOOT"))
         .await
         .unwrap();
     seen_within_a_second("reissue", &b.app, &first.key, (401, "api_key_revoked")).await;
@@ -201,8 +201,11 @@ async fn renames_and_restrictions_reach_every_instance() {
     let Some((a, b)) = pair("prop_patch").await else {
         return;
     };
-    let (key, id) = cached_on_both(&a, &b, CreateKey::named("before").scopes(Scope::Read)).await;
-    a.manager.rename("acct", &id, "after").await.unwrap();
+    let (key, id) = cached_on_both(&a, &b, NewKey::named("before").scopes(Scope::Read)).await;
+    a.manager
+        .update("acct", &id, KeyChanges::name("after"))
+        .await
+        .unwrap();
     seen_within_a_second("rename", &b.app, &key, (200, "after")).await;
 
     let fence = Restrictions::none().endpoints(["GET /items".parse().unwrap()]);
@@ -222,7 +225,7 @@ async fn scopes_and_expiry_changes_reach_every_instance() {
     let Some((a, b)) = pair("prop_scopes").await else {
         return;
     };
-    let (key, id) = cached_on_both(&a, &b, CreateKey::named("k").scopes(Scope::Write)).await;
+    let (key, id) = cached_on_both(&a, &b, NewKey::named("k").scopes(Scope::Write)).await;
     let post_items = || {
         Request::post("/items")
             .header("authorization", bearer(&key))
@@ -260,11 +263,11 @@ async fn billing_standing_reaches_every_instance() {
     let Some((a, b)) = pair("prop_standing").await else {
         return;
     };
-    let (key, _) = cached_on_both(&a, &b, CreateKey::named("k")).await;
+    let (key, _) = cached_on_both(&a, &b, NewKey::named("k")).await;
     let (other_account, _) = {
         let created = a
             .manager
-            .create_for_account("acct_other", Environment::LIVE, CreateKey::named("k"))
+            .create_for_account("acct_other", Environment::LIVE, NewKey::named("k"))
             .await
             .unwrap();
         assert_eq!(whoami(&b.app, &created.key).await.0, 200);
@@ -274,7 +277,7 @@ async fn billing_standing_reaches_every_instance() {
     a.manager.set_standing("acct", past_due).await.unwrap();
     seen_within_a_second("standing", &b.app, &key, (402, "payment_required")).await;
     assert!(
-        b.cache.get_cached(&other_account.hash()).is_some(),
+        b.cache.is_cached(&other_account.hash()),
         "another account's keys stay cached"
     );
     a.manager

@@ -17,7 +17,7 @@ use support::temp_db::TempDb;
 use tower::ServiceExt;
 use tower_api_keys::client_ip::PeerAddr;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{self, CreateKey, KeyManager};
+use tower_api_keys::manage::{self, KeyManager, NewKey};
 use tower_api_keys::policy::{EnvironmentByHost, ProjectFromPath};
 use tower_api_keys::record::AccountStanding;
 use tower_api_keys::restriction::Restrictions;
@@ -105,25 +105,25 @@ async fn setup() -> Setup {
     let format = KeyFormat::new("sk");
     let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
     let mut keys = Vec::new();
-    let restricted = |r: Restrictions| CreateKey::named("k").scopes(Scope::Admin).restrictions(r);
+    let restricted = |r: Restrictions| NewKey::named("k").scopes(Scope::Admin).restrictions(r);
     for (name, account, environment, request) in [
         (
             "admin",
             "acct_1",
             Environment::LIVE,
-            CreateKey::named("admin").scopes(Scope::Admin),
+            NewKey::named("admin").scopes(Scope::Admin),
         ),
         (
             "reader",
             "acct_1",
             Environment::LIVE,
-            CreateKey::named("reader").scopes(Scope::Read),
+            NewKey::named("reader").scopes(Scope::Read),
         ),
         (
             "test",
             "acct_1",
             Environment::TEST,
-            CreateKey::named("test").scopes(Scope::Admin),
+            NewKey::named("test").scopes(Scope::Admin),
         ),
         (
             "ip",
@@ -149,19 +149,19 @@ async fn setup() -> Setup {
             "project",
             "acct_3",
             Environment::LIVE,
-            CreateKey::named("project").project("proj_a"),
+            NewKey::named("project").project("proj_a"),
         ),
         (
             "past_due",
             "acct_4",
             Environment::LIVE,
-            CreateKey::named("past due"),
+            NewKey::named("past due"),
         ),
         (
             "never_used",
             "acct_6",
             Environment::LIVE,
-            CreateKey::named("never used"),
+            NewKey::named("never used"),
         ),
     ] {
         let created = manager
@@ -171,7 +171,7 @@ async fn setup() -> Setup {
         keys.push((name, created.key.expose_secret().to_owned()));
     }
     let revoked = manager
-        .create_for_account("acct_5", Environment::LIVE, CreateKey::named("revoked"))
+        .create_for_account("acct_5", Environment::LIVE, NewKey::named("revoked"))
         .await
         .unwrap();
     manager.revoke("acct_5", &revoked.info.id).await.unwrap();
@@ -180,7 +180,7 @@ async fn setup() -> Setup {
         .create_for_account(
             "acct_5",
             Environment::LIVE,
-            CreateKey::named("expired")
+            NewKey::named("expired")
                 .expires_at(time::OffsetDateTime::now_utc() + time::Duration::seconds(1)),
         )
         .await
@@ -464,7 +464,7 @@ async fn keys_of_an_environment_not_issued_here_are_refused() {
         KeyFormat::new("sk"),
     );
     let refused = manager
-        .create_for_account("acct_9", Environment::new("staging"), CreateKey::named("k"))
+        .create_for_account("acct_9", Environment::new("staging"), NewKey::named("k"))
         .await
         .unwrap_err();
     assert_eq!(

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::create::{NewKey, StoreForTests as _};
 use tower_api_keys::CachedVerifier;
-use tower_api_keys::cache::Lookup;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_keys::store::{KeyStore, MemoryStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_key_is_served_unrevoked_after_its_invalidation_returned() {
@@ -34,12 +36,10 @@ async fn no_key_is_served_unrevoked_after_its_invalidation_returned() {
                 tokio::spawn(async move {
                     while Instant::now() < stop {
                         let after_revocation = revoked.load(Ordering::SeqCst);
-                        let found = match cache.get_cached(&hash) {
-                            Some(found) => found,
-                            None => cache.load(hash).await.unwrap(),
-                        };
+                        // What the layer does: the cache, else the verifier.
+                        let found = cache.lookup(&hash).await.unwrap();
                         lookups.fetch_add(1, Ordering::Relaxed);
-                        if let Lookup::Found(record) = found {
+                        if let Some(record) = found {
                             if after_revocation && !record.is_revoked() {
                                 violations.fetch_add(1, Ordering::SeqCst);
                             }

@@ -113,7 +113,7 @@ async fn no_key_or_hash_anywhere_across_every_route_and_rejection() {
     use axum::body::Body;
     use http::Request;
     use tower_api_keys::key::{Environment, KeyFormat};
-    use tower_api_keys::manage::{self, CreateKey, KeyManager};
+    use tower_api_keys::manage::{self, KeyManager, NewKey};
     use tower_api_keys::record::AccountStanding;
     use tower_api_keys::restriction::Restrictions;
     use tower_api_keys::scope::Scope;
@@ -134,7 +134,7 @@ async fn no_key_or_hash_anywhere_across_every_route_and_rejection() {
     let cache = CachedVerifier::new(verifier.clone());
     let format = KeyFormat::new("sk");
     let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
-    let create = |request: CreateKey| {
+    let create = |request: NewKey| {
         let manager = manager.clone();
         async move {
             manager
@@ -143,15 +143,15 @@ async fn no_key_or_hash_anywhere_across_every_route_and_rejection() {
                 .unwrap()
         }
     };
-    let admin = create(CreateKey::named("admin").scopes(Scope::Admin)).await;
-    let reader = create(CreateKey::named("reader").scopes(Scope::Read)).await;
+    let admin = create(NewKey::named("admin").scopes(Scope::Admin)).await;
+    let reader = create(NewKey::named("reader").scopes(Scope::Read)).await;
     let restricted = create(
-        CreateKey::named("restricted")
+        NewKey::named("restricted")
             .scopes(Scope::Admin)
             .restrictions(Restrictions::none().ips(["203.0.113.0/24".parse().unwrap()])),
     )
     .await;
-    let past_due = create(CreateKey::named("past due").scopes(Scope::Admin)).await;
+    let past_due = create(NewKey::named("past due").scopes(Scope::Admin)).await;
     let app = routes()
         .nest("/v1/account", manage::router(manager.clone()))
         .layer(ApiKeyLayer::new(format.clone(), cache.clone()))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use support::raw_http::{KeepAlive, serve};
 use support::temp_db::TempDb;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{self, CreateKey, KeyManager};
+use tower_api_keys::manage::{self, KeyManager, NewKey};
 use tower_api_keys::scope::Scope;
 use tower_api_keys::store::SqliteStore;
 use tower_api_keys::usage::UsageRecorder;
@@ -46,7 +46,7 @@ async fn soak() {
                 .create_for_account(
                     "acct_soak",
                     Environment::LIVE,
-                    CreateKey::named(name).scopes(Scope::Admin),
+                    NewKey::named(name).scopes(Scope::Admin),
                 )
                 .await
                 .unwrap();

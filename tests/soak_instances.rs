@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use support::postgres::{pool_in, schema_pool, url};
 use support::raw_http::{KeepAlive, serve};
-use tower_api_keys::invalidate::RevocationListener;
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::manage::{self, CreateKey, KeyManager};
+use tower_api_keys::manage::{self, KeyManager, NewKey};
 use tower_api_keys::scope::Scope;
 use tower_api_keys::store::PostgresStore;
+use tower_api_keys::store::RevocationListener;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
 /// A key handed to the clients, and when the change that ended it committed.
@@ -304,7 +304,7 @@ async fn soak_across_instances() {
     .create_for_account(
         "acct_soak",
         Environment::LIVE,
-        CreateKey::named("admin").scopes(Scope::Admin),
+        NewKey::named("admin").scopes(Scope::Admin),
     )
     .await
     .unwrap()

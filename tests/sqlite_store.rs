@@ -5,8 +5,9 @@ mod support;
 
 use support::temp_db::TempDb;
 
+use support::create::{NewKey, StoreForTests as _};
 use tower_api_keys::key::{Environment, KeyFormat};
-use tower_api_keys::store::{KeyStore, MemoryStore, NewKey, SqliteStore};
+use tower_api_keys::store::{KeyStore, MemoryStore, SqliteStore};
 
 async fn open(db: &TempDb) -> SqliteStore {
     let store = SqliteStore::open(db.path()).await.unwrap();

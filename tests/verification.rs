@@ -5,6 +5,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use support::create::StoreForTests as _;
 use support::*;
 use tower_api_keys::CachedVerifier;
 use tower_api_keys::key::Environment;

@@ -239,7 +239,7 @@ pub fn filled_cache(
         .build();
     runtime.block_on(async {
         for hash in hashes {
-            cache.load(*hash).await.unwrap();
+            cache.lookup(hash).await.unwrap();
         }
     });
     cache.run_pending_tasks();

@@ -19,7 +19,7 @@ pub(crate) struct Backend {
     pub(crate) usage: UsageRecorder,
     flusher: tokio::task::JoinHandle<()>,
     #[cfg(feature = "postgres")]
-    _revocations: Option<tower_api_keys::invalidate::RevocationListener>,
+    _revocations: Option<tower_api_keys::store::RevocationListener>,
 }
 
 impl Backend {

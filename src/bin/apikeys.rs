@@ -12,9 +12,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tower_api_keys::key::{Environment, KeyFormat, KeyId};
+use tower_api_keys::key::KeyId;
+use tower_api_keys::manage::NewKey;
 use tower_api_keys::scope::Scopes;
-use tower_api_keys::store::{KeyStore, NewKey, SqlStore, StoreError};
+use tower_api_keys::store::{KeyStore, StoreError};
+use tower_api_keys::{CachedVerifier, Environment, KeyFormat, KeyManager, SqlStore};
 
 #[derive(Parser)]
 #[command(name = "apikeys", version, about = "Create, list and revoke API keys")]
@@ -94,6 +96,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         .migrate()
         .await
         .map_err(|e| format!("cannot migrate: {e}"))?;
+    let format = KeyFormat::try_new(&cli.prefix).map_err(|e| e.to_string())?;
+    let environment_of =
+        |tag: &str| Environment::parse(tag).ok_or_else(|| format!("invalid environment {tag:?}"));
+    let manager = |environment: &Environment| {
+        let format = format.clone().with_environment(environment.clone());
+        KeyManager::new(store.clone(), CachedVerifier::new(store.clone()), format)
+    };
     match cli.command {
         Command::Migrate => println!("migrated"),
         Command::Create {
@@ -104,21 +113,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             project,
         } => {
             let scopes: Scopes = scopes.parse().map_err(|e| format!("{e}"))?;
-            let environment = Environment::parse(&environment)
-                .ok_or_else(|| format!("invalid environment {environment:?}"))?;
-            let prefix_ok = !cli.prefix.is_empty()
-                && cli.prefix.len() <= 16
-                && cli.prefix.bytes().all(|b| b.is_ascii_alphanumeric());
-            if !prefix_ok {
-                return Err(format!("invalid prefix {:?}", cli.prefix));
-            }
-            let format = KeyFormat::new(&cli.prefix).with_environment(environment.clone());
-            let mut request = NewKey::new(account, name, environment).scopes(scopes);
+            let environment = environment_of(&environment)?;
+            let mut request = NewKey::named(name).scopes(scopes);
             if let Some(project) = project {
                 request = request.project(project);
             }
-            let created = store
-                .create(&format, request)
+            let created = manager(&environment)
+                .create_for_account(&account, environment, request)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("id={}", created.info.id);
@@ -126,7 +127,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             eprintln!("Store the key now: it cannot be shown again.");
         }
         Command::List { account } => {
-            for key in store.list(&account).await.map_err(|e| e.to_string())? {
+            let keys = manager(&Environment::LIVE).list(&account).await;
+            for key in keys.map_err(|e| e.to_string())? {
                 let last_used = key
                     .last_used_at
                     .map_or_else(|| "never".to_owned(), |at| at.to_string());
@@ -148,7 +150,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no key with id {id}"))?;
-            store
+            manager(&key.environment)
                 .revoke(&key.account_id, &id)
                 .await
                 .map_err(|e| e.to_string())?;

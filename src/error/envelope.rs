@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::{AuthError, ErrorBody, ErrorFormat};
 
-/// The JSON shape around answers. See the [module docs](self).
+/// The JSON shape around answers. See the [error module docs](super).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Envelope {

@@ -1,7 +1,9 @@
-//! Key management: [`KeyManager`] (the domain) and [`KeyRoutes`] / [`router`] (its
-//! HTTP face).
+//! Key management: [`KeyManager`] (the domain: no HTTP, used by the routes and the
+//! `apikeys` CLI alike; its errors in [`ManageError`]) and, with the `axum` feature,
+//! `KeyRoutes` / `router` (its HTTP face, which only translates requests to these
+//! calls and errors to answers).
 //!
-//! | route | does | answers (default [`KeyRoutes`]) |
+//! | route | does | answers (default `KeyRoutes`) |
 //! |---|---|---|
 //! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?, "restrictions"?}` | 201, the key once |
 //! | `GET /api-keys` | list the caller's active keys | 200 `{"data": [...]}` |
@@ -15,15 +17,16 @@
 //! into the request's extensions. The routes act on the caller's account, environment
 //! and project only (another's key is a 404). A key never creates a key with more than
 //! it has: not a scope it lacks, not another project than its own, not a later expiry.
-//! [`KeyRoutes`] shapes the answers: an [`Envelope`], the
+//! `KeyRoutes` shapes the answers: an [`Envelope`](crate::error::Envelope), the
 //! fields of a key, what PATCH and DELETE answer, whether keys can be renamed or
 //! rotated here. Mount
 //! them under any prefix, behind the [`ApiKeyLayer`](crate::ApiKeyLayer):
 //!
 //! ```
+//! # #[cfg(feature = "axum")] {
 //! use axum::Router;
-//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, key::KeyFormat, store::MemoryStore};
-//! use tower_api_keys::manage::{KeyManager, router};
+//! use tower_api_keys::{ApiKeyLayer, CachedVerifier, KeyFormat, KeyManager, MemoryStore};
+//! use tower_api_keys::manage::router;
 //!
 //! let format = KeyFormat::new("sk");
 //! let store = MemoryStore::new();
@@ -32,6 +35,7 @@
 //! let app: Router = Router::new()
 //!     .nest("/v1/account", router(manager))
 //!     .layer(ApiKeyLayer::new(format, cache));
+//! # }
 //! ```
 //!
 //! Errors: 400 `invalid_json`; 422 `invalid_body` (not a JSON object), `invalid_name`
@@ -57,29 +61,29 @@
 //! Revocation does not: any key allowed to manage keys may revoke them. A [`KeyOwner`]
 //! (a signed-in user) may rotate and change any key it manages.
 
+mod error;
+#[cfg(feature = "axum")]
 mod routes;
 
+pub use error::{Invalid, ManageError};
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use routes::{Ack, KeyRoutes, router, router_with_scope};
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
 use crate::cache::CachedVerifier;
 use crate::error::AuthError;
-use crate::error::Envelope;
 use crate::key::{Environment, KeyFormat, KeyId};
 use crate::principal::Principal;
 use crate::record::AccountStanding;
 use crate::restriction::Restrictions;
 use crate::scope::{Scope, Scopes};
-use crate::store::{
-    CreatedKey, KeyChanges, KeyInfo, KeyStore, NewKey, Replacement, StoreError, StoredKey,
-};
+use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore, Replacement, StoredKey};
 use crate::verify::KeyVerifier;
 
 /// The longest key name accepted.
@@ -122,23 +126,27 @@ impl KeyOwner {
     }
 }
 
-/// Creates, lists, renames and revokes keys, keeping the cache in step. Cheap to clone.
+/// Creates, lists, changes, rotates and revokes keys, keeping the cache in step. Cheap
+/// to clone; configure it with the methods that take and return it, before or after
+/// cloning.
 pub struct KeyManager<S, V> {
-    inner: Arc<ManagerInner<S, V>>,
+    parts: Arc<Parts<S, V>>,
+    scopes: Arc<[Scope]>,
+    id_prefix: Arc<str>,
 }
 
-struct ManagerInner<S, V> {
+struct Parts<S, V> {
     store: S,
     cache: CachedVerifier<V>,
     format: KeyFormat,
-    scopes: Vec<Scope>,
-    id_prefix: Box<str>,
 }
 
 impl<S, V> Clone for KeyManager<S, V> {
     fn clone(&self) -> Self {
         KeyManager {
-            inner: Arc::clone(&self.inner),
+            parts: Arc::clone(&self.parts),
+            scopes: Arc::clone(&self.scopes),
+            id_prefix: Arc::clone(&self.id_prefix),
         }
     }
 }
@@ -146,17 +154,19 @@ impl<S, V> Clone for KeyManager<S, V> {
 impl<S, V> fmt::Debug for KeyManager<S, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyManager")
-            .field("format", &self.inner.format)
-            .field("scopes", &self.inner.scopes)
-            .field("id_prefix", &self.inner.id_prefix)
+            .field("format", &self.parts.format)
+            .field("scopes", &self.scopes)
+            .field("id_prefix", &self.id_prefix)
             .finish_non_exhaustive()
     }
 }
 
-/// What a caller asks for when creating a key.
-#[derive(Debug, Clone, Default)]
+/// A key to create: the one request type of every way to create a key (an API key's
+/// request, a [`KeyOwner`]'s, an operator's, a reissue). The account and environment
+/// come from the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CreateKey {
+pub struct NewKey {
     /// The key's name (required, at most [`MAX_NAME_LEN`] characters).
     pub name: String,
     /// Its scopes; `None`: the creator's own.
@@ -169,11 +179,11 @@ pub struct CreateKey {
     pub restrictions: Option<Restrictions>,
 }
 
-impl CreateKey {
+impl NewKey {
     /// A key named `name`, with the creator's scopes.
     #[must_use]
     pub fn named(name: impl Into<String>) -> Self {
-        CreateKey {
+        NewKey {
             name: name.into(),
             ..Self::default()
         }
@@ -205,131 +215,6 @@ impl CreateKey {
     pub fn restrictions(mut self, restrictions: Restrictions) -> Self {
         self.restrictions = Some(restrictions);
         self
-    }
-}
-
-/// Why a management request was refused. Each variant has a status and a stable code.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ManageError {
-    /// The body is not JSON (400 `invalid_json`).
-    #[error("the request body is not valid JSON")]
-    InvalidJson,
-    /// A field is missing or wrong (422, with `code` naming the field's rule).
-    #[error("{message}")]
-    Invalid {
-        /// `invalid_body`, `invalid_name`, `rename_not_allowed`, `invalid_scope`, `invalid_project`,
-        /// `invalid_expiry`, `invalid_environment`, `invalid_restrictions` or
-        /// `invalid_overlap`.
-        code: &'static str,
-        /// What is wrong, for humans.
-        message: String,
-    },
-    /// The caller asked for a scope it does not hold (403 `insufficient_scope`).
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// No such key in the caller's account (404 `api_key_not_found`).
-    #[error("no such API key")]
-    NotFound,
-    /// A key asked for the secret of (or to change) a key broader than itself (403
-    /// `key_exceeds_caller`): rotating or changing a key with a scope the caller lacks,
-    /// a later expiry (or none, when the caller expires), other restrictions than a
-    /// restricted caller's, or another project. Nothing changed.
-    #[error(
-        "the key has {what} that the key making the request lacks; a key cannot obtain a secret broader than itself"
-    )]
-    ExceedsCaller {
-        /// What the key has more of: `another account`, `another environment`,
-        /// `a scope`, `a later expiry`, `other restrictions` or `another project`.
-        what: &'static str,
-    },
-    /// The account has its maximum of active keys in the key's environment (409
-    /// `api_key_limit_reached`).
-    #[error(
-        "the account already has {limit} active API keys in this environment; revoke one first"
-    )]
-    LimitReached {
-        /// The limit.
-        limit: usize,
-    },
-    /// The store failed (503 `store_unavailable`).
-    #[error("the key store is unavailable")]
-    Unavailable(#[source] StoreError),
-}
-
-impl From<StoreError> for ManageError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::NotFound => ManageError::NotFound,
-            StoreError::LimitReached { limit } => ManageError::LimitReached { limit },
-            other => ManageError::Unavailable(other),
-        }
-    }
-}
-
-impl ManageError {
-    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ManageError::Invalid {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The HTTP status.
-    #[must_use]
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ManageError::InvalidJson => StatusCode::BAD_REQUEST,
-            ManageError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ManageError::Auth(error) => error.status(),
-            ManageError::NotFound => StatusCode::NOT_FOUND,
-            ManageError::ExceedsCaller { .. } => StatusCode::FORBIDDEN,
-            ManageError::LimitReached { .. } => StatusCode::CONFLICT,
-            ManageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// The stable code.
-    #[must_use]
-    pub fn code(&self) -> &'static str {
-        match self {
-            ManageError::InvalidJson => "invalid_json",
-            ManageError::Invalid { code, .. } => code,
-            ManageError::Auth(error) => error.code(),
-            ManageError::NotFound => "api_key_not_found",
-            ManageError::ExceedsCaller { .. } => "key_exceeds_caller",
-            ManageError::LimitReached { .. } => "api_key_limit_reached",
-            ManageError::Unavailable(_) => "store_unavailable",
-        }
-    }
-}
-
-impl ManageError {
-    /// The response, with the body in `envelope`. An [`AuthError`] keeps its default
-    /// rendering (and its challenge), which an enclosing layer re-renders its own way.
-    #[must_use]
-    pub fn respond(self, envelope: Envelope) -> Response {
-        match self {
-            ManageError::Auth(error) => return error.into_response(),
-            ManageError::Unavailable(ref error) => {
-                tracing::error!(%error, "key store failed");
-            }
-            _ => {}
-        }
-        let message = match &self {
-            ManageError::Unavailable(_) => {
-                "The key store is unavailable. Retry shortly.".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let body = envelope.error(self.code(), &message);
-        (self.status(), axum::Json(body)).into_response()
-    }
-}
-
-impl IntoResponse for ManageError {
-    fn into_response(self) -> Response {
-        self.respond(Envelope::Plain)
     }
 }
 
@@ -366,42 +251,71 @@ pub fn check_within(caller: &Principal, key: &KeyInfo) -> Result<(), ManageError
     Ok(())
 }
 
+/// A key as it will be stored, before its secret is generated.
+struct KeySpec {
+    account_id: String,
+    environment: Environment,
+    name: String,
+    scopes: Scopes,
+    project_id: Option<String>,
+    expires_at: Option<OffsetDateTime>,
+    restrictions: Restrictions,
+}
+
+impl KeySpec {
+    /// The spec of a key as it is (for rotation).
+    fn of(key: KeyInfo) -> Self {
+        KeySpec {
+            account_id: key.account_id,
+            environment: key.environment,
+            name: key.name,
+            scopes: key.scopes,
+            project_id: key.project_id,
+            expires_at: key.expires_at,
+            restrictions: key.restrictions,
+        }
+    }
+}
+
 /// A key for an account, as an operator (or a [`KeyOwner`]) asks for it: a valid name,
 /// an expiry in the future, the asked scopes (or none) and restrictions.
 fn account_key(
     account_id: &str,
     environment: Environment,
-    request: CreateKey,
-) -> Result<NewKey, ManageError> {
+    request: NewKey,
+) -> Result<KeySpec, ManageError> {
     let name = check_name(&request.name)?;
     if request
         .expires_at
         .is_some_and(|at| at <= OffsetDateTime::now_utc())
     {
         return Err(ManageError::invalid(
-            "invalid_expiry",
+            Invalid::Expiry,
             "expires_at must be in the future",
         ));
     }
-    let mut new = NewKey::new(account_id, name, environment)
-        .scopes(request.scopes.unwrap_or_default())
-        .restrictions(request.restrictions.unwrap_or_default());
-    new.project_id = request.project_id;
-    new.expires_at = request.expires_at;
-    Ok(new)
+    Ok(KeySpec {
+        account_id: account_id.to_owned(),
+        environment,
+        name,
+        scopes: request.scopes.unwrap_or_default(),
+        project_id: request.project_id,
+        expires_at: request.expires_at,
+        restrictions: request.restrictions.unwrap_or_default(),
+    })
 }
 
 fn check_name(name: &str) -> Result<String, ManageError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(ManageError::invalid(
-            "invalid_name",
+            Invalid::Name,
             "name must not be empty",
         ));
     }
     if name.chars().count() > MAX_NAME_LEN {
         return Err(ManageError::invalid(
-            "invalid_name",
+            Invalid::Name,
             format!("name must be at most {MAX_NAME_LEN} characters"),
         ));
     }
@@ -410,52 +324,50 @@ fn check_name(name: &str) -> Result<String, ManageError> {
 
 impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
     /// A manager creating keys of `format` in `store`, invalidating `cache` (the one the
-    /// layer uses) on revocation. New keys may carry `read`, `write` and `admin`.
+    /// layer uses) on every change. New keys may carry `read`, `write` and `admin`.
     pub fn new(store: S, cache: CachedVerifier<V>, format: KeyFormat) -> Self {
         KeyManager {
-            inner: Arc::new(ManagerInner {
+            parts: Arc::new(Parts {
                 store,
                 cache,
                 format,
-                scopes: vec![Scope::Read, Scope::Write, Scope::Admin],
-                id_prefix: KeyId::DEFAULT_PREFIX.into(),
             }),
+            scopes: Arc::new([Scope::Read, Scope::Write, Scope::Admin]),
+            id_prefix: KeyId::DEFAULT_PREFIX.into(),
         }
     }
 
     /// Also lets new keys carry `scope` (a custom scope of your API).
     #[must_use]
     pub fn allow_scope(mut self, scope: Scope) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).expect("configure the manager before cloning it");
-        if !inner.scopes.contains(&scope) {
-            inner.scopes.push(scope);
+        if !self.scopes.contains(&scope) {
+            let mut scopes = self.scopes.to_vec();
+            scopes.push(scope);
+            self.scopes = scopes.into();
         }
         self
     }
 
     /// Gives new keys ids starting with `{prefix}_` instead of `ak_` (`key` or `key_`
     /// for `key_…`); an empty prefix gives bare ids. Ids of existing keys do not change.
-    ///
-    /// # Panics
-    /// If the manager was cloned already: configure it first.
     #[must_use]
     pub fn id_prefix(mut self, prefix: &str) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).expect("configure the manager before cloning it");
-        inner.id_prefix = prefix.trim_end_matches('_').into();
+        self.id_prefix = prefix.trim_end_matches('_').into();
         self
     }
 
     /// The store.
     pub fn store(&self) -> &S {
-        &self.inner.store
+        &self.parts.store
     }
 
     /// Creates a key for `creator`'s account and environment. The plaintext is in the
-    /// result, once.
+    /// result, once. A key never creates a key with more than it has: not a scope it
+    /// lacks, not another project, not a later expiry, not other restrictions.
     pub async fn create(
         &self,
         creator: &Principal,
-        request: CreateKey,
+        request: NewKey,
     ) -> Result<CreatedKey, ManageError> {
         let name = check_name(&request.name)?;
         let scopes = match request.scopes {
@@ -477,13 +389,13 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let expires_at = match (request.expires_at, creator.record().expires_at) {
             (Some(at), _) if at <= OffsetDateTime::now_utc() => {
                 return Err(ManageError::invalid(
-                    "invalid_expiry",
+                    Invalid::Expiry,
                     "expires_at must be in the future",
                 ));
             }
             (Some(at), Some(limit)) if at > limit => {
                 return Err(ManageError::invalid(
-                    "invalid_expiry",
+                    Invalid::Expiry,
                     "expires_at must not be later than the expiry of the key making the request",
                 ));
             }
@@ -493,7 +405,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let project_id = match (request.project_id, creator.project_id()) {
             (Some(asked), Some(own)) if asked != own => {
                 return Err(ManageError::invalid(
-                    "invalid_project",
+                    Invalid::Project,
                     "a key locked to a project can only create keys for that project",
                 ));
             }
@@ -503,54 +415,63 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let restrictions = match request.restrictions {
             Some(asked) if !own.is_empty() && asked != *own => {
                 return Err(ManageError::invalid(
-                    "invalid_restrictions",
+                    Invalid::Restrictions,
                     "a restricted key can only create keys with its own restrictions",
                 ));
             }
             asked => asked.unwrap_or_else(|| own.clone()),
         };
-        let mut new = NewKey::new(creator.account_id(), name, creator.environment().clone())
-            .scopes(scopes)
-            .restrictions(restrictions);
-        new.project_id = project_id;
-        new.expires_at = expires_at;
-        self.insert(new, None).await
+        let spec = KeySpec {
+            account_id: creator.account_id().to_owned(),
+            environment: creator.environment().clone(),
+            name,
+            scopes,
+            project_id,
+            expires_at,
+            restrictions,
+        };
+        self.insert(spec, None).await
     }
 
     /// Generates the key, stores it (ending the key it replaces, if any), and returns
-    /// the plaintext once.
+    /// the plaintext once: the one place in the crate where a key is made.
     async fn insert(
         &self,
-        new: NewKey,
+        spec: KeySpec,
         replaces: Option<Replacement>,
     ) -> Result<CreatedKey, ManageError> {
-        let format = &self.inner.format;
-        if !format.environments().contains(&new.environment) {
+        let format = &self.parts.format;
+        if !format.environments().contains(&spec.environment) {
             return Err(ManageError::invalid(
-                "invalid_environment",
+                Invalid::Environment,
                 format!(
                     "keys of environment {:?} are not issued here",
-                    new.environment.as_str()
+                    spec.environment.as_str()
                 ),
             ));
         }
-        let key = format.generate(&new.environment);
-        let mut stored = StoredKey::new(format, &key, new);
-        stored.id = KeyId::generate_with_prefix(&self.inner.id_prefix);
+        let key = format.generate(&spec.environment);
+        let mut stored = StoredKey::new(format, &key, spec.account_id, spec.environment, spec.name);
+        stored.id = KeyId::generate_with_prefix(&self.id_prefix);
+        stored.scopes = spec.scopes;
+        stored.project_id = spec.project_id;
+        stored.expires_at = spec.expires_at;
+        stored.restrictions = spec.restrictions;
         stored.replaces = replaces;
-        let info = self.inner.store.insert(stored).await?;
+        let info = self.parts.store.insert(stored).await?;
         Ok(CreatedKey::new(key, info))
     }
 
-    /// Creates a key for an account directly: for bootstrapping and operator tools.
+    /// Creates a key for an account directly: for bootstrapping and operator tools
+    /// (the `apikeys` CLI).
     pub async fn create_for_account(
         &self,
         account_id: &str,
         environment: Environment,
-        request: CreateKey,
+        request: NewKey,
     ) -> Result<CreatedKey, ManageError> {
-        let new = account_key(account_id, environment, request)?;
-        self.insert(new, None).await
+        let spec = account_key(account_id, environment, request)?;
+        self.insert(spec, None).await
     }
 
     /// Creates a key for a [`KeyOwner`] (a dashboard session, say): in its account and
@@ -559,7 +480,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
     pub async fn create_for_owner(
         &self,
         owner: &KeyOwner,
-        mut request: CreateKey,
+        mut request: NewKey,
     ) -> Result<CreatedKey, ManageError> {
         if let Some(scopes) = &request.scopes {
             self.check_known(scopes)?;
@@ -567,7 +488,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         match (&request.project_id, &owner.project_id) {
             (Some(asked), Some(own)) if asked != own => {
                 return Err(ManageError::invalid(
-                    "invalid_project",
+                    Invalid::Project,
                     "keys created here are locked to this project",
                 ));
             }
@@ -588,16 +509,16 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         &self,
         account_id: &str,
         environment: Environment,
-        request: CreateKey,
+        request: NewKey,
     ) -> Result<CreatedKey, ManageError> {
-        let new = account_key(account_id, environment, request)?;
+        let spec = account_key(account_id, environment, request)?;
         let previous: Vec<KeyId> = self
             .list(account_id)
             .await?
             .into_iter()
             .filter(|key| {
-                key.name == new.name
-                    && key.environment == new.environment
+                key.name == spec.name
+                    && key.environment == spec.environment
                     && key.revoked_at.is_none()
             })
             .map(|key| key.id)
@@ -605,9 +526,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let replaces = previous
             .first()
             .map(|id| Replacement::new(id.clone(), OffsetDateTime::now_utc()));
-        let created = self.insert(new, replaces).await?;
+        let created = self.insert(spec, replaces).await?;
         if let Some((replaced, others)) = previous.split_first() {
-            self.inner.cache.invalidate_key_id(replaced);
+            self.parts.cache.invalidate_key_id(replaced);
             for id in others {
                 self.revoke(account_id, id).await?;
             }
@@ -616,12 +537,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
     }
 
     fn check_known(&self, scopes: &Scopes) -> Result<(), ManageError> {
-        match scopes
-            .iter()
-            .find(|scope| !self.inner.scopes.contains(scope))
-        {
+        match scopes.iter().find(|scope| !self.scopes.contains(scope)) {
             Some(unknown) => Err(ManageError::invalid(
-                "invalid_scope",
+                Invalid::Scope,
                 format!("unknown scope {:?}", unknown.as_str()),
             )),
             None => Ok(()),
@@ -630,27 +548,16 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
 
     /// The account's active keys.
     pub async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, ManageError> {
-        Ok(self.inner.store.list(account_id).await?)
+        Ok(self.parts.store.list(account_id).await?)
     }
 
     /// One key of the account.
     pub async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, ManageError> {
-        Ok(self.inner.store.get(account_id, id).await?)
-    }
-
-    /// Renames a key.
-    pub async fn rename(
-        &self,
-        account_id: &str,
-        id: &KeyId,
-        name: &str,
-    ) -> Result<KeyInfo, ManageError> {
-        self.update(account_id, id, KeyChanges::name(name)).await
+        Ok(self.parts.store.get(account_id, id).await?)
     }
 
     /// Changes a key's name, restrictions, scopes and/or expiry, effective for the next
-    /// request (on other instances through their
-    /// [`RevocationListener`](crate::invalidate::RevocationListener)).
+    /// request (on other instances through their `RevocationListener`).
     pub async fn update(
         &self,
         account_id: &str,
@@ -663,10 +570,31 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         if let Some(scopes) = &changes.scopes {
             self.check_known(scopes)?;
         }
-        let info = self.inner.store.update(account_id, id, &changes).await?;
+        let info = self.parts.store.update(account_id, id, &changes).await?;
         // The cached record carries every field that can change.
-        self.inner.cache.invalidate_key_id(id);
+        self.parts.cache.invalidate_key_id(id);
         Ok(info)
+    }
+
+    /// Changes a key for `caller`, an API key of the same account: like
+    /// [`update`](Self::update), but only a key that `caller` could have created itself
+    /// (see [`check_within`]), and a restricted caller cannot change restrictions (else
+    /// 403 `key_exceeds_caller` or 422 `invalid_restrictions`; nothing changes).
+    pub async fn update_for(
+        &self,
+        caller: &Principal,
+        id: &KeyId,
+        changes: KeyChanges,
+    ) -> Result<KeyInfo, ManageError> {
+        if changes.restrictions.is_some() && !caller.record().restrictions.is_empty() {
+            return Err(ManageError::invalid(
+                Invalid::Restrictions,
+                "a restricted key cannot change restrictions",
+            ));
+        }
+        let key = self.parts.store.get(caller.account_id(), id).await?;
+        check_within(caller, &key)?;
+        self.update(caller.account_id(), id, changes).await
     }
 
     /// Rotates a key: a new key with the same name, scopes, project, restrictions,
@@ -705,31 +633,29 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         overlap: Duration,
         allowed: impl FnOnce(&KeyInfo) -> Result<(), ManageError>,
     ) -> Result<CreatedKey, ManageError> {
-        let old = self.inner.store.get(account_id, id).await?;
+        let old = self.parts.store.get(account_id, id).await?;
         if old.revoked_at.is_some() {
             return Err(ManageError::NotFound);
         }
         allowed(&old)?;
-        let mut new = NewKey::new(account_id, old.name, old.environment)
-            .scopes(old.scopes)
-            .restrictions(old.restrictions);
-        new.project_id = old.project_id;
-        new.expires_at = old.expires_at;
         let overlap = time::Duration::try_from(overlap).unwrap_or(time::Duration::MAX);
         let ends_at = OffsetDateTime::now_utc().saturating_add(overlap);
         let created = self
-            .insert(new, Some(Replacement::new(id.clone(), ends_at)))
+            .insert(
+                KeySpec::of(old),
+                Some(Replacement::new(id.clone(), ends_at)),
+            )
             .await?;
-        self.inner.cache.invalidate_key_id(id);
+        self.parts.cache.invalidate_key_id(id);
         Ok(created)
     }
 
     /// Revokes a key (idempotent); the next request with it is refused on this
     /// instance whatever the cache TTL, and on others through their
-    /// [`RevocationListener`](crate::invalidate::RevocationListener).
+    /// `RevocationListener`.
     pub async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, ManageError> {
-        let info = self.inner.store.revoke(account_id, id).await?;
-        self.inner.cache.invalidate_key_id(id);
+        let info = self.parts.store.revoke(account_id, id).await?;
+        self.parts.cache.invalidate_key_id(id);
         Ok(info)
     }
 
@@ -739,8 +665,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         account_id: &str,
         standing: AccountStanding,
     ) -> Result<(), ManageError> {
-        self.inner.store.set_standing(account_id, standing).await?;
-        self.inner.cache.invalidate_account(account_id);
+        self.parts.store.set_standing(account_id, standing).await?;
+        self.parts.cache.invalidate_account(account_id);
         Ok(())
     }
 }
@@ -767,12 +693,9 @@ mod tests {
             .with_scopes([Scope::Admin]);
         let caller = Principal::new(Arc::new(caller_record));
         let key = |account: &str, environment: Environment| {
-            StoredKey::new(
-                &KeyFormat::new("sk").with_environment(Environment::TEST),
-                &KeyFormat::new("sk").generate(&Environment::LIVE),
-                NewKey::new(account, "k", environment).scopes([Scope::Read]),
-            )
-            .info()
+            let mut key = KeyInfo::for_test(account, environment);
+            key.scopes = Scope::Read.into();
+            key
         };
         assert!(check_within(&caller, &key("acct", Environment::TEST)).is_ok());
         let code = |key| check_within(&caller, &key).map_err(|e| (e.code(), e.to_string()));

@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{CreateKey, KeyManager, KeyOwner, ManageError};
-use crate::error::Envelope;
+use super::{Invalid, KeyManager, KeyOwner, ManageError, NewKey};
+use crate::error::{Envelope, ErrorResponder};
 use crate::key::{Environment, KeyId};
 use crate::principal::{Principal, require};
 use crate::restriction::Restrictions;
@@ -255,31 +255,37 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
 
 type Routes<S, V> = State<Arc<KeyRoutes<S, V>>>;
 
-/// Who is managing keys: an API key or a [`KeyOwner`].
-enum Caller {
+/// Who is managing keys: an API key or a [`KeyOwner`], and how the layer in front
+/// renders authentication errors.
+struct Caller {
+    who: Who,
+    responder: Option<Arc<ErrorResponder>>,
+}
+
+enum Who {
     Key(Principal),
     Owner(KeyOwner),
 }
 
 impl Caller {
     fn account_id(&self) -> &str {
-        match self {
-            Caller::Key(principal) => principal.account_id(),
-            Caller::Owner(owner) => &owner.account_id,
+        match &self.who {
+            Who::Key(principal) => principal.account_id(),
+            Who::Owner(owner) => &owner.account_id,
         }
     }
 
     fn environment(&self) -> &Environment {
-        match self {
-            Caller::Key(principal) => principal.environment(),
-            Caller::Owner(owner) => &owner.environment,
+        match &self.who {
+            Who::Key(principal) => principal.environment(),
+            Who::Owner(owner) => &owner.environment,
         }
     }
 
     fn project_id(&self) -> Option<&str> {
-        match self {
-            Caller::Key(principal) => principal.project_id(),
-            Caller::Owner(owner) => owner.project_id.as_deref(),
+        match &self.who {
+            Who::Key(principal) => principal.project_id(),
+            Who::Owner(owner) => owner.project_id.as_deref(),
         }
     }
 
@@ -301,14 +307,19 @@ impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Cal
         parts: &mut Parts,
         routes: &Arc<KeyRoutes<S, V>>,
     ) -> Result<Self, Self::Rejection> {
+        let responder = ErrorResponder::in_extensions(&parts.extensions);
         if parts.extensions.get::<Principal>().is_none() {
             if let Some(owner) = parts.extensions.get::<KeyOwner>() {
-                return Ok(Caller::Owner(owner.clone()));
+                let who = Who::Owner(owner.clone());
+                return Ok(Caller { who, responder });
             }
         }
-        require(&parts.extensions, routes.scope.as_ref())
-            .map(Caller::Key)
-            .map_err(IntoResponse::into_response)
+        let principal = require(&parts.extensions, routes.scope.as_ref())
+            .map_err(IntoResponse::into_response)?;
+        Ok(Caller {
+            who: Who::Key(principal),
+            responder,
+        })
     }
 }
 
@@ -336,7 +347,7 @@ fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ManageErro
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(_) => Err(ManageError::invalid(
-            "invalid_body",
+            Invalid::Body,
             "the body must be a JSON object",
         )),
         Err(_) => Err(ManageError::InvalidJson),
@@ -346,15 +357,12 @@ fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ManageErro
 fn name_field(fields: &serde_json::Map<String, Value>) -> Result<&str, ManageError> {
     match fields.get("name") {
         Some(Value::String(name)) => Ok(name),
-        Some(_) => Err(ManageError::invalid(
-            "invalid_name",
-            "name must be a string",
-        )),
-        None => Err(ManageError::invalid("invalid_name", "name is required")),
+        Some(_) => Err(ManageError::invalid(Invalid::Name, "name must be a string")),
+        None => Err(ManageError::invalid(Invalid::Name, "name is required")),
     }
 }
 
-fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, ManageError> {
+fn create_request(fields: &serde_json::Map<String, Value>) -> Result<NewKey, ManageError> {
     let name = name_field(fields)?.to_owned();
     let scopes = match fields.get("scopes") {
         None | Some(Value::Null) => None,
@@ -365,13 +373,13 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, 
                     .as_str()
                     .and_then(|s| s.parse::<Scope>().ok())
                     .ok_or_else(|| {
-                        ManageError::invalid("invalid_scope", format!("invalid scope {item}"))
+                        ManageError::invalid(Invalid::Scope, format!("invalid scope {item}"))
                     })?;
                 scopes.push(scope);
             }
             if scopes.is_empty() {
                 return Err(ManageError::invalid(
-                    "invalid_scope",
+                    Invalid::Scope,
                     "scopes must not be empty",
                 ));
             }
@@ -379,7 +387,7 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, 
         }
         Some(_) => {
             return Err(ManageError::invalid(
-                "invalid_scope",
+                Invalid::Scope,
                 "scopes must be an array of strings",
             ));
         }
@@ -391,7 +399,7 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, 
         }
         Some(_) => {
             return Err(ManageError::invalid(
-                "invalid_project",
+                Invalid::Project,
                 "project_id must be a non-empty string",
             ));
         }
@@ -400,17 +408,17 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<CreateKey, 
         None | Some(Value::Null) => None,
         Some(Value::String(at)) => Some(
             OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(
-                |_| ManageError::invalid("invalid_expiry", "expires_at must be an RFC 3339 time"),
+                |_| ManageError::invalid(Invalid::Expiry, "expires_at must be an RFC 3339 time"),
             )?,
         ),
         Some(_) => {
             return Err(ManageError::invalid(
-                "invalid_expiry",
+                Invalid::Expiry,
                 "expires_at must be an RFC 3339 time",
             ));
         }
     };
-    Ok(CreateKey {
+    Ok(NewKey {
         name,
         scopes,
         project_id,
@@ -427,16 +435,36 @@ fn restrictions_field(
         Some(Value::Null) => Ok(Some(Restrictions::none())),
         Some(value) => serde_json::from_value(value.clone())
             .map(Some)
-            .map_err(|error| ManageError::invalid("invalid_restrictions", error.to_string())),
+            .map_err(|error| ManageError::invalid(Invalid::Restrictions, error.to_string())),
     }
 }
 
-/// Runs a handler body, rendering its error in the routes' envelope.
+/// Runs a handler body, rendering its error in the routes' envelope (an
+/// authentication error in the format of the layer in front).
 fn answer(
     routes: &KeyRoutes<impl Sized, impl Sized>,
+    caller: &Caller,
     result: Result<Response, ManageError>,
 ) -> Response {
-    result.unwrap_or_else(|error| error.respond(routes.envelope))
+    result.unwrap_or_else(|error| respond(error, routes.envelope, caller.responder.as_deref()))
+}
+
+/// The response for `error`: its status, and its code and message in `envelope`; an
+/// [`AuthError`](crate::AuthError) as `layer` renders it (with its challenge).
+fn respond(error: ManageError, envelope: Envelope, layer: Option<&ErrorResponder>) -> Response {
+    match &error {
+        ManageError::Auth(auth) => return ErrorResponder::respond_with(layer, auth),
+        ManageError::Unavailable(cause) => tracing::error!(error = %cause, "key store failed"),
+        _ => {}
+    }
+    let body = envelope.error(error.code(), &error.public_message());
+    (error.status(), axum::Json(body)).into_response()
+}
+
+impl IntoResponse for ManageError {
+    fn into_response(self) -> Response {
+        respond(self, Envelope::Plain, None)
+    }
 }
 
 /// The caller's key `id`, or `NotFound`.
@@ -459,13 +487,13 @@ async fn create<S: KeyStore, V: KeyVerifier>(
 ) -> Response {
     let result = async {
         let request = create_request(&parse_body(&body)?)?;
-        let created = match &caller {
-            Caller::Key(principal) => routes.manager.create(principal, request).await?,
-            Caller::Owner(owner) => routes.manager.create_for_owner(owner, request).await?,
+        let created = match &caller.who {
+            Who::Key(principal) => routes.manager.create(principal, request).await?,
+            Who::Owner(owner) => routes.manager.create_for_owner(owner, request).await?,
         };
         Ok(routes.created(&created, None))
     };
-    answer(&routes, result.await)
+    answer(&routes, &caller, result.await)
 }
 
 async fn list<S: KeyStore, V: KeyVerifier>(
@@ -481,7 +509,7 @@ async fn list<S: KeyStore, V: KeyVerifier>(
             .collect();
         Ok(axum::Json(routes.envelope.list(items)).into_response())
     };
-    answer(&routes, result.await)
+    answer(&routes, &caller, result.await)
 }
 
 async fn get_one<S: KeyStore, V: KeyVerifier>(
@@ -493,7 +521,7 @@ async fn get_one<S: KeyStore, V: KeyVerifier>(
         let key = owned(&routes, &caller, &id).await?;
         Ok(axum::Json(routes.envelope.data((routes.key_view)(&key))).into_response())
     };
-    answer(&routes, result.await)
+    answer(&routes, &caller, result.await)
 }
 
 async fn update<S: KeyStore, V: KeyVerifier>(
@@ -508,42 +536,36 @@ async fn update<S: KeyStore, V: KeyVerifier>(
         if fields.contains_key("name") {
             if !routes.renames {
                 return Err(ManageError::invalid(
-                    "rename_not_allowed",
+                    Invalid::RenameNotAllowed,
                     "keys cannot be renamed; create a new key instead",
                 ));
             }
             changes.name = Some(name_field(&fields)?.to_owned());
         }
         if let Some(restrictions) = restrictions_field(&fields)? {
-            if let Caller::Key(principal) = &caller {
-                if !principal.record().restrictions.is_empty() {
-                    return Err(ManageError::invalid(
-                        "invalid_restrictions",
-                        "a restricted key cannot change restrictions",
-                    ));
-                }
-            }
             changes = changes.restrictions(restrictions);
         }
         if changes.is_empty() {
             return Err(ManageError::invalid(
-                "invalid_body",
+                Invalid::Body,
                 "give a new name and/or restrictions",
             ));
         }
-        let key = owned(&routes, &caller, &id).await?;
-        // A key changes only keys it could have created itself (it could otherwise lift
-        // the restrictions of a broader key).
-        if let Caller::Key(principal) = &caller {
-            super::check_within(principal, &key)?;
-        }
-        let key = routes
-            .manager
-            .update(caller.account_id(), &id, changes)
-            .await?;
+        owned(&routes, &caller, &id).await?;
+        let key = match &caller.who {
+            // A key changes only keys it could have created itself (it could otherwise
+            // lift the restrictions of a broader key).
+            Who::Key(principal) => routes.manager.update_for(principal, &id, changes).await?,
+            Who::Owner(owner) => {
+                routes
+                    .manager
+                    .update(&owner.account_id, &id, changes)
+                    .await?
+            }
+        };
         Ok(routes.ack(&routes.updated, &key))
     };
-    answer(&routes, result.await)
+    answer(&routes, &caller, result.await)
 }
 
 async fn rotate<S: KeyStore, V: KeyVerifier>(
@@ -561,7 +583,7 @@ async fn rotate<S: KeyStore, V: KeyVerifier>(
                 Some(value) => value.as_u64().filter(|s| *s <= 90 * 24 * 3600).ok_or_else(
                     || {
                         ManageError::invalid(
-                            "invalid_overlap",
+                            Invalid::Overlap,
                             "overlap_seconds must be a whole number of seconds, at most 90 days",
                         )
                     },
@@ -570,9 +592,9 @@ async fn rotate<S: KeyStore, V: KeyVerifier>(
         };
         owned(&routes, &caller, &id).await?;
         let overlap = Duration::from_secs(overlap);
-        let created = match &caller {
-            Caller::Key(principal) => routes.manager.rotate_for(principal, &id, overlap).await?,
-            Caller::Owner(_) => {
+        let created = match &caller.who {
+            Who::Key(principal) => routes.manager.rotate_for(principal, &id, overlap).await?,
+            Who::Owner(_) => {
                 routes
                     .manager
                     .rotate(caller.account_id(), &id, overlap)
@@ -581,7 +603,7 @@ async fn rotate<S: KeyStore, V: KeyVerifier>(
         };
         Ok(routes.created(&created, Some(&id)))
     };
-    answer(&routes, result.await)
+    answer(&routes, &caller, result.await)
 }
 
 async fn revoke<S: KeyStore, V: KeyVerifier>(
@@ -594,7 +616,7 @@ async fn revoke<S: KeyStore, V: KeyVerifier>(
         let key = routes.manager.revoke(caller.account_id(), &id).await?;
         Ok(routes.ack(&routes.revoked, &key))
     };
-    answer(&routes, result.await)
+    answer(&routes, &caller, result.await)
 }
 
 #[cfg(test)]

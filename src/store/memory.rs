@@ -82,7 +82,7 @@ impl KeyStore for MemoryStore {
         let replaceable = |keys: &Keys, id: &KeyId| {
             keys.by_id
                 .get(id)
-                .is_some_and(|old| old.account_id == key.key.account_id && old.revoked_at.is_none())
+                .is_some_and(|old| old.account_id == key.account_id && old.revoked_at.is_none())
         };
         if replaced.is_some_and(|id| !replaceable(&keys, id)) {
             return Err(StoreError::NotFound);
@@ -92,8 +92,8 @@ impl KeyStore for MemoryStore {
             .by_id
             .values()
             .filter(|info| {
-                info.account_id == key.key.account_id
-                    && info.environment == key.key.environment
+                info.account_id == key.account_id
+                    && info.environment == key.environment
                     && info.revoked_at.is_none()
                     && info.expires_at.is_none_or(|at| at > now)
                     && Some(&info.id) != replaced
@@ -160,22 +160,6 @@ impl KeyStore for MemoryStore {
         Ok(info.clone())
     }
 
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        let keys = self.keys();
-        Ok(keys
-            .by_hash
-            .get(hash.as_bytes())
-            .and_then(|id| keys.by_id.get(id))
-            .map(|info| {
-                let standing = keys
-                    .standings
-                    .get(&info.account_id)
-                    .copied()
-                    .unwrap_or_default();
-                info.to_record().with_standing(standing)
-            }))
-    }
-
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
         let mut keys = self.keys();
         for (id, at) in used {
@@ -216,39 +200,49 @@ impl KeyStore for MemoryStore {
 #[async_trait]
 impl KeyVerifier for MemoryStore {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
-        self.find_by_hash(hash).await.map_err(VerifyError::backend)
+        let keys = self.keys();
+        Ok(keys
+            .by_hash
+            .get(hash.as_bytes())
+            .and_then(|id| keys.by_id.get(id))
+            .map(|info| {
+                let standing = keys
+                    .standings
+                    .get(&info.account_id)
+                    .copied()
+                    .unwrap_or_default();
+                info.to_record().with_standing(standing)
+            }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{Environment, KeyFormat};
-    use crate::scope::Scope;
-    use crate::store::NewKey;
+    use crate::key::Environment;
+    use crate::scope::{Scope, Scopes};
+    use crate::store::{CreatedKey, KeyChanges, create_for_test};
 
-    fn format() -> KeyFormat {
-        KeyFormat::new("sk")
+    async fn create(
+        store: &MemoryStore,
+        account: &str,
+        name: &str,
+        environment: Environment,
+        scopes: impl Into<Scopes>,
+    ) -> Result<CreatedKey, StoreError> {
+        create_for_test(store, account, name, environment, scopes.into()).await
     }
 
     #[tokio::test]
     async fn create_stores_the_hash_and_returns_the_key_once() {
         let store = MemoryStore::new();
-        let created = store
-            .create(
-                &format(),
-                NewKey::new("a", "ci", Environment::LIVE).scopes([Scope::Read]),
-            )
+        let created = create(&store, "a", "ci", Environment::LIVE, [Scope::Read])
             .await
             .unwrap();
         assert!(created.key.expose_secret().starts_with("sk_live_"));
         assert_eq!(created.info.prefix, "sk_live");
         assert_eq!(created.info.hint, created.key.hint());
-        let record = store
-            .find_by_hash(&created.key.hash())
-            .await
-            .unwrap()
-            .unwrap();
+        let record = store.verify(&created.key.hash()).await.unwrap().unwrap();
         assert_eq!(record.id, created.info.id);
         assert_eq!(record.scopes, Scope::Read.into());
         let listed = serde_json::to_string(&store.list("a").await.unwrap()).unwrap();
@@ -259,27 +253,23 @@ mod tests {
     #[tokio::test]
     async fn the_active_key_limit_counts_only_active_keys() {
         let store = MemoryStore::new().with_active_key_limit(2);
-        let new = || NewKey::new("a", "k", Environment::TEST);
-        let first = store.create(&format(), new()).await.unwrap();
-        store.create(&format(), new()).await.unwrap();
+        let new = |account| create(&store, account, "k", Environment::TEST, Scopes::none());
+        let first = new("a").await.unwrap();
+        new("a").await.unwrap();
         assert!(matches!(
-            store.create(&format(), new()).await,
+            new("a").await,
             Err(StoreError::LimitReached { limit: 2 })
         ));
         // Another account has its own limit.
-        store
-            .create(&format(), NewKey::new("b", "k", Environment::TEST))
-            .await
-            .unwrap();
+        new("b").await.unwrap();
         store.revoke("a", &first.info.id).await.unwrap();
-        store.create(&format(), new()).await.unwrap();
+        new("a").await.unwrap();
     }
 
     #[tokio::test]
     async fn other_accounts_keys_are_not_found() {
         let store = MemoryStore::new();
-        let key = store
-            .create(&format(), NewKey::new("a", "k", Environment::LIVE))
+        let key = create(&store, "a", "k", Environment::LIVE, Scopes::none())
             .await
             .unwrap();
         let id = &key.info.id;
@@ -288,7 +278,7 @@ mod tests {
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            store.rename("b", id, "x").await,
+            store.update("b", id, &KeyChanges::name("x")).await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
@@ -302,12 +292,18 @@ mod tests {
     #[tokio::test]
     async fn rename_revoke_and_touch() {
         let store = MemoryStore::new();
-        let key = store
-            .create(&format(), NewKey::new("a", "old", Environment::LIVE))
+        let key = create(&store, "a", "old", Environment::LIVE, Scopes::none())
             .await
             .unwrap();
         let id = &key.info.id;
-        assert_eq!(store.rename("a", id, "new").await.unwrap().name, "new");
+        assert_eq!(
+            store
+                .update("a", id, &KeyChanges::name("new"))
+                .await
+                .unwrap()
+                .name,
+            "new"
+        );
 
         let at = OffsetDateTime::now_utc();
         store.touch(&[(id.clone(), at)]).await.unwrap();
@@ -319,7 +315,7 @@ mod tests {
         assert!(store.list("a").await.unwrap().is_empty());
         assert!(
             store
-                .find_by_hash(&key.key.hash())
+                .verify(&key.key.hash())
                 .await
                 .unwrap()
                 .unwrap()

@@ -1,24 +1,35 @@
 //! Where keys live: the [`KeyStore`] trait and its implementations.
 //!
 //! A store keeps, per key, its id, owner, name, scopes, environment, times and the
-//! SHA-256 [`KeyHash`], never the key. [`KeyStore::create`] generates a key, stores its
-//! hash and hands the plaintext back once, in [`CreatedKey`]. Every store is also a
+//! SHA-256 [`KeyHash`], never the key. Keys are created through
+//! [`KeyManager`](crate::manage::KeyManager), which generates the key, hands the store a
+//! [`StoredKey`] (no plaintext) and returns the plaintext once. Every store is also a
 //! [`KeyVerifier`], so it can sit behind the layer directly.
 //!
+//! | store | feature | for |
+//! |---|---|---|
+//! | [`MemoryStore`] | always | tests, examples, one process |
+//! | [`SqliteStore`] | `sqlite` (default) | one instance, embedded |
+//! | [`PostgresStore`] | `postgres` | many instances; changes reach each one's cache through a [`RevocationListener`] |
+//! | [`SqlStore`] | `sqlite` or `postgres` | either, chosen by `DATABASE_URL` |
+//!
+//! The SQL stores share their statements, row decoding and binding (module `sql`); each
+//! dialect holds only what differs.
+//!
 //! ```
-//! use tower_api_keys::key::{Environment, KeyFormat};
-//! use tower_api_keys::scope::Scope;
-//! use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_keys::{CachedVerifier, Environment, KeyFormat, KeyManager, MemoryStore, Scope};
+//! use tower_api_keys::manage::NewKey;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let store = MemoryStore::new();
-//! let created = store
-//!     .create(&KeyFormat::new("sk"), NewKey::new("acct_1", "CI key", Environment::LIVE).scopes([Scope::Write]))
+//! let manager = KeyManager::new(store.clone(), CachedVerifier::new(store), KeyFormat::new("sk"));
+//! let created = manager
+//!     .create_for_account("acct_1", Environment::LIVE, NewKey::named("CI key").scopes([Scope::Write]))
 //!     .await
 //!     .unwrap();
 //! println!("shown once: {}", created.key.expose_secret());
 //!
-//! let listed = store.list("acct_1").await.unwrap();
+//! let listed = manager.list("acct_1").await.unwrap();
 //! assert_eq!(listed[0].hint, created.key.hint());
 //! # }
 //! ```
@@ -49,10 +60,6 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.revoke(account_id, id).await
             }
-            async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-                let $this = self;
-                $target.find_by_hash(hash).await
-            }
             async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
                 let $this = self;
                 $target.touch(used).await
@@ -74,25 +81,19 @@ macro_rules! forward_key_store {
 }
 
 mod memory;
-#[cfg(feature = "postgres")]
-mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod sql_store;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 pub use memory::MemoryStore;
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use postgres::{DEFAULT_REVOCATION_CHANNEL, PostgresStore};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use sql_store::SqlStore;
+pub use sql::SqlStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use sql::postgres::{DEFAULT_REVOCATION_CHANNEL, PostgresStore, RevocationListener};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use sqlite::SqliteStore;
+pub use sql::sqlite::SqliteStore;
 
 use std::error::Error;
 
@@ -109,74 +110,6 @@ use crate::verify::KeyVerifier;
 /// The default most active keys per account and environment (revoked and expired keys
 /// do not count).
 pub const DEFAULT_ACTIVE_KEY_LIMIT: usize = 50;
-
-/// What to create: owner, name, scopes, environment, project, expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NewKey {
-    /// The owning account.
-    pub account_id: String,
-    /// A human name.
-    pub name: String,
-    /// The key's scopes.
-    pub scopes: Scopes,
-    /// The key's environment.
-    pub environment: Environment,
-    /// The project the key is locked to, if any.
-    pub project_id: Option<String>,
-    /// When the key stops working, if ever.
-    pub expires_at: Option<OffsetDateTime>,
-    /// Where and for what the key may be used.
-    pub restrictions: Restrictions,
-}
-
-impl NewKey {
-    /// A key with no scopes, no project and no expiry.
-    #[must_use]
-    pub fn new(
-        account_id: impl Into<String>,
-        name: impl Into<String>,
-        environment: Environment,
-    ) -> Self {
-        NewKey {
-            account_id: account_id.into(),
-            name: name.into(),
-            scopes: Scopes::none(),
-            environment,
-            project_id: None,
-            expires_at: None,
-            restrictions: Restrictions::none(),
-        }
-    }
-
-    /// Sets the scopes.
-    #[must_use]
-    pub fn scopes(mut self, scopes: impl Into<Scopes>) -> Self {
-        self.scopes = scopes.into();
-        self
-    }
-
-    /// Locks the key to a project.
-    #[must_use]
-    pub fn project(mut self, project_id: impl Into<String>) -> Self {
-        self.project_id = Some(project_id.into());
-        self
-    }
-
-    /// Sets an expiry.
-    #[must_use]
-    pub fn expires_at(mut self, at: OffsetDateTime) -> Self {
-        self.expires_at = Some(at);
-        self
-    }
-
-    /// Sets restrictions.
-    #[must_use]
-    pub fn restrictions(mut self, restrictions: Restrictions) -> Self {
-        self.restrictions = restrictions;
-        self
-    }
-}
 
 /// The key a new key replaces (rotation): it stops working at `ends_at`, in the same
 /// transaction that creates the new key, and does not count against the active-key
@@ -270,8 +203,8 @@ impl KeyChanges {
     }
 }
 
-/// A new key as the store receives it: the request plus id, hash, hint and prefix. No
-/// plaintext.
+/// A new key as the store receives it from [`KeyManager`](crate::manage::KeyManager):
+/// what it is and what it may do, its hash, hint and prefix. No plaintext.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct StoredKey {
@@ -285,23 +218,50 @@ pub struct StoredKey {
     pub prefix: String,
     /// When it was created.
     pub created_at: OffsetDateTime,
-    /// What was asked for.
-    pub key: NewKey,
+    /// The owning account.
+    pub account_id: String,
+    /// The key's environment.
+    pub environment: Environment,
+    /// A human name.
+    pub name: String,
+    /// The key's scopes.
+    pub scopes: Scopes,
+    /// The project the key is locked to, if any.
+    pub project_id: Option<String>,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Where and for what the key may be used.
+    pub restrictions: Restrictions,
     /// The key this one replaces, if it is a rotation.
     pub replaces: Option<Replacement>,
 }
 
 impl StoredKey {
-    /// Describes a freshly generated `key`.
+    /// Describes `key`, a key of `format` just generated for `account_id` in
+    /// `environment`, named `name`: no scopes, project, expiry or restrictions, a fresh
+    /// `ak_` id. What [`KeyManager`](crate::manage::KeyManager) hands a store (after
+    /// setting the rest); public for the tests of stores of your own.
     #[must_use]
-    pub fn new(format: &KeyFormat, key: &ApiKey, request: NewKey) -> Self {
+    pub fn new(
+        format: &KeyFormat,
+        key: &ApiKey,
+        account_id: impl Into<String>,
+        environment: Environment,
+        name: impl Into<String>,
+    ) -> Self {
         StoredKey {
             id: KeyId::generate(),
             hash: key.hash(),
             hint: key.hint(),
-            prefix: format.display_prefix(&request.environment),
+            prefix: format.display_prefix(&environment),
             created_at: now_in_millis(),
-            key: request,
+            account_id: account_id.into(),
+            environment,
+            name: name.into(),
+            scopes: Scopes::none(),
+            project_id: None,
+            expires_at: None,
+            restrictions: Restrictions::none(),
             replaces: None,
         }
     }
@@ -311,18 +271,18 @@ impl StoredKey {
     pub fn info(&self) -> KeyInfo {
         KeyInfo {
             id: self.id.clone(),
-            name: self.key.name.clone(),
-            account_id: self.key.account_id.clone(),
-            project_id: self.key.project_id.clone(),
+            name: self.name.clone(),
+            account_id: self.account_id.clone(),
+            project_id: self.project_id.clone(),
             hint: self.hint.clone(),
             prefix: self.prefix.clone(),
-            environment: self.key.environment.clone(),
-            scopes: self.key.scopes.clone(),
+            environment: self.environment.clone(),
+            scopes: self.scopes.clone(),
             created_at: self.created_at,
             last_used_at: None,
-            expires_at: self.key.expires_at,
+            expires_at: self.expires_at,
             revoked_at: None,
-            restrictions: self.key.restrictions.clone(),
+            restrictions: self.restrictions.clone(),
         }
     }
 }
@@ -388,7 +348,7 @@ impl KeyInfo {
     }
 }
 
-/// A key and its plaintext, returned once by [`KeyStore::create`].
+/// A key and its plaintext, returned once when it is created or rotated.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct CreatedKey {
@@ -444,7 +404,8 @@ impl<S: KeyStore + ?Sized> TouchLastUsed for S {
 ///
 /// Every method that names a key also names the account: a key of another account is
 /// [`StoreError::NotFound`], exactly like a key that does not exist. (Only
-/// [`find_by_id`](Self::find_by_id), for operator tools, does not.)
+/// [`find_by_id`](Self::find_by_id), for operator tools, does not.) The lookup by hash,
+/// revoked and expired keys included, is the [`KeyVerifier`] every store also is.
 #[async_trait]
 pub trait KeyStore: KeyVerifier {
     /// Stores a new key, unless its account already has its maximum of active keys in
@@ -469,27 +430,14 @@ pub trait KeyStore: KeyVerifier {
         changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError>;
 
-    /// Renames a key.
-    async fn rename(
-        &self,
-        account_id: &str,
-        id: &KeyId,
-        name: &str,
-    ) -> Result<KeyInfo, StoreError> {
-        self.update(account_id, id, &KeyChanges::name(name)).await
-    }
-
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation
     /// time.
     ///
     /// Stores shared by many instances publish every change that affects verification
     /// (insert with a replacement, update, revoke, set_standing) in the same
-    /// transaction, so that every instance's cache drops it: see
-    /// [`PostgresStore`].
+    /// transaction, so that every instance's cache drops it: see `PostgresStore`
+    /// (feature `postgres`).
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
-
-    /// The record of the key with this hash, revoked and expired keys included.
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Records when keys were last used (a batch, from the usage recorder); one
     /// statement per batch in the SQL stores.
@@ -509,13 +457,46 @@ pub trait KeyStore: KeyVerifier {
         account_id: &str,
         standing: AccountStanding,
     ) -> Result<(), StoreError>;
-
-    /// Generates a key of `format`, stores its hash, and returns the plaintext once.
-    async fn create(&self, format: &KeyFormat, request: NewKey) -> Result<CreatedKey, StoreError> {
-        let key = format.generate(&request.environment);
-        let info = self.insert(StoredKey::new(format, &key, request)).await?;
-        Ok(CreatedKey { key, info })
-    }
 }
 
 forward_key_store!([impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S>] |this| (**this));
+
+#[cfg(test)]
+impl KeyInfo {
+    /// A key of `account_id` in `environment`, with nothing else, for unit tests.
+    pub(crate) fn for_test(account_id: &str, environment: Environment) -> Self {
+        KeyInfo {
+            id: KeyId::new("ak_test"),
+            name: "k".into(),
+            account_id: account_id.into(),
+            project_id: None,
+            hint: "abcd".into(),
+            prefix: "sk_test".into(),
+            environment,
+            scopes: Scopes::none(),
+            created_at: now_in_millis(),
+            last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
+            restrictions: Restrictions::none(),
+        }
+    }
+}
+
+/// Creates a key directly in `store`, for the stores' own unit tests (everything else
+/// creates keys through [`KeyManager`](crate::manage::KeyManager)).
+#[cfg(test)]
+pub(crate) async fn create_for_test<S: KeyStore + ?Sized>(
+    store: &S,
+    account_id: &str,
+    name: &str,
+    environment: Environment,
+    scopes: Scopes,
+) -> Result<CreatedKey, StoreError> {
+    let format = KeyFormat::new("sk");
+    let key = format.generate(&environment);
+    let mut stored = StoredKey::new(&format, &key, account_id, environment, name);
+    stored.scopes = scopes;
+    let info = store.insert(stored).await?;
+    Ok(CreatedKey::new(key, info))
+}

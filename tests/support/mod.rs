@@ -1,6 +1,7 @@
 //! Shared fixtures for the behaviour tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod create;
 #[cfg(feature = "sqlite")]
 pub mod example_server;
 #[cfg(feature = "postgres")]
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use self::create::{NewKey, StoreForTests as _};
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
@@ -24,7 +26,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_api_keys::key::{ApiKey, Environment, KeyFormat, KeyHash};
 use tower_api_keys::scope::{Read, Scope, Write};
-use tower_api_keys::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_keys::store::{KeyStore, MemoryStore};
 use tower_api_keys::{
     ApiKeyLayer, CachedVerifier, KeyRecord, KeyVerifier, Principal, RequireScope, VerifyError,
 };

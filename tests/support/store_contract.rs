@@ -1,10 +1,11 @@
 //! What every `KeyStore` must do, run against each implementation.
 
+use super::create::{NewKey, StoreForTests as _};
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
 use tower_api_keys::record::AccountStanding;
 use tower_api_keys::restriction::Restrictions;
 use tower_api_keys::scope::Scope;
-use tower_api_keys::store::{KeyChanges, KeyStore, NewKey, Replacement, StoreError, StoredKey};
+use tower_api_keys::store::{KeyChanges, KeyStore, Replacement, StoreError, StoredKey};
 
 fn format() -> KeyFormat {
     KeyFormat::new("sk")
@@ -54,7 +55,7 @@ pub async fn race_to_the_limit<S: KeyStore + Clone>(store: S) {
 }
 
 /// Create, find, list, rename, revoke, touch, standing, account isolation.
-pub async fn basics<S: KeyStore>(store: S) {
+pub async fn basics<S: KeyStore + Clone>(store: S) {
     let created = store
         .create(
             &format(),
@@ -242,7 +243,7 @@ pub async fn basics<S: KeyStore>(store: S) {
 
 /// Rotation: the new key takes the old one's slot (works at the limit), the old one
 /// ends as asked, atomically; an inactive old key is `NotFound` and nothing is written.
-pub async fn replacement<S: KeyStore>(store: S) {
+pub async fn replacement<S: KeyStore + Clone>(store: S) {
     let account = "acct_rotate";
     let mut old = Vec::new();
     for i in 0..50 {
@@ -258,11 +259,7 @@ pub async fn replacement<S: KeyStore>(store: S) {
     }
     let rotate = |id: &KeyId, ends_at| {
         let key = format().generate(&Environment::LIVE);
-        let mut stored = StoredKey::new(
-            &format(),
-            &key,
-            NewKey::new(account, "k0", Environment::LIVE),
-        );
+        let mut stored = StoredKey::new(&format(), &key, account, Environment::LIVE, "k0");
         stored.replaces = Some(Replacement::new(id.clone(), ends_at));
         stored
     };
@@ -308,7 +305,7 @@ pub async fn replacement<S: KeyStore>(store: S) {
 
 /// The active-key limit (50) counts per account *and environment*, and keys past their
 /// expiry do not count.
-pub async fn limit_per_environment<S: KeyStore>(store: S) {
+pub async fn limit_per_environment<S: KeyStore + Clone>(store: S) {
     let account = "acct_envs";
     let format = format();
     let create = |name: String, environment: Environment| {

@@ -1,9 +1,9 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
+use crate::store::{KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::verify::{KeyVerifier, VerifyError};
 
 /// A SQL store chosen at run time by URL: `postgres://…` (feature `postgres`) or a
@@ -23,10 +23,10 @@ use crate::verify::{KeyVerifier, VerifyError};
 pub enum SqlStore {
     /// An embedded SQLite file.
     #[cfg(feature = "sqlite")]
-    Sqlite(super::SqliteStore),
+    Sqlite(super::sqlite::SqliteStore),
     /// A PostgreSQL database.
     #[cfg(feature = "postgres")]
-    Postgres(super::PostgresStore),
+    Postgres(super::postgres::PostgresStore),
 }
 
 impl SqlStore {
@@ -56,7 +56,7 @@ impl SqlStore {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             return Ok(SqlStore::Postgres(
-                super::PostgresStore::connect(url).await?,
+                super::postgres::PostgresStore::connect(url).await?,
             ));
             #[cfg(not(feature = "postgres"))]
             return Err(StoreError::Backend(
@@ -64,7 +64,9 @@ impl SqlStore {
             ));
         }
         #[cfg(feature = "sqlite")]
-        return Ok(SqlStore::Sqlite(super::SqliteStore::open(url).await?));
+        return Ok(SqlStore::Sqlite(
+            super::sqlite::SqliteStore::open(url).await?,
+        ));
         #[cfg(not(feature = "sqlite"))]
         return Err(StoreError::Backend(
             "a SQLite path needs the `sqlite` feature of tower-api-keys".into(),
@@ -81,13 +83,13 @@ impl SqlStore {
         }
     }
 
-    /// With PostgreSQL, starts the [`RevocationListener`](crate::invalidate::RevocationListener)
+    /// With PostgreSQL, starts the [`RevocationListener`](super::postgres::RevocationListener)
     /// for `cache`; with SQLite (one instance) there is nothing to listen to.
     #[cfg(feature = "postgres")]
-    pub fn listen_for_revocations<V: KeyVerifier>(
+    pub fn listen_for_revocations(
         &self,
-        cache: crate::CachedVerifier<V>,
-    ) -> Option<crate::invalidate::RevocationListener> {
+        cache: impl crate::verify::Invalidate,
+    ) -> Option<super::postgres::RevocationListener> {
         match self {
             #[cfg(feature = "sqlite")]
             SqlStore::Sqlite(_) => None,

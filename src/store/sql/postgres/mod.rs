@@ -1,3 +1,11 @@
+//! The dialect for many instances: PostgreSQL, with `NOTIFY` in the transaction of
+//! every change that affects verification, and the [`RevocationListener`] that hears
+//! it on each instance.
+
+mod listener;
+
+pub use listener::RevocationListener;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -6,19 +14,25 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::sql::{
-    AFTER_KEY_COLUMNS, KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend,
-    grace_days, restrictions_json,
+use self::listener::Notice;
+use super::{
+    AFTER_KEY_COLUMNS, COUNT_ACTIVE_KEYS, Dialect, END_REPLACED_KEY_NOW, ENSURE_ACCOUNT,
+    FIND_KEY_BY_HASH, FIND_KEY_BY_ID, GET_KEY, GET_STANDING, LIST_KEYS, MIGRATIONS_TABLE, Query,
+    REVOKE_KEY, SET_STANDING, backend, bind_new_key, end_replaced_key_later_sql, insert_key_sql,
+    read_key, read_standing, restrictions_json, update_key_sql,
 };
-use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
-use crate::cache::CachedVerifier;
-use crate::invalidate::{Notice, RevocationListener};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
 use crate::scope::Scopes;
-use crate::verify::{KeyVerifier, VerifyError};
+use crate::store::{
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+};
+use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../../../migrations/postgres/0001_init.sql"),
+)];
 /// Serialises concurrent `migrate` calls from several instances.
 const MIGRATION_LOCK: i64 = 0x7a_70_69_6b_65_79_73;
 /// The default LISTEN/NOTIFY channel for revocations.
@@ -55,26 +69,44 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-fn key_columns(row: &PgRow) -> Result<KeyColumns, sqlx::Error> {
-    Ok(KeyColumns {
-        id: row.try_get(0)?,
-        account_id: row.try_get(1)?,
-        project_id: row.try_get(2)?,
-        name: row.try_get(3)?,
-        hint: row.try_get(4)?,
-        prefix: row.try_get(5)?,
-        environment: row.try_get(6)?,
-        scopes: row.try_get(7)?,
-        created_at: row.try_get(8)?,
-        last_used_at: row.try_get(9)?,
-        expires_at: row.try_get(10)?,
-        revoked_at: row.try_get(11)?,
-        restrictions: row.try_get(12)?,
-    })
+/// PostgreSQL: `TIMESTAMPTZ`, `JSONB`.
+pub(crate) struct PostgresDialect;
+
+impl Dialect for PostgresDialect {
+    type Db = Postgres;
+    const JSON_PARAM: &'static str = "$n::jsonb";
+    const LEAST: &'static str = "LEAST";
+
+    fn bind_text<'q>(query: Query<'q, Postgres>, value: Option<&'q str>) -> Query<'q, Postgres> {
+        query.bind(value)
+    }
+
+    fn bind_bytes<'q>(query: Query<'q, Postgres>, value: &'q [u8]) -> Query<'q, Postgres> {
+        query.bind(value)
+    }
+
+    fn bind_time<'q>(
+        query: Query<'q, Postgres>,
+        value: Option<OffsetDateTime>,
+    ) -> Query<'q, Postgres> {
+        query.bind(value)
+    }
+
+    fn text(row: &PgRow, index: usize) -> Result<Option<String>, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    fn time(row: &PgRow, index: usize) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    fn int(row: &PgRow, index: usize) -> Result<i64, sqlx::Error> {
+        row.try_get::<i32, _>(index).map(i64::from)
+    }
 }
 
 fn key_info(row: &PgRow) -> Result<KeyInfo, StoreError> {
-    key_columns(row).map_err(backend)?.into_info()
+    read_key::<PostgresDialect>(row)
 }
 
 impl PostgresStore {
@@ -127,10 +159,7 @@ impl PostgresStore {
 
     /// Starts a background task that drops revoked keys from `cache` as other instances
     /// (or this one) revoke them. See [`RevocationListener`].
-    pub fn listen_for_revocations<V: KeyVerifier>(
-        &self,
-        cache: CachedVerifier<V>,
-    ) -> RevocationListener {
+    pub fn listen_for_revocations(&self, cache: impl Invalidate) -> RevocationListener {
         RevocationListener::spawn(self.pool.clone(), self.channel.to_string(), cache)
     }
 
@@ -195,29 +224,30 @@ impl KeyStore for PostgresStore {
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // The account row is the lock: concurrent creates for one account queue here.
-        sqlx::query("INSERT INTO accounts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-            .bind(&key.key.account_id)
+        sqlx::query(ENSURE_ACCOUNT)
+            .bind(&key.account_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
-            .bind(&key.key.account_id)
+            .bind(&key.account_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         // The old key first: a rotation of a key that is not active is NotFound,
         // whatever the count. (An error rolls the whole transaction back.)
         if let Some(replacement) = &key.replaces {
+            let later;
             let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
-                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL"
+                END_REPLACED_KEY_NOW
             } else {
-                "UPDATE api_keys SET expires_at = LEAST(COALESCE(expires_at, $1), $1) \
-                 WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL"
+                later = end_replaced_key_later_sql::<PostgresDialect>();
+                &later
             };
             let ended = sqlx::query(sql)
                 .bind(replacement.ends_at)
                 .bind(replacement.id.as_str())
-                .bind(&key.key.account_id)
+                .bind(&key.account_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
@@ -228,64 +258,47 @@ impl KeyStore for PostgresStore {
                 .await?;
         }
         let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = $1 AND environment = $2 \
-             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) AND id <> $4",
-        )
-        .bind(&key.key.account_id)
-        .bind(key.key.environment.as_str())
-        .bind(OffsetDateTime::now_utc())
-        .bind(replaced)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
+            .bind(&key.account_id)
+            .bind(key.environment.as_str())
+            .bind(OffsetDateTime::now_utc())
+            .bind(replaced)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
         if active >= self.limit as i64 {
             return Err(StoreError::LimitReached { limit: self.limit });
         }
-        sqlx::query(
-            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at, restrictions) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
-        )
-        .bind(key.id.as_str())
-        .bind(&key.key.account_id)
-        .bind(&key.key.project_id)
-        .bind(&key.key.name)
-        .bind(&key.hash.as_bytes()[..])
-        .bind(&key.hint)
-        .bind(&key.prefix)
-        .bind(key.key.environment.as_str())
-        .bind(key.key.scopes.to_space_separated())
-        .bind(key.created_at)
-        .bind(key.key.expires_at)
-        .bind(restrictions_json(&key.key.restrictions))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let (scopes, restrictions) = (
+            key.scopes.to_space_separated(),
+            restrictions_json(&key.restrictions),
+        );
+        let insert = insert_key_sql::<PostgresDialect>();
+        bind_new_key::<PostgresDialect>(sqlx::query(&insert), &key, &scopes, &restrictions)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(key.info())
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.account_id = $1 AND k.revoked_at IS NULL ORDER BY k.created_at, k.id"
-        ))
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(LIST_KEYS)
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.iter().map(key_info).collect()
     }
 
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = $1 AND k.account_id = $2"
-        ))
-        .bind(id.as_str())
-        .bind(account_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(GET_KEY)
+            .bind(id.as_str())
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
         key_info(&row)
     }
 
@@ -296,22 +309,19 @@ impl KeyStore for PostgresStore {
         changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let row = sqlx::query(&format!(
-            "UPDATE api_keys SET name = COALESCE($3, name), restrictions = COALESCE($4::jsonb, restrictions), \
-             scopes = COALESCE($5, scopes), expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END \
-             WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING {RETURNING_COLUMNS}"
-        ))
-        .bind(id.as_str())
-        .bind(account_id)
-        .bind(changes.name.as_deref())
-        .bind(changes.restrictions.as_ref().map(restrictions_json))
-        .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
-        .bind(changes.expires_at.is_some())
-        .bind(changes.expires_at.flatten())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
+        let update = update_key_sql::<PostgresDialect>();
+        let row = sqlx::query(&update)
+            .bind(id.as_str())
+            .bind(account_id)
+            .bind(changes.name.as_deref())
+            .bind(changes.restrictions.as_ref().map(restrictions_json))
+            .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
+            .bind(changes.expires_at.is_some())
+            .bind(changes.expires_at.flatten())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
         self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
         key_info(&row)
@@ -319,41 +329,17 @@ impl KeyStore for PostgresStore {
 
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let row = sqlx::query(&format!(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3) \
-             WHERE id = $1 AND account_id = $2 RETURNING {RETURNING_COLUMNS}"
-        ))
-        .bind(id.as_str())
-        .bind(account_id)
-        .bind(super::now_in_millis())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(REVOKE_KEY)
+            .bind(id.as_str())
+            .bind(account_id)
+            .bind(crate::store::now_in_millis())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
         self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
         key_info(&row)
-    }
-
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS}, a.past_due_since, a.grace_days FROM api_keys k \
-             JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = $1"
-        ))
-        .bind(&hash.as_bytes()[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let standing = AccountStanding {
-            past_due_since: row.try_get(AFTER_KEY_COLUMNS).map_err(backend)?,
-            grace_days: grace_days(
-                row.try_get::<i32, _>(AFTER_KEY_COLUMNS + 1)
-                    .map_err(backend)?
-                    .into(),
-            ),
-        };
-        Ok(Some(key_info(&row)?.to_record().with_standing(standing)))
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -375,29 +361,24 @@ impl KeyStore for PostgresStore {
     }
 
     async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = $1"
-        ))
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(FIND_KEY_BY_ID)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(key_info).transpose()
     }
 
     async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
-        let row = sqlx::query("SELECT past_due_since, grace_days FROM accounts WHERE id = $1")
+        let row = sqlx::query(GET_STANDING)
             .bind(account_id)
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        let Some(row) = row else {
-            return Ok(AccountStanding::default());
-        };
-        Ok(AccountStanding {
-            past_due_since: row.try_get(0).map_err(backend)?,
-            grace_days: grace_days(row.try_get::<i32, _>(1).map_err(backend)?.into()),
-        })
+        match row {
+            Some(row) => read_standing::<PostgresDialect>(&row, 0),
+            None => Ok(AccountStanding::default()),
+        }
     }
 
     async fn set_standing(
@@ -406,16 +387,13 @@ impl KeyStore for PostgresStore {
         standing: AccountStanding,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO accounts (id, past_due_since, grace_days) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET past_due_since = excluded.past_due_since, grace_days = excluded.grace_days",
-        )
-        .bind(account_id)
-        .bind(standing.past_due_since)
-        .bind(i32::from(standing.grace_days))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        sqlx::query(SET_STANDING)
+            .bind(account_id)
+            .bind(standing.past_due_since)
+            .bind(i32::from(standing.grace_days))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         self.notify(&mut tx, &Notice::Account(account_id.to_owned()))
             .await?;
         tx.commit().await.map_err(backend)
@@ -425,6 +403,15 @@ impl KeyStore for PostgresStore {
 #[async_trait]
 impl KeyVerifier for PostgresStore {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
-        self.find_by_hash(hash).await.map_err(VerifyError::backend)
+        let row = sqlx::query(FIND_KEY_BY_HASH)
+            .bind(&hash.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(VerifyError::backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let standing = read_standing::<PostgresDialect>(&row, AFTER_KEY_COLUMNS)
+            .map_err(VerifyError::backend)?;
+        let info = key_info(&row).map_err(VerifyError::backend)?;
+        Ok(Some(info.to_record().with_standing(standing)))
     }
 }

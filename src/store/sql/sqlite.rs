@@ -1,3 +1,5 @@
+//! The embedded dialect: SQLite, times as milliseconds since the epoch.
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,17 +11,21 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
-use super::sql::{
-    AFTER_KEY_COLUMNS, KEY_COLUMNS, KeyColumns, MIGRATIONS_TABLE, RETURNING_COLUMNS, backend,
-    grace_days, restrictions_json,
+use super::{
+    AFTER_KEY_COLUMNS, COUNT_ACTIVE_KEYS, Dialect, END_REPLACED_KEY_NOW, ENSURE_ACCOUNT,
+    FIND_KEY_BY_HASH, FIND_KEY_BY_ID, GET_KEY, GET_STANDING, LIST_KEYS, MIGRATIONS_TABLE, Query,
+    REVOKE_KEY, SET_STANDING, backend, bind_new_key, end_replaced_key_later_sql, insert_key_sql,
+    read_key, read_standing, restrictions_json, update_key_sql,
 };
-use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
 use crate::scope::Scopes;
+use crate::store::{
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+};
 use crate::verify::{KeyVerifier, VerifyError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../../migrations/sqlite/0001_init.sql"))];
 
 /// The embedded store: one SQLite file (WAL mode), for one process. Keys survive
 /// restarts. Cheap to clone (a pool handle).
@@ -33,7 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 /// ```
 ///
 /// For many instances sharing keys (and revocations), use
-/// [`PostgresStore`](super::PostgresStore).
+/// [`PostgresStore`](crate::store::PostgresStore).
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -57,30 +63,43 @@ fn from_ms(ms: i64) -> Result<OffsetDateTime, sqlx::Error> {
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-fn opt_from_ms(ms: Option<i64>) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-    ms.map(from_ms).transpose()
-}
+/// SQLite: times in milliseconds, JSON as text.
+pub(crate) struct SqliteDialect;
 
-fn key_columns(row: &SqliteRow) -> Result<KeyColumns, sqlx::Error> {
-    Ok(KeyColumns {
-        id: row.try_get(0)?,
-        account_id: row.try_get(1)?,
-        project_id: row.try_get(2)?,
-        name: row.try_get(3)?,
-        hint: row.try_get(4)?,
-        prefix: row.try_get(5)?,
-        environment: row.try_get(6)?,
-        scopes: row.try_get(7)?,
-        created_at: from_ms(row.try_get(8)?)?,
-        last_used_at: opt_from_ms(row.try_get(9)?)?,
-        expires_at: opt_from_ms(row.try_get(10)?)?,
-        revoked_at: opt_from_ms(row.try_get(11)?)?,
-        restrictions: row.try_get(12)?,
-    })
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+    const JSON_PARAM: &'static str = "$n";
+    const LEAST: &'static str = "MIN";
+
+    fn bind_text<'q>(query: Query<'q, Sqlite>, value: Option<&'q str>) -> Query<'q, Sqlite> {
+        query.bind(value)
+    }
+
+    fn bind_bytes<'q>(query: Query<'q, Sqlite>, value: &'q [u8]) -> Query<'q, Sqlite> {
+        query.bind(value)
+    }
+
+    fn bind_time<'q>(query: Query<'q, Sqlite>, value: Option<OffsetDateTime>) -> Query<'q, Sqlite> {
+        query.bind(value.map(to_ms))
+    }
+
+    fn text(row: &SqliteRow, index: usize) -> Result<Option<String>, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    fn time(row: &SqliteRow, index: usize) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+        row.try_get::<Option<i64>, _>(index)?
+            .map(from_ms)
+            .transpose()
+    }
+
+    fn int(row: &SqliteRow, index: usize) -> Result<i64, sqlx::Error> {
+        row.try_get(index)
+    }
 }
 
 fn key_info(row: &SqliteRow) -> Result<KeyInfo, StoreError> {
-    key_columns(row).map_err(backend)?.into_info()
+    read_key::<SqliteDialect>(row)
 }
 
 impl SqliteStore {
@@ -182,95 +201,76 @@ impl SqliteStore {
 impl KeyStore for SqliteStore {
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
         let mut tx = self.write_transaction().await?;
-        sqlx::query("INSERT INTO accounts (id) VALUES (?) ON CONFLICT (id) DO NOTHING")
-            .bind(&key.key.account_id)
+        sqlx::query(ENSURE_ACCOUNT)
+            .bind(&key.account_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         // The old key first: a rotation of a key that is not active is NotFound,
         // whatever the count. (An error rolls the whole transaction back.)
         if let Some(replacement) = &key.replaces {
-            let ended = if replacement.ends_at <= OffsetDateTime::now_utc() {
-                sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND account_id = ? AND revoked_at IS NULL")
-                    .bind(to_ms(replacement.ends_at))
+            let later;
+            let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
+                END_REPLACED_KEY_NOW
             } else {
-                sqlx::query(
-                    "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?), ?) \
-                     WHERE id = ? AND account_id = ? AND revoked_at IS NULL",
-                )
+                later = end_replaced_key_later_sql::<SqliteDialect>();
+                &later
+            };
+            let ended = sqlx::query(sql)
                 .bind(to_ms(replacement.ends_at))
-                .bind(to_ms(replacement.ends_at))
-            }
-            .bind(replacement.id.as_str())
-            .bind(&key.key.account_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+                .bind(replacement.id.as_str())
+                .bind(&key.account_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
             if ended.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
             }
         }
         let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE account_id = ? AND environment = ? \
-             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) AND id <> ?",
-        )
-        .bind(&key.key.account_id)
-        .bind(key.key.environment.as_str())
-        .bind(to_ms(OffsetDateTime::now_utc()))
-        .bind(replaced)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
+            .bind(&key.account_id)
+            .bind(key.environment.as_str())
+            .bind(to_ms(OffsetDateTime::now_utc()))
+            .bind(replaced)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
         if active >= self.limit as i64 {
             return Err(StoreError::LimitReached { limit: self.limit });
         }
-        sqlx::query(
-            "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, environment, scopes, created_at, expires_at, restrictions) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(key.id.as_str())
-        .bind(&key.key.account_id)
-        .bind(&key.key.project_id)
-        .bind(&key.key.name)
-        .bind(&key.hash.as_bytes()[..])
-        .bind(&key.hint)
-        .bind(&key.prefix)
-        .bind(key.key.environment.as_str())
-        .bind(key.key.scopes.to_space_separated())
-        .bind(to_ms(key.created_at))
-        .bind(key.key.expires_at.map(to_ms))
-        .bind(restrictions_json(&key.key.restrictions))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let (scopes, restrictions) = (
+            key.scopes.to_space_separated(),
+            restrictions_json(&key.restrictions),
+        );
+        let insert = insert_key_sql::<SqliteDialect>();
+        bind_new_key::<SqliteDialect>(sqlx::query(&insert), &key, &scopes, &restrictions)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(key.info())
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.account_id = ? AND k.revoked_at IS NULL ORDER BY k.created_at, k.id"
-        ))
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(LIST_KEYS)
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.iter().map(key_info).collect()
     }
 
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ? AND k.account_id = ?"
-        ))
-        .bind(id.as_str())
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?
-        .into_iter()
-        .next()
-        .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(GET_KEY)
+            .bind(id.as_str())
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .next()
+            .ok_or(StoreError::NotFound)?;
         key_info(&row)
     }
 
@@ -285,57 +285,31 @@ impl KeyStore for SqliteStore {
         // `UPDATE … RETURNING` would not be committed yet when this returns, and a
         // `SELECT` would keep a read snapshot that later queries on that connection
         // share (the soak test caught revoked keys accepted for milliseconds).
-        let rows = sqlx::query(&format!(
-            "UPDATE api_keys SET name = COALESCE(?, name), restrictions = COALESCE(?, restrictions), \
-             scopes = COALESCE(?, scopes), expires_at = CASE WHEN ? THEN ? ELSE expires_at END \
-             WHERE id = ? AND account_id = ? AND revoked_at IS NULL RETURNING {RETURNING_COLUMNS}"
-        ))
-        .bind(changes.name.as_deref())
-        .bind(changes.restrictions.as_ref().map(restrictions_json))
-        .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
-        .bind(changes.expires_at.is_some())
-        .bind(changes.expires_at.flatten().map(to_ms))
-        .bind(id.as_str())
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let update = update_key_sql::<SqliteDialect>();
+        let rows = sqlx::query(&update)
+            .bind(id.as_str())
+            .bind(account_id)
+            .bind(changes.name.as_deref())
+            .bind(changes.restrictions.as_ref().map(restrictions_json))
+            .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
+            .bind(changes.expires_at.is_some())
+            .bind(changes.expires_at.flatten().map(to_ms))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         key_info(rows.first().ok_or(StoreError::NotFound)?)
     }
 
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
         // Stepped to completion (see `update`): the revocation is committed on return.
-        let rows = sqlx::query(&format!(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) \
-             WHERE id = ? AND account_id = ? RETURNING {RETURNING_COLUMNS}"
-        ))
-        .bind(to_ms(OffsetDateTime::now_utc()))
-        .bind(id.as_str())
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(REVOKE_KEY)
+            .bind(id.as_str())
+            .bind(account_id)
+            .bind(to_ms(OffsetDateTime::now_utc()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         key_info(rows.first().ok_or(StoreError::NotFound)?)
-    }
-
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS}, a.past_due_since, a.grace_days FROM api_keys k \
-             JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = ?"
-        ))
-        .bind(&hash.as_bytes()[..])
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?
-        .into_iter()
-        .next();
-        let Some(row) = row else { return Ok(None) };
-        let standing = AccountStanding {
-            past_due_since: opt_from_ms(row.try_get(AFTER_KEY_COLUMNS).map_err(backend)?)
-                .map_err(backend)?,
-            grace_days: grace_days(row.try_get(AFTER_KEY_COLUMNS + 1).map_err(backend)?),
-        };
-        Ok(Some(key_info(&row)?.to_record().with_standing(standing)))
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -359,33 +333,28 @@ impl KeyStore for SqliteStore {
     }
 
     async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?"
-        ))
-        .bind(id.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?
-        .into_iter()
-        .next();
+        let row = sqlx::query(FIND_KEY_BY_ID)
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .next();
         row.as_ref().map(key_info).transpose()
     }
 
     async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
-        let row = sqlx::query("SELECT past_due_since, grace_days FROM accounts WHERE id = ?")
+        let row = sqlx::query(GET_STANDING)
             .bind(account_id)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?
             .into_iter()
             .next();
-        let Some(row) = row else {
-            return Ok(AccountStanding::default());
-        };
-        Ok(AccountStanding {
-            past_due_since: opt_from_ms(row.try_get(0).map_err(backend)?).map_err(backend)?,
-            grace_days: grace_days(row.try_get(1).map_err(backend)?),
-        })
+        match row {
+            Some(row) => read_standing::<SqliteDialect>(&row, 0),
+            None => Ok(AccountStanding::default()),
+        }
     }
 
     async fn set_standing(
@@ -393,16 +362,13 @@ impl KeyStore for SqliteStore {
         account_id: &str,
         standing: AccountStanding,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO accounts (id, past_due_since, grace_days) VALUES (?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET past_due_since = excluded.past_due_since, grace_days = excluded.grace_days",
-        )
-        .bind(account_id)
-        .bind(standing.past_due_since.map(to_ms))
-        .bind(i64::from(standing.grace_days))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
+        sqlx::query(SET_STANDING)
+            .bind(account_id)
+            .bind(standing.past_due_since.map(to_ms))
+            .bind(i64::from(standing.grace_days))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 }
@@ -410,6 +376,18 @@ impl KeyStore for SqliteStore {
 #[async_trait]
 impl KeyVerifier for SqliteStore {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
-        self.find_by_hash(hash).await.map_err(VerifyError::backend)
+        // `fetch_all`: see `update`.
+        let row = sqlx::query(FIND_KEY_BY_HASH)
+            .bind(&hash.as_bytes()[..])
+            .fetch_all(&self.pool)
+            .await
+            .map_err(VerifyError::backend)?
+            .into_iter()
+            .next();
+        let Some(row) = row else { return Ok(None) };
+        let standing = read_standing::<SqliteDialect>(&row, AFTER_KEY_COLUMNS)
+            .map_err(VerifyError::backend)?;
+        let info = key_info(&row).map_err(VerifyError::backend)?;
+        Ok(Some(info.to_record().with_standing(standing)))
     }
 }

@@ -1,0 +1,258 @@
+//! The SQL stores: [`SqliteStore`](sqlite::SqliteStore) (embedded, the default),
+//! [`PostgresStore`](postgres::PostgresStore) (many instances, with a
+//! [`RevocationListener`](postgres::RevocationListener)) and [`SqlStore`] (either, by
+//! URL).
+//!
+//! What they share is written here once: the statements (with `$n` parameters, which
+//! both SQLite and PostgreSQL read), row decoding and the binding of a new key. A
+//! [`Dialect`] holds only what differs: how times are kept (milliseconds in a SQLite
+//! `INTEGER`, a PostgreSQL `TIMESTAMPTZ`), the JSON column type, `MIN` or `LEAST`. The
+//! dialect files keep their own transactions (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
+//! row lock and `NOTIFY`) and the one statement that differs entirely, `touch`.
+
+mod by_url;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+pub use by_url::SqlStore;
+
+use sqlx::Database;
+use time::OffsetDateTime;
+
+use super::{KeyInfo, StoreError, StoredKey};
+use crate::key::{Environment, KeyId};
+use crate::record::AccountStanding;
+use crate::restriction::Restrictions;
+
+/// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
+/// them (`$alias` is the table alias with its dot, or nothing).
+macro_rules! key_columns {
+    ($($alias:literal)?) => {
+        concat!(
+            $($alias,)? "id, ", $($alias,)? "account_id, ", $($alias,)? "project_id, ",
+            $($alias,)? "name, ", $($alias,)? "hint, ", $($alias,)? "prefix, ",
+            $($alias,)? "environment, ", $($alias,)? "scopes, ", $($alias,)? "created_at, ",
+            $($alias,)? "last_used_at, ", $($alias,)? "expires_at, ", $($alias,)? "revoked_at, ",
+            "CAST(", $($alias,)? "restrictions AS TEXT)"
+        )
+    };
+}
+
+/// The number of columns [`read_key`] reads; what a statement selects after them
+/// starts at this index.
+pub(crate) const AFTER_KEY_COLUMNS: usize = 13;
+
+/// The name of the migrations bookkeeping table.
+pub(crate) const MIGRATIONS_TABLE: &str = "tower_api_keys_migrations";
+
+/// The account's active keys, oldest first: `$1` account.
+pub(crate) const LIST_KEYS: &str = concat!(
+    "SELECT ",
+    key_columns!("k."),
+    " FROM api_keys k WHERE k.account_id = $1 AND k.revoked_at IS NULL ORDER BY k.created_at, k.id"
+);
+
+/// One key of an account: `$1` id, `$2` account.
+pub(crate) const GET_KEY: &str = concat!(
+    "SELECT ",
+    key_columns!("k."),
+    " FROM api_keys k WHERE k.id = $1 AND k.account_id = $2"
+);
+
+/// A key by id alone: `$1` id.
+pub(crate) const FIND_KEY_BY_ID: &str = concat!(
+    "SELECT ",
+    key_columns!("k."),
+    " FROM api_keys k WHERE k.id = $1"
+);
+
+/// A key and its account's standing by hash: `$1` hash.
+pub(crate) const FIND_KEY_BY_HASH: &str = concat!(
+    "SELECT ",
+    key_columns!("k."),
+    ", a.past_due_since, a.grace_days FROM api_keys k \
+     JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = $1"
+);
+
+/// Revokes a key, keeping the first revocation: `$1` id, `$2` account, `$3` now.
+pub(crate) const REVOKE_KEY: &str = concat!(
+    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3) \
+     WHERE id = $1 AND account_id = $2 RETURNING ",
+    key_columns!()
+);
+
+/// Creates the account row if needed: `$1` account.
+pub(crate) const ENSURE_ACCOUNT: &str =
+    "INSERT INTO accounts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING";
+
+/// The account's active keys in an environment, but one: `$1` account, `$2`
+/// environment, `$3` now, `$4` the id not to count.
+pub(crate) const COUNT_ACTIVE_KEYS: &str = "SELECT COUNT(*) FROM api_keys \
+     WHERE account_id = $1 AND environment = $2 \
+     AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $3) AND id <> $4";
+
+/// Revokes a replaced key now: `$1` when, `$2` id, `$3` account.
+pub(crate) const END_REPLACED_KEY_NOW: &str = "UPDATE api_keys SET revoked_at = $1 \
+     WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL";
+
+/// An account's standing: `$1` account.
+pub(crate) const GET_STANDING: &str =
+    "SELECT past_due_since, grace_days FROM accounts WHERE id = $1";
+
+/// Sets an account's standing: `$1` account, `$2` past due since, `$3` grace days.
+pub(crate) const SET_STANDING: &str = "INSERT INTO accounts (id, past_due_since, grace_days) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET past_due_since = excluded.past_due_since, \
+     grace_days = excluded.grace_days";
+
+/// A statement with its arguments, as sqlx builds it.
+pub(crate) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>;
+
+/// What differs between the SQL dialects the stores speak.
+pub(crate) trait Dialect {
+    /// The sqlx database.
+    type Db: Database;
+    /// The parameter of a JSON column, with its cast (`$n` is replaced).
+    const JSON_PARAM: &'static str;
+    /// The function of the smaller of two values.
+    const LEAST: &'static str;
+
+    /// Binds text (NULL for `None`).
+    fn bind_text<'q>(query: Query<'q, Self::Db>, value: Option<&'q str>) -> Query<'q, Self::Db>;
+    /// Binds bytes.
+    fn bind_bytes<'q>(query: Query<'q, Self::Db>, value: &'q [u8]) -> Query<'q, Self::Db>;
+    /// Binds a time (NULL for `None`).
+    fn bind_time<'q>(
+        query: Query<'q, Self::Db>,
+        value: Option<OffsetDateTime>,
+    ) -> Query<'q, Self::Db>;
+    /// Reads a text column.
+    fn text(row: &<Self::Db as Database>::Row, index: usize)
+    -> Result<Option<String>, sqlx::Error>;
+    /// Reads a time column.
+    fn time(
+        row: &<Self::Db as Database>::Row,
+        index: usize,
+    ) -> Result<Option<OffsetDateTime>, sqlx::Error>;
+    /// Reads an integer column.
+    fn int(row: &<Self::Db as Database>::Row, index: usize) -> Result<i64, sqlx::Error>;
+}
+
+/// Inserts a new key: `$1`…`$12` bound by [`bind_new_key`].
+pub(crate) fn insert_key_sql<D: Dialect>() -> String {
+    format!(
+        "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, \
+         environment, scopes, created_at, expires_at, restrictions) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {})",
+        D::JSON_PARAM.replace("$n", "$12")
+    )
+}
+
+/// Binds a new key to [`insert_key_sql`]; `scopes` and `restrictions` as stored.
+pub(crate) fn bind_new_key<'q, D: Dialect>(
+    query: Query<'q, D::Db>,
+    key: &'q StoredKey,
+    scopes: &'q str,
+    restrictions: &'q str,
+) -> Query<'q, D::Db> {
+    let query = D::bind_text(query, Some(key.id.as_str()));
+    let query = D::bind_text(query, Some(&key.account_id));
+    let query = D::bind_text(query, key.project_id.as_deref());
+    let query = D::bind_text(query, Some(&key.name));
+    let query = D::bind_bytes(query, &key.hash.as_bytes()[..]);
+    let query = D::bind_text(query, Some(&key.hint));
+    let query = D::bind_text(query, Some(&key.prefix));
+    let query = D::bind_text(query, Some(key.environment.as_str()));
+    let query = D::bind_text(query, Some(scopes));
+    let query = D::bind_time(query, Some(key.created_at));
+    let query = D::bind_time(query, key.expires_at);
+    D::bind_text(query, Some(restrictions))
+}
+
+/// Changes a key (each `NULL` parameter leaves its column): `$1` id, `$2` account, `$3`
+/// name, `$4` restrictions, `$5` scopes, `$6` whether to set the expiry, `$7` expiry.
+pub(crate) fn update_key_sql<D: Dialect>() -> String {
+    format!(
+        "UPDATE api_keys SET name = COALESCE($3, name), \
+         restrictions = COALESCE({}, restrictions), scopes = COALESCE($5, scopes), \
+         expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END \
+         WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING {}",
+        D::JSON_PARAM.replace("$n", "$4"),
+        key_columns!()
+    )
+}
+
+/// Ends a replaced key at a later time (or keeps its earlier expiry): `$1` when, `$2`
+/// id, `$3` account.
+pub(crate) fn end_replaced_key_later_sql<D: Dialect>() -> String {
+    format!(
+        "UPDATE api_keys SET expires_at = {}(COALESCE(expires_at, $1), $1) \
+         WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL",
+        D::LEAST
+    )
+}
+
+/// The key in a row whose first columns are [`key_columns!`].
+pub(crate) fn read_key<D: Dialect>(row: &<D::Db as Database>::Row) -> Result<KeyInfo, StoreError> {
+    let text = |index, column| required(D::text(row, index), column);
+    let time = |index| D::time(row, index).map_err(backend);
+    let environment = text(6, "environment")?;
+    let environment =
+        Environment::parse(&environment).ok_or_else(|| corrupt("environment", &environment))?;
+    let scopes = text(7, "scopes")?;
+    let scopes = scopes.parse().map_err(|_| corrupt("scopes", &scopes))?;
+    let restrictions = text(12, "restrictions")?;
+    let restrictions: Restrictions =
+        serde_json::from_str(&restrictions).map_err(|_| corrupt("restrictions", &restrictions))?;
+    Ok(KeyInfo {
+        id: KeyId::new(text(0, "id")?),
+        account_id: text(1, "account_id")?,
+        project_id: D::text(row, 2).map_err(backend)?,
+        name: text(3, "name")?,
+        hint: text(4, "hint")?,
+        prefix: text(5, "prefix")?,
+        environment,
+        scopes,
+        created_at: required(D::time(row, 8), "created_at")?,
+        last_used_at: time(9)?,
+        expires_at: time(10)?,
+        revoked_at: time(11)?,
+        restrictions,
+    })
+}
+
+/// The standing in a row with `past_due_since` and `grace_days` from `first`.
+pub(crate) fn read_standing<D: Dialect>(
+    row: &<D::Db as Database>::Row,
+    first: usize,
+) -> Result<AccountStanding, StoreError> {
+    Ok(AccountStanding {
+        past_due_since: D::time(row, first).map_err(backend)?,
+        grace_days: grace_days(D::int(row, first + 1).map_err(backend)?),
+    })
+}
+
+fn required<T>(value: Result<Option<T>, sqlx::Error>, column: &str) -> Result<T, StoreError> {
+    value
+        .map_err(backend)?
+        .ok_or_else(|| corrupt(column, "NULL"))
+}
+
+fn corrupt(column: &str, value: &str) -> StoreError {
+    StoreError::Backend(format!("api_keys.{column} holds an unreadable value {value:?}").into())
+}
+
+/// Restrictions as stored (JSON text).
+pub(crate) fn restrictions_json(restrictions: &Restrictions) -> String {
+    serde_json::to_string(restrictions).expect("restrictions serialize")
+}
+
+pub(crate) fn backend(error: sqlx::Error) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+/// A stored grace period, clamped into `u16` days.
+fn grace_days(days: i64) -> u16 {
+    u16::try_from(days.max(0)).unwrap_or(u16::MAX)
+}
