@@ -496,6 +496,35 @@ mod tests {
             .projects(ProjectFromPath::after("projects"))
     }
 
+    /// Found by `cargo mutants`: IPv6 hosts, the grace period's last instant, Debug.
+    #[test]
+    fn ipv6_hosts_and_the_end_of_the_grace_period() {
+        let by_host = EnvironmentByHost::new().host("[::1]", Environment::TEST);
+        let request = Request::get("/")
+            .header(http::header::HOST, "[::1]:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            by_host.environment(&RequestView::of(&request)),
+            Some(&Environment::TEST)
+        );
+        let standing = AccountStanding::past_due(NOW).with_grace_days(7);
+        let last = NOW + time::Duration::days(7);
+        assert!(
+            check_standing(&standing, last).is_ok(),
+            "the last instant is in"
+        );
+        assert!(check_standing(&standing, last + time::Duration::nanoseconds(1)).is_err());
+        let debug = format!("{:?}", policy());
+        assert!(
+            debug.contains("One(\"live\")") && debug.contains("projects: true"),
+            "{debug}"
+        );
+        let debug = format!("{:?}", Policy::new().environment_by(by_host));
+        assert!(debug.contains("PerRequest"), "{debug}");
+        assert!(format!("{:?}", Policy::new()).contains("Any"));
+    }
+
     #[test]
     fn hosts_choose_the_environment() {
         let hosts = EnvironmentByHost::new()

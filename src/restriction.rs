@@ -350,6 +350,23 @@ string_serde!(ReferrerPattern, EndpointPattern);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo mutants`: subdomain patterns and the path length bound.
+    #[test]
+    fn subdomain_patterns_and_path_lengths_at_their_bounds() {
+        assert!("*.my-site.com".parse::<ReferrerPattern>().is_ok());
+        assert!("*.exa mple.com".parse::<ReferrerPattern>().is_err());
+        let pattern: ReferrerPattern = "*.example.com".parse().unwrap();
+        let origin = |value: &str| parse_origin(value).expect("an origin");
+        assert!(pattern.matches(&origin("https://a.example.com")));
+        assert!(
+            !pattern.matches(&origin("https://.example.com")),
+            "no empty label"
+        );
+        let path = |len: usize| format!("GET /{}", "a".repeat(len - 1));
+        assert!(path(1000).parse::<EndpointPattern>().is_ok());
+        assert!(path(1001).parse::<EndpointPattern>().is_err());
+    }
     use http::HeaderValue;
 
     fn headers(name: http::header::HeaderName, value: &str) -> HeaderMap {

@@ -281,6 +281,17 @@ macro_rules! scope_marker {
 mod tests {
     use super::*;
 
+    /// Found by `cargo mutants`: Display, Debug, iteration and emptiness.
+    #[test]
+    fn scopes_show_iterate_and_know_when_empty() {
+        assert_eq!(Scope::Write.to_string(), "write");
+        let scopes: Scopes = [Scope::Read, Scope::custom("reports")].into();
+        assert_eq!(format!("{scopes:?}"), "{read, reports}");
+        assert_eq!(scopes.iter().count(), 2);
+        assert!(!scopes.is_empty());
+        assert!(Scopes::none().is_empty());
+    }
+
     #[test]
     fn built_in_names_parse_to_the_built_in_scopes() {
         // Not to custom scopes of the same name, which would not nest.
