@@ -45,7 +45,11 @@ macro_rules! key_columns {
 pub(crate) const AFTER_KEY_COLUMNS: usize = 13;
 
 /// The name of the migrations bookkeeping table.
-pub(crate) const MIGRATIONS_TABLE: &str = "tower_api_keys_migrations";
+macro_rules! migrations_table {
+    () => {
+        "tower_api_keys_migrations"
+    };
+}
 
 /// The account's active keys, oldest first: `$1` account.
 pub(crate) const LIST_KEYS: &str = concat!(
@@ -117,9 +121,22 @@ pub(crate) trait Dialect {
     const JSON_PARAM: &'static str;
     /// The function of the smaller of two values.
     const LEAST: &'static str;
+    /// A statement locking the account row (`$1`) for the rest of the transaction, so
+    /// that concurrent creates for one account queue (SQLite's write transaction locks
+    /// the whole database already).
+    const LOCK_ACCOUNT: Option<&'static str>;
 
     /// Binds text (NULL for `None`).
     fn bind_text<'q>(query: Query<'q, Self::Db>, value: Option<&'q str>) -> Query<'q, Self::Db>;
+    /// The migrations bookkeeping table, created if missing.
+    const CREATE_MIGRATIONS_TABLE: &'static str;
+    /// A statement that serialises concurrent migrations from several instances until
+    /// the transaction ends, if the dialect needs one.
+    const LOCK_MIGRATIONS: Option<&'static str>;
+    /// Binds an integer.
+    fn bind_int<'q>(query: Query<'q, Self::Db>, value: i64) -> Query<'q, Self::Db>;
+    /// Binds a boolean.
+    fn bind_bool<'q>(query: Query<'q, Self::Db>, value: bool) -> Query<'q, Self::Db>;
     /// Binds bytes.
     fn bind_bytes<'q>(query: Query<'q, Self::Db>, value: &'q [u8]) -> Query<'q, Self::Db>;
     /// Binds a time (NULL for `None`).
@@ -135,6 +152,8 @@ pub(crate) trait Dialect {
         row: &<Self::Db as Database>::Row,
         index: usize,
     ) -> Result<Option<OffsetDateTime>, sqlx::Error>;
+    /// The rows a statement changed.
+    fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
     /// Reads an integer column.
     fn int(row: &<Self::Db as Database>::Row, index: usize) -> Result<i64, sqlx::Error>;
 }
@@ -255,4 +274,218 @@ pub(crate) fn backend(error: sqlx::Error) -> StoreError {
 /// A stored grace period, clamped into `u16` days.
 fn grace_days(days: i64) -> u16 {
     u16::try_from(days.max(0)).unwrap_or(u16::MAX)
+}
+
+/// Applies the `migrations` (version, SQL) not applied yet, on `conn`, inside the
+/// caller's transaction.
+pub(crate) async fn migrate<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    migrations: &[(i64, &str)],
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    if let Some(lock) = D::LOCK_MIGRATIONS {
+        sqlx::query(lock)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    sqlx::query(D::CREATE_MIGRATIONS_TABLE)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let applied = sqlx::query(concat!("SELECT version FROM ", migrations_table!()))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| D::int(row, 0))
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(backend)?;
+    for (version, sql) in migrations {
+        if applied.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let record = sqlx::query(concat!(
+            "INSERT INTO ",
+            migrations_table!(),
+            " (version, applied_at) VALUES ($1, $2)"
+        ));
+        D::bind_time(
+            D::bind_int(record, *version),
+            Some(OffsetDateTime::now_utc()),
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Runs a statement returning keys on `executor`: every row, read to the end (a SQLite
+/// statement not stepped to completion keeps its transaction open).
+pub(crate) async fn fetch_keys<'q, 'e, D, E>(
+    executor: E,
+    query: Query<'q, D::Db>,
+) -> Result<Vec<KeyInfo>, StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    'q: 'e,
+    <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    let rows = query.fetch_all(executor).await.map_err(backend)?;
+    rows.iter().map(read_key::<D>).collect()
+}
+
+/// The first key of [`fetch_keys`], or `NotFound`.
+pub(crate) async fn fetch_key<'q, 'e, D, E>(
+    executor: E,
+    query: Query<'q, D::Db>,
+) -> Result<KeyInfo, StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    'q: 'e,
+    <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    fetch_keys::<D, E>(executor, query)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(StoreError::NotFound)
+}
+
+/// [`LIST_KEYS`], bound.
+pub(crate) fn list_keys<D: Dialect>(account_id: &str) -> Query<'_, D::Db> {
+    D::bind_text(sqlx::query(LIST_KEYS), Some(account_id))
+}
+
+/// [`GET_KEY`], bound.
+pub(crate) fn get_key<'q, D: Dialect>(account_id: &'q str, id: &'q KeyId) -> Query<'q, D::Db> {
+    let query = D::bind_text(sqlx::query(GET_KEY), Some(id.as_str()));
+    D::bind_text(query, Some(account_id))
+}
+
+/// [`FIND_KEY_BY_ID`], bound.
+pub(crate) fn find_key_by_id<D: Dialect>(id: &KeyId) -> Query<'_, D::Db> {
+    D::bind_text(sqlx::query(FIND_KEY_BY_ID), Some(id.as_str()))
+}
+
+/// [`REVOKE_KEY`], bound: revoked now, unless revoked before.
+pub(crate) fn revoke_key<'q, D: Dialect>(account_id: &'q str, id: &'q KeyId) -> Query<'q, D::Db> {
+    let query = D::bind_text(sqlx::query(REVOKE_KEY), Some(id.as_str()));
+    let query = D::bind_text(query, Some(account_id));
+    D::bind_time(query, Some(crate::store::now_in_millis()))
+}
+
+/// A key's changes as stored: name, restrictions (JSON), scopes (space-separated).
+pub(crate) struct StoredChanges<'c> {
+    name: Option<&'c str>,
+    restrictions: Option<String>,
+    scopes: Option<String>,
+    expires_at: Option<Option<OffsetDateTime>>,
+}
+
+impl<'c> StoredChanges<'c> {
+    pub(crate) fn of(changes: &'c crate::store::KeyChanges) -> Self {
+        StoredChanges {
+            name: changes.name.as_deref(),
+            restrictions: changes.restrictions.as_ref().map(restrictions_json),
+            scopes: changes
+                .scopes
+                .as_ref()
+                .map(crate::scope::Scopes::to_space_separated),
+            expires_at: changes.expires_at,
+        }
+    }
+}
+
+/// The statement of [`update_key_sql`], bound.
+pub(crate) fn update_key<'q, D: Dialect>(
+    sql: &'q str,
+    account_id: &'q str,
+    id: &'q KeyId,
+    changes: &'q StoredChanges<'q>,
+) -> Query<'q, D::Db> {
+    let query = D::bind_text(sqlx::query(sql), Some(id.as_str()));
+    let query = D::bind_text(query, Some(account_id));
+    let query = D::bind_text(query, changes.name);
+    let query = D::bind_text(query, changes.restrictions.as_deref());
+    let query = D::bind_text(query, changes.scopes.as_deref());
+    let query = D::bind_bool(query, changes.expires_at.is_some());
+    D::bind_time(query, changes.expires_at.flatten())
+}
+
+/// Stores `key` on `conn`, inside the caller's transaction: the account row (locked
+/// where the dialect must), the replaced key ended first (a replaced key that is not
+/// active is `NotFound`), the active-key limit, the insert.
+pub(crate) async fn insert_key<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    key: &StoredKey,
+    limit: usize,
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let account = Some(key.account_id.as_str());
+    D::bind_text(sqlx::query(ENSURE_ACCOUNT), account)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if let Some(lock) = D::LOCK_ACCOUNT {
+        D::bind_text(sqlx::query(lock), account)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    if let Some(replacement) = &key.replaces {
+        let later;
+        let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
+            END_REPLACED_KEY_NOW
+        } else {
+            later = end_replaced_key_later_sql::<D>();
+            &later
+        };
+        let query = D::bind_time(sqlx::query(sql), Some(replacement.ends_at));
+        let query = D::bind_text(query, Some(replacement.id.as_str()));
+        let ended = D::bind_text(query, account)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if D::rows_affected(&ended) == 0 {
+            return Err(StoreError::NotFound);
+        }
+    }
+    let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
+    let query = D::bind_text(sqlx::query(COUNT_ACTIVE_KEYS), account);
+    let query = D::bind_text(query, Some(key.environment.as_str()));
+    let query = D::bind_time(query, Some(OffsetDateTime::now_utc()));
+    let row = D::bind_text(query, Some(replaced))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let active = D::int(&row, 0).map_err(backend)?;
+    if usize::try_from(active).unwrap_or(usize::MAX) >= limit {
+        return Err(StoreError::LimitReached { limit });
+    }
+    let (scopes, restrictions) = (
+        key.scopes.to_space_separated(),
+        restrictions_json(&key.restrictions),
+    );
+    let insert = insert_key_sql::<D>();
+    bind_new_key::<D>(sqlx::query(&insert), key, &scopes, &restrictions)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
 }

@@ -6,20 +6,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    AFTER_KEY_COLUMNS, COUNT_ACTIVE_KEYS, Dialect, END_REPLACED_KEY_NOW, ENSURE_ACCOUNT,
-    FIND_KEY_BY_HASH, FIND_KEY_BY_ID, GET_KEY, GET_STANDING, LIST_KEYS, MIGRATIONS_TABLE, Query,
-    REVOKE_KEY, SET_STANDING, backend, bind_new_key, end_replaced_key_later_sql, insert_key_sql,
-    read_key, read_standing, restrictions_json, update_key_sql,
+    AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_STANDING, Query, SET_STANDING, StoredChanges,
+    backend, fetch_key, fetch_keys, find_key_by_id, get_key, insert_key, list_keys, read_key,
+    read_standing, revoke_key, update_key, update_key_sql,
 };
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
-use crate::scope::Scopes;
 use crate::store::{
     DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
 };
@@ -70,6 +69,21 @@ impl Dialect for SqliteDialect {
     type Db = Sqlite;
     const JSON_PARAM: &'static str = "$n";
     const LEAST: &'static str = "MIN";
+    const CREATE_MIGRATIONS_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)";
+    const LOCK_MIGRATIONS: Option<&'static str> = None;
+    const LOCK_ACCOUNT: Option<&'static str> = None;
+
+    fn bind_int<'q>(query: Query<'q, Sqlite>, value: i64) -> Query<'q, Sqlite> {
+        query.bind(value)
+    }
+
+    fn bind_bool<'q>(query: Query<'q, Sqlite>, value: bool) -> Query<'q, Sqlite> {
+        query.bind(value)
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
     fn bind_text<'q>(query: Query<'q, Sqlite>, value: Option<&'q str>) -> Query<'q, Sqlite> {
         query.bind(value)
@@ -156,34 +170,7 @@ impl SqliteStore {
     /// Creates or upgrades the tables. Safe to call on every start.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.write_transaction().await?;
-        sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar(&format!("SELECT version FROM {MIGRATIONS_TABLE}"))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?;
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            sqlx::query(&format!(
-                "INSERT INTO {MIGRATIONS_TABLE} (version, applied_at) VALUES (?, ?)"
-            ))
-            .bind(version)
-            .bind(to_ms(OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
+        super::migrate::<SqliteDialect>(&mut tx, MIGRATIONS).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -201,77 +188,17 @@ impl SqliteStore {
 impl KeyStore for SqliteStore {
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
         let mut tx = self.write_transaction().await?;
-        sqlx::query(ENSURE_ACCOUNT)
-            .bind(&key.account_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        // The old key first: a rotation of a key that is not active is NotFound,
-        // whatever the count. (An error rolls the whole transaction back.)
-        if let Some(replacement) = &key.replaces {
-            let later;
-            let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
-                END_REPLACED_KEY_NOW
-            } else {
-                later = end_replaced_key_later_sql::<SqliteDialect>();
-                &later
-            };
-            let ended = sqlx::query(sql)
-                .bind(to_ms(replacement.ends_at))
-                .bind(replacement.id.as_str())
-                .bind(&key.account_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if ended.rows_affected() == 0 {
-                return Err(StoreError::NotFound);
-            }
-        }
-        let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
-        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
-            .bind(&key.account_id)
-            .bind(key.environment.as_str())
-            .bind(to_ms(OffsetDateTime::now_utc()))
-            .bind(replaced)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if active >= self.limit as i64 {
-            return Err(StoreError::LimitReached { limit: self.limit });
-        }
-        let (scopes, restrictions) = (
-            key.scopes.to_space_separated(),
-            restrictions_json(&key.restrictions),
-        );
-        let insert = insert_key_sql::<SqliteDialect>();
-        bind_new_key::<SqliteDialect>(sqlx::query(&insert), &key, &scopes, &restrictions)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        insert_key::<SqliteDialect>(&mut tx, &key, self.limit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(key.info())
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows = sqlx::query(LIST_KEYS)
-            .bind(account_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(key_info).collect()
+        fetch_keys::<SqliteDialect, _>(&self.pool, list_keys::<SqliteDialect>(account_id)).await
     }
 
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        let row = sqlx::query(GET_KEY)
-            .bind(id.as_str())
-            .bind(account_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?
-            .into_iter()
-            .next()
-            .ok_or(StoreError::NotFound)?;
-        key_info(&row)
+        fetch_key::<SqliteDialect, _>(&self.pool, get_key::<SqliteDialect>(account_id, id)).await
     }
 
     async fn update(
@@ -280,36 +207,23 @@ impl KeyStore for SqliteStore {
         id: &KeyId,
         changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
-        // `fetch_all` everywhere, never `fetch_optional`: a statement not stepped to
-        // completion keeps its transaction open on the pooled connection, so an
-        // `UPDATE … RETURNING` would not be committed yet when this returns, and a
-        // `SELECT` would keep a read snapshot that later queries on that connection
-        // share (the soak test caught revoked keys accepted for milliseconds).
-        let update = update_key_sql::<SqliteDialect>();
-        let rows = sqlx::query(&update)
-            .bind(id.as_str())
-            .bind(account_id)
-            .bind(changes.name.as_deref())
-            .bind(changes.restrictions.as_ref().map(restrictions_json))
-            .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
-            .bind(changes.expires_at.is_some())
-            .bind(changes.expires_at.flatten().map(to_ms))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        key_info(rows.first().ok_or(StoreError::NotFound)?)
+        // Every statement is stepped to completion (`fetch_all`, never
+        // `fetch_optional`): one that is not keeps its transaction open on the pooled
+        // connection, so an `UPDATE … RETURNING` would not be committed yet when this
+        // returns, and a `SELECT` would keep a read snapshot that later queries on that
+        // connection share (the soak test caught revoked keys accepted for
+        // milliseconds).
+        let (sql, changes) = (
+            update_key_sql::<SqliteDialect>(),
+            StoredChanges::of(changes),
+        );
+        let query = update_key::<SqliteDialect>(&sql, account_id, id, &changes);
+        fetch_key::<SqliteDialect, _>(&self.pool, query).await
     }
 
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        // Stepped to completion (see `update`): the revocation is committed on return.
-        let rows = sqlx::query(REVOKE_KEY)
-            .bind(id.as_str())
-            .bind(account_id)
-            .bind(to_ms(OffsetDateTime::now_utc()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        key_info(rows.first().ok_or(StoreError::NotFound)?)
+        let query = revoke_key::<SqliteDialect>(account_id, id);
+        fetch_key::<SqliteDialect, _>(&self.pool, query).await
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -333,14 +247,8 @@ impl KeyStore for SqliteStore {
     }
 
     async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        let row = sqlx::query(FIND_KEY_BY_ID)
-            .bind(id.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?
-            .into_iter()
-            .next();
-        row.as_ref().map(key_info).transpose()
+        let keys = fetch_keys::<SqliteDialect, _>(&self.pool, find_key_by_id::<SqliteDialect>(id));
+        Ok(keys.await?.into_iter().next())
     }
 
     async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {

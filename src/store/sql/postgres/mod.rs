@@ -10,31 +10,29 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
 use self::listener::Notice;
 use super::{
-    AFTER_KEY_COLUMNS, COUNT_ACTIVE_KEYS, Dialect, END_REPLACED_KEY_NOW, ENSURE_ACCOUNT,
-    FIND_KEY_BY_HASH, FIND_KEY_BY_ID, GET_KEY, GET_STANDING, LIST_KEYS, MIGRATIONS_TABLE, Query,
-    REVOKE_KEY, SET_STANDING, backend, bind_new_key, end_replaced_key_later_sql, insert_key_sql,
-    read_key, read_standing, restrictions_json, update_key_sql,
+    AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_STANDING, Query, SET_STANDING, StoredChanges,
+    backend, fetch_key, fetch_keys, find_key_by_id, get_key, insert_key, list_keys, read_key,
+    read_standing, revoke_key, update_key, update_key_sql,
 };
 use crate::key::{KeyHash, KeyId};
 use crate::record::{AccountStanding, KeyRecord};
-use crate::scope::Scopes;
 use crate::store::{
     DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
 };
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
+/// The schema, as versioned migrations.
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
     include_str!("../../../../migrations/postgres/0001_init.sql"),
 )];
-/// Serialises concurrent `migrate` calls from several instances.
-const MIGRATION_LOCK: i64 = 0x7a_70_69_6b_65_79_73;
+
 /// The default LISTEN/NOTIFY channel for revocations.
 pub const DEFAULT_REVOCATION_CHANNEL: &str = "tower_api_keys_revoked";
 
@@ -76,6 +74,24 @@ impl Dialect for PostgresDialect {
     type Db = Postgres;
     const JSON_PARAM: &'static str = "$n::jsonb";
     const LEAST: &'static str = "LEAST";
+    const CREATE_MIGRATIONS_TABLE: &'static str = "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+    const LOCK_MIGRATIONS: Option<&'static str> =
+        // The key is "zpikeys" in ASCII (0x7a_70_69_6b_65_79_73).
+        Some("SELECT pg_advisory_xact_lock(34463545234389363)");
+    const LOCK_ACCOUNT: Option<&'static str> =
+        Some("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE");
+
+    fn bind_int<'q>(query: Query<'q, Postgres>, value: i64) -> Query<'q, Postgres> {
+        query.bind(value)
+    }
+
+    fn bind_bool<'q>(query: Query<'q, Postgres>, value: bool) -> Query<'q, Postgres> {
+        query.bind(value)
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
 
     fn bind_text<'q>(query: Query<'q, Postgres>, value: Option<&'q str>) -> Query<'q, Postgres> {
         query.bind(value)
@@ -101,7 +117,9 @@ impl Dialect for PostgresDialect {
     }
 
     fn int(row: &PgRow, index: usize) -> Result<i64, sqlx::Error> {
-        row.try_get::<i32, _>(index).map(i64::from)
+        // `COUNT(*)` is a BIGINT, `grace_days` an INTEGER.
+        row.try_get::<i64, _>(index)
+            .or_else(|_| row.try_get::<i32, _>(index).map(i64::from))
     }
 }
 
@@ -183,38 +201,7 @@ impl PostgresStore {
     /// instances at once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar(&format!("SELECT version FROM {MIGRATIONS_TABLE}"))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?;
-        for (version, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            sqlx::query(&format!(
-                "INSERT INTO {MIGRATIONS_TABLE} (version) VALUES ($1)"
-            ))
-            .bind(version)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        }
+        super::migrate::<PostgresDialect>(&mut tx, MIGRATIONS).await?;
         tx.commit().await.map_err(backend)
     }
 }
@@ -223,83 +210,22 @@ impl PostgresStore {
 impl KeyStore for PostgresStore {
     async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        // The account row is the lock: concurrent creates for one account queue here.
-        sqlx::query(ENSURE_ACCOUNT)
-            .bind(&key.account_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE")
-            .bind(&key.account_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        // The old key first: a rotation of a key that is not active is NotFound,
-        // whatever the count. (An error rolls the whole transaction back.)
+        insert_key::<PostgresDialect>(&mut tx, &key, self.limit).await?;
         if let Some(replacement) = &key.replaces {
-            let later;
-            let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
-                END_REPLACED_KEY_NOW
-            } else {
-                later = end_replaced_key_later_sql::<PostgresDialect>();
-                &later
-            };
-            let ended = sqlx::query(sql)
-                .bind(replacement.ends_at)
-                .bind(replacement.id.as_str())
-                .bind(&key.account_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if ended.rows_affected() == 0 {
-                return Err(StoreError::NotFound);
-            }
             self.notify(&mut tx, &Notice::Key(replacement.id.clone()))
                 .await?;
         }
-        let replaced = key.replaces.as_ref().map_or("", |r| r.id.as_str());
-        let active: i64 = sqlx::query_scalar(COUNT_ACTIVE_KEYS)
-            .bind(&key.account_id)
-            .bind(key.environment.as_str())
-            .bind(OffsetDateTime::now_utc())
-            .bind(replaced)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if active >= self.limit as i64 {
-            return Err(StoreError::LimitReached { limit: self.limit });
-        }
-        let (scopes, restrictions) = (
-            key.scopes.to_space_separated(),
-            restrictions_json(&key.restrictions),
-        );
-        let insert = insert_key_sql::<PostgresDialect>();
-        bind_new_key::<PostgresDialect>(sqlx::query(&insert), &key, &scopes, &restrictions)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(key.info())
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
-        let rows = sqlx::query(LIST_KEYS)
-            .bind(account_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
-        rows.iter().map(key_info).collect()
+        fetch_keys::<PostgresDialect, _>(&self.pool, list_keys::<PostgresDialect>(account_id)).await
     }
 
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        let row = sqlx::query(GET_KEY)
-            .bind(id.as_str())
-            .bind(account_id)
-            .fetch_optional(&self.pool)
+        fetch_key::<PostgresDialect, _>(&self.pool, get_key::<PostgresDialect>(account_id, id))
             .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
-        key_info(&row)
     }
 
     async fn update(
@@ -309,37 +235,24 @@ impl KeyStore for PostgresStore {
         changes: &KeyChanges,
     ) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let update = update_key_sql::<PostgresDialect>();
-        let row = sqlx::query(&update)
-            .bind(id.as_str())
-            .bind(account_id)
-            .bind(changes.name.as_deref())
-            .bind(changes.restrictions.as_ref().map(restrictions_json))
-            .bind(changes.scopes.as_ref().map(Scopes::to_space_separated))
-            .bind(changes.expires_at.is_some())
-            .bind(changes.expires_at.flatten())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
+        let (sql, changes) = (
+            update_key_sql::<PostgresDialect>(),
+            StoredChanges::of(changes),
+        );
+        let query = update_key::<PostgresDialect>(&sql, account_id, id, &changes);
+        let key = fetch_key::<PostgresDialect, _>(&mut *tx, query).await?;
         self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
-        key_info(&row)
+        Ok(key)
     }
 
     async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let row = sqlx::query(REVOKE_KEY)
-            .bind(id.as_str())
-            .bind(account_id)
-            .bind(crate::store::now_in_millis())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)?;
+        let query = revoke_key::<PostgresDialect>(account_id, id);
+        let key = fetch_key::<PostgresDialect, _>(&mut *tx, query).await?;
         self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
-        key_info(&row)
+        Ok(key)
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -361,12 +274,11 @@ impl KeyStore for PostgresStore {
     }
 
     async fn find_by_id(&self, id: &KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        let row = sqlx::query(FIND_KEY_BY_ID)
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(key_info).transpose()
+        let query = find_key_by_id::<PostgresDialect>(id);
+        Ok(fetch_keys::<PostgresDialect, _>(&self.pool, query)
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError> {
