@@ -85,6 +85,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let format = KeyFormat::try_new(&cli.prefix).map_err(|e| e.to_string())?;
     // The error names host, port and database, never the URL's credentials.
     let store = SqlStore::open(&cli.database_url)
         .await
@@ -96,7 +97,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         .migrate()
         .await
         .map_err(|e| format!("cannot migrate: {e}"))?;
-    let format = KeyFormat::try_new(&cli.prefix).map_err(|e| e.to_string())?;
     let environment_of =
         |tag: &str| Environment::parse(tag).ok_or_else(|| format!("invalid environment {tag:?}"));
     let manager = |environment: &Environment| {

@@ -577,9 +577,10 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
     }
 
     /// Changes a key for `caller`, an API key of the same account: like
-    /// [`update`](Self::update), but only a key that `caller` could have created itself
-    /// (see [`check_within`]), and a restricted caller cannot change restrictions (else
-    /// 403 `key_exceeds_caller` or 422 `invalid_restrictions`; nothing changes).
+    /// [`update`](Self::update), but only a key that `caller` could have created itself,
+    /// into a key it could have created itself (see [`check_within`]: no scope it lacks,
+    /// no later expiry), and a restricted caller cannot change restrictions (else 403
+    /// `key_exceeds_caller` or 422 `invalid_restrictions`; nothing changes).
     pub async fn update_for(
         &self,
         caller: &Principal,
@@ -592,7 +593,21 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
                 "a restricted key cannot change restrictions",
             ));
         }
-        let key = self.parts.store.get(caller.account_id(), id).await?;
+        let mut key = self.parts.store.get(caller.account_id(), id).await?;
+        // The key as it is, and as the change makes it, must both be within the caller:
+        // a key cannot widen a key (itself included) past its own scopes or expiry.
+        check_within(caller, &key)?;
+        if changes
+            .expires_at
+            .flatten()
+            .is_some_and(|at| at <= OffsetDateTime::now_utc())
+        {
+            return Err(ManageError::invalid(
+                Invalid::Expiry,
+                "expires_at must be in the future",
+            ));
+        }
+        changes.apply(&mut key);
         check_within(caller, &key)?;
         self.update(caller.account_id(), id, changes).await
     }
@@ -674,6 +689,52 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key cannot widen a key, itself included, through `update_for`.
+    #[tokio::test]
+    async fn update_for_checks_the_key_as_the_change_makes_it() {
+        use crate::store::{MemoryStore, create_for_test};
+        let store = MemoryStore::new();
+        let manager = KeyManager::new(
+            store.clone(),
+            CachedVerifier::new(store.clone()),
+            KeyFormat::new("sk"),
+        );
+        let created = create_for_test(&store, "acct", "w", Environment::LIVE, Scope::Write.into())
+            .await
+            .unwrap();
+        let soon = OffsetDateTime::now_utc() + time::Duration::days(1);
+        let own = manager
+            .update(
+                "acct",
+                &created.info.id,
+                KeyChanges::default().expires_at(Some(soon)),
+            )
+            .await
+            .unwrap();
+        let caller = Principal::for_tests(own.to_record());
+        let id = caller.key_id().clone();
+        let code = |result: Result<KeyInfo, ManageError>| result.map(|_| ()).map_err(|e| e.code());
+        let refused = manager
+            .update_for(&caller, &id, KeyChanges::default().scopes([Scope::Admin]))
+            .await;
+        assert_eq!(code(refused), Err("key_exceeds_caller"));
+        let refused = manager
+            .update_for(&caller, &id, KeyChanges::default().expires_at(None))
+            .await;
+        assert_eq!(code(refused), Err("key_exceeds_caller"));
+        let past = OffsetDateTime::now_utc() - time::Duration::days(1);
+        let refused = manager
+            .update_for(&caller, &id, KeyChanges::default().expires_at(Some(past)))
+            .await;
+        assert_eq!(code(refused), Err("invalid_expiry"));
+        let narrowed = manager
+            .update_for(&caller, &id, KeyChanges::default().scopes([Scope::Read]))
+            .await
+            .unwrap();
+        assert_eq!(narrowed.scopes, Scope::Read.into());
+        assert_eq!(store.get("acct", &id).await.unwrap().expires_at, Some(soon));
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
