@@ -883,6 +883,26 @@ mod tests {
         cache.verifier().gate.as_ref().unwrap().add_permits(permits);
     }
 
+    #[tokio::test]
+    async fn the_public_lookup_and_probe_and_invalidation_through_the_trait() {
+        let cache = CachedVerifier::new(fixture(0));
+        let (known, unknown) = (KeyHash::of("known"), KeyHash::of("unknown"));
+        assert!(!cache.is_cached(&known));
+        let record = cache.lookup(&known).await.unwrap().expect("known");
+        assert_eq!(record.account_id, "acct");
+        assert!(cache.lookup(&unknown).await.unwrap().is_none());
+        assert!(cache.is_cached(&known) && cache.is_cached(&unknown));
+        // What the PostgreSQL listener and the manager call.
+        let invalidate: &dyn Invalidate = &cache;
+        invalidate.invalidate_key_id(&KeyId::new("ak_1"));
+        assert!(!cache.is_cached(&known) && cache.is_cached(&unknown));
+        cache.find(&known).await.unwrap();
+        invalidate.invalidate_account("acct");
+        assert!(!cache.is_cached(&known));
+        invalidate.invalidate_all();
+        assert!(!cache.is_cached(&unknown));
+    }
+
     #[test]
     fn hashes_under_one_digest_are_a_set() {
         let [a, b, c] = [KeyHash::of("a"), KeyHash::of("b"), KeyHash::of("c")];

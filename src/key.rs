@@ -640,15 +640,17 @@ mod tests {
 
     #[test]
     fn the_length_bound_admits_the_longest_possible_key_and_no_more() {
-        let format = KeyFormat::new("sk");
-        let longest = format!(
-            "sk_{}_{}",
-            "e".repeat(16),
-            "a".repeat(format.body_len.max(LEGACY_MAX_BODY) + CHECKSUM_LEN)
-        );
-        assert_ne!(format.parse(&longest).err(), Some(KeyFormatError::Length));
-        let longer = format!("{longest}a");
-        assert_eq!(format.parse(&longer).err(), Some(KeyFormatError::Length));
+        for prefix in ["sk", "live", "k"] {
+            let format = KeyFormat::new(prefix);
+            let longest = format!(
+                "{prefix}_{}_{}",
+                "e".repeat(16),
+                "a".repeat(format.body_len.max(LEGACY_MAX_BODY) + CHECKSUM_LEN)
+            );
+            assert_ne!(format.parse(&longest).err(), Some(KeyFormatError::Length));
+            let longer = format!("{longest}a");
+            assert_eq!(format.parse(&longer).err(), Some(KeyFormatError::Length));
+        }
     }
 
     #[test]
