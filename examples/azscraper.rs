@@ -132,7 +132,14 @@ async fn jobs(
     headers: HeaderMap,
 ) -> Response {
     let (user, via) = match principal {
-        Some(principal) => (principal.account_id().to_owned(), "api_key"),
+        // A key authenticates as the user who created it.
+        Some(principal) => (
+            principal
+                .created_by()
+                .unwrap_or(principal.account_id())
+                .to_owned(),
+            "api_key",
+        ),
         None => match sessions.user(&headers) {
             Ok(user) => (user, "session"),
             Err(refused) => return refused.into_response(),
@@ -170,9 +177,11 @@ async fn require_session(
     if let Err(refused) = sessions.check_owner(&user, &project_id) {
         return refused.into_response();
     }
-    parts
-        .extensions
-        .insert(KeyOwner::new(user, Environment::LIVE).project(project_id));
+    parts.extensions.insert(
+        KeyOwner::new(user.clone(), Environment::LIVE)
+            .project(project_id)
+            .user(user),
+    );
     next.run(Request::from_parts(parts, body)).await
 }
 

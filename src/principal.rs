@@ -85,6 +85,24 @@ impl Principal {
         &self.0.environment
     }
 
+    /// Who created the key: the creating key's id, or the dashboard user that did.
+    #[must_use]
+    pub fn created_by(&self) -> Option<&str> {
+        self.0.created_by.as_deref()
+    }
+
+    /// The end user the key belongs to, if the API says so.
+    #[must_use]
+    pub fn owner_id(&self) -> Option<&str> {
+        self.0.owner_id.as_deref()
+    }
+
+    /// The key's metadata (a JSON object).
+    #[must_use]
+    pub fn metadata(&self) -> &crate::record::Metadata {
+        &self.0.metadata
+    }
+
     /// The whole record the verifier returned.
     #[must_use]
     pub fn record(&self) -> &KeyRecord {

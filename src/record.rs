@@ -48,6 +48,13 @@ pub struct KeyRecord {
     pub standing: AccountStanding,
     /// Where and for what the key may be used.
     pub restrictions: Restrictions,
+    /// Who created the key: the creating key's id, or the signed-in user of a
+    /// [`KeyOwner`](crate::manage::KeyOwner); `None` for operator tools.
+    pub created_by: Option<String>,
+    /// The end user the key belongs to, if the API says so.
+    pub owner_id: Option<String>,
+    /// Free-form data the API keeps with the key (a JSON object, at most 4 KiB).
+    pub metadata: Metadata,
     /// When the usage recorder last noted this key (unix seconds); runtime state, not
     /// data: ignored by `==`, reset by `clone`.
     pub(crate) last_seen: LastSeen,
@@ -118,6 +125,9 @@ impl KeyRecord {
             revoked_at: None,
             standing: AccountStanding::default(),
             restrictions: Restrictions::none(),
+            created_by: None,
+            owner_id: None,
+            metadata: Metadata::new(),
             last_seen: LastSeen::default(),
         }
     }
@@ -178,6 +188,20 @@ impl KeyRecord {
         self
     }
 
+    /// Sets who created the key, the end user it belongs to, and its metadata.
+    #[must_use]
+    pub fn with_provenance(
+        mut self,
+        created_by: Option<String>,
+        owner_id: Option<String>,
+        metadata: Metadata,
+    ) -> Self {
+        self.created_by = created_by;
+        self.owner_id = owner_id;
+        self.metadata = metadata;
+        self
+    }
+
     /// Whether the key was revoked.
     #[must_use]
     pub fn is_revoked(&self) -> bool {
@@ -190,6 +214,12 @@ impl KeyRecord {
         self.expires_at.is_some_and(|at| at <= now)
     }
 }
+
+/// A key's metadata: a JSON object.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// The most bytes a key's metadata takes as JSON.
+pub const MAX_METADATA_BYTES: usize = 4096;
 
 /// The second (unix time) a cached record was last noted; part of [`KeyRecord`] so the
 /// hot path needs no map lookup.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use support::create::{NewKey, StoreForTests as _};
 use support::raw_http::{Client, serve};
 use support::temp_db::TempDb;
+use tower_api_keys::KeyVerifier as _;
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{self, KeyManager};
 use tower_api_keys::scope::Scope;
@@ -566,4 +567,88 @@ async fn nested_routes_project_callers_and_odd_views() {
         (renamed.status, renamed.code()),
         (404, "api_key_not_found".into())
     );
+}
+
+#[tokio::test]
+async fn keys_record_their_creator_owner_and_metadata() {
+    let server = server("provenance", 50).await;
+    let admin = Client::new(server.addr, &server.admin);
+    let created = admin
+        .send(
+            "POST",
+            "/v1/account/api-keys",
+            r#"{"name": "for ada", "scopes": ["read"], "owner_id": "usr_ada", "metadata": {"plan": "pro", "seats": 3}}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created = created.json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["owner_id"], "usr_ada");
+    assert_eq!(
+        created["metadata"],
+        serde_json::json!({"plan": "pro", "seats": 3})
+    );
+    // Created by the admin key: its id.
+    let admin_id = server
+        .store
+        .list("acct_1")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|key| key.name == "admin")
+        .unwrap()
+        .id;
+    assert_eq!(created["created_by"], admin_id.as_str());
+    // The verifier's record carries all three (what `Principal` exposes).
+    let key = tower_api_keys::key::ApiKey::from_secret(created["key"].as_str().unwrap());
+    let record = server.store.verify(&key.hash()).await.unwrap().unwrap();
+    assert_eq!(
+        (record.created_by.as_deref(), record.owner_id.as_deref()),
+        (Some(admin_id.as_str()), Some("usr_ada"))
+    );
+    assert_eq!(record.metadata["plan"], "pro");
+
+    // PATCH replaces the metadata and clears the owner; GET shows it.
+    let path = format!("/v1/account/api-keys/{id}");
+    let patched = admin
+        .send(
+            "PATCH",
+            &path,
+            r#"{"metadata": {"plan": "team"}, "owner_id": null}"#,
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let shown = admin.send("GET", &path, "").await.json();
+    assert_eq!(shown["metadata"], serde_json::json!({"plan": "team"}));
+    assert_eq!(shown["owner_id"], serde_json::Value::Null);
+    assert_eq!(shown["created_by"], admin_id.as_str());
+
+    // Bad shapes: 422 with their codes, and nothing written.
+    let big = format!(
+        r#"{{"name": "k", "metadata": {{"blob": "{}"}}}}"#,
+        "x".repeat(4_100)
+    );
+    for (body, code) in [
+        (
+            r#"{"name": "k", "metadata": [1]}"#.to_owned(),
+            "invalid_metadata",
+        ),
+        (big, "invalid_metadata"),
+        (
+            r#"{"name": "k", "owner_id": ""}"#.to_owned(),
+            "invalid_owner",
+        ),
+        (
+            r#"{"name": "k", "owner_id": 7}"#.to_owned(),
+            "invalid_owner",
+        ),
+    ] {
+        let before = server.store.list("acct_1").await.unwrap().len();
+        let refused = admin.send("POST", "/v1/account/api-keys", &body).await;
+        assert_eq!(refused.status, 422, "{body}");
+        assert_eq!(refused.json()["error"]["code"], code, "{body}");
+        assert_eq!(server.store.list("acct_1").await.unwrap().len(), before);
+    }
+    let refused = admin.send("PATCH", &path, r#"{"metadata": "x"}"#).await;
+    assert_eq!(refused.json()["error"]["code"], "invalid_metadata");
 }

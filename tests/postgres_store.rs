@@ -38,6 +38,14 @@ async fn postgres_rotates_atomically() {
 }
 
 #[tokio::test]
+async fn postgres_provenance() {
+    let Some((store, _)) = store("provenance").await else {
+        return;
+    };
+    support::store_contract::provenance(store).await;
+}
+
+#[tokio::test]
 async fn postgres_limits_per_environment() {
     let Some((store, _)) = store("envs").await else {
         return;
@@ -77,7 +85,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(applied, vec![1], "each migration applied once");
+    assert_eq!(applied, vec![1, 2], "each migration applied once");
     // And again: nothing to do.
     store.migrate().await.unwrap();
     support::store_contract::basics(other).await;

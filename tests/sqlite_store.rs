@@ -37,6 +37,17 @@ async fn memory_limits_per_environment() {
     support::store_contract::limit_per_environment(MemoryStore::new()).await;
 }
 
+#[tokio::test]
+async fn sqlite_provenance() {
+    let db = TempDb::new("provenance");
+    support::store_contract::provenance(open(&db).await).await;
+}
+
+#[tokio::test]
+async fn memory_provenance() {
+    support::store_contract::provenance(MemoryStore::new()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_holds_the_limit_under_a_race() {
     let db = TempDb::new("race");

@@ -29,11 +29,17 @@ pub enum Invalid {
     Restrictions,
     /// `invalid_overlap`: not a whole number of seconds up to 90 days.
     Overlap,
+    /// `invalid_owner`: `owner_id` not a string of 1 to
+    /// [`MAX_OWNER_LEN`](super::MAX_OWNER_LEN) characters.
+    Owner,
+    /// `invalid_metadata`: not a JSON object, or over
+    /// [`MAX_METADATA_BYTES`](crate::record::MAX_METADATA_BYTES) as JSON.
+    Metadata,
 }
 
 impl Invalid {
     /// Every rule, for documentation and tests.
-    pub const ALL: [Invalid; 9] = [
+    pub const ALL: [Invalid; 11] = [
         Invalid::Body,
         Invalid::Name,
         Invalid::RenameNotAllowed,
@@ -43,6 +49,8 @@ impl Invalid {
         Invalid::Environment,
         Invalid::Restrictions,
         Invalid::Overlap,
+        Invalid::Owner,
+        Invalid::Metadata,
     ];
 
     /// The stable code.
@@ -58,6 +66,8 @@ impl Invalid {
             Invalid::Environment => "invalid_environment",
             Invalid::Restrictions => "invalid_restrictions",
             Invalid::Overlap => "invalid_overlap",
+            Invalid::Owner => "invalid_owner",
+            Invalid::Metadata => "invalid_metadata",
         }
     }
 }

@@ -5,10 +5,10 @@
 //!
 //! | route | does | answers (default `KeyRoutes`) |
 //! |---|---|---|
-//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?, "restrictions"?}` | 201, the key once |
+//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?, "restrictions"?, "owner_id"?, "metadata"?}` | 201, the key once |
 //! | `GET /api-keys` | list the caller's active keys | 200 `{"data": [...]}` |
 //! | `GET /api-keys/{id}` | one key | 200 |
-//! | `PATCH /api-keys/{id}` | rename and/or restrict, body `{"name"?, "restrictions"?}` | 200 |
+//! | `PATCH /api-keys/{id}` | rename, restrict, set the end user or metadata, body `{"name"?, "restrictions"?, "owner_id"?, "metadata"?}` | 200 |
 //! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
 //! | `POST /api-keys/{id}/rotate` | rotate, body `{"overlap_seconds"?}` (default 0) | 201, the new key once |
 //!
@@ -44,7 +44,8 @@
 //! `invalid_project` (not a non-empty string, or not the caller's project),
 //! `invalid_expiry` (not RFC 3339, not in the future, or past the caller's own expiry),
 //! `invalid_environment`, `invalid_restrictions` (unreadable, or differing from a
-//! restricted caller's own), `invalid_overlap`; 403 `insufficient_scope` (asking for a
+//! restricted caller's own), `invalid_overlap`, `invalid_owner` (not a string of 1 to 200
+//! characters), `invalid_metadata` (not a JSON object, or over 4 KiB); 403 `insufficient_scope` (asking for a
 //! scope the caller does not hold, or a caller without the router's scope); 403
 //! `key_exceeds_caller` (rotating a key broader than the calling key: see below); 404
 //! `api_key_not_found`; 409 `api_key_limit_reached` (the account's active keys in that
@@ -80,7 +81,7 @@ use crate::cache::CachedVerifier;
 use crate::error::AuthError;
 use crate::key::{Environment, KeyFormat, KeyId};
 use crate::principal::Principal;
-use crate::record::AccountStanding;
+use crate::record::{AccountStanding, MAX_METADATA_BYTES, Metadata};
 use crate::restriction::Restrictions;
 use crate::scope::{Scope, Scopes};
 use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore, Replacement, StoredKey};
@@ -105,6 +106,8 @@ pub struct KeyOwner {
     pub environment: Environment,
     /// The project its keys are locked to, if any.
     pub project_id: Option<String>,
+    /// The signed-in user, recorded as the `created_by` of the keys it creates.
+    pub user_id: Option<String>,
 }
 
 impl KeyOwner {
@@ -115,6 +118,7 @@ impl KeyOwner {
             account_id: account_id.into(),
             environment,
             project_id: None,
+            user_id: None,
         }
     }
 
@@ -122,6 +126,13 @@ impl KeyOwner {
     #[must_use]
     pub fn project(mut self, project_id: impl Into<String>) -> Self {
         self.project_id = Some(project_id.into());
+        self
+    }
+
+    /// Names the signed-in user: the keys it creates record it as `created_by`.
+    #[must_use]
+    pub fn user(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
         self
     }
 }
@@ -177,6 +188,11 @@ pub struct NewKey {
     pub expires_at: Option<OffsetDateTime>,
     /// Where and for what it may be used; `None`: the creator's.
     pub restrictions: Option<Restrictions>,
+    /// The end user the key belongs to.
+    pub owner_id: Option<String>,
+    /// Free-form data kept with the key (a JSON object of at most
+    /// [`MAX_METADATA_BYTES`]).
+    pub metadata: Metadata,
 }
 
 impl NewKey {
@@ -216,6 +232,48 @@ impl NewKey {
         self.restrictions = Some(restrictions);
         self
     }
+
+    /// Says which end user the key belongs to.
+    #[must_use]
+    pub fn owner(mut self, owner_id: impl Into<String>) -> Self {
+        self.owner_id = Some(owner_id.into());
+        self
+    }
+
+    /// Sets the metadata.
+    #[must_use]
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// The longest end-user id accepted.
+pub const MAX_OWNER_LEN: usize = 200;
+
+/// An end-user id as given: 1 to [`MAX_OWNER_LEN`] characters.
+fn check_owner(owner_id: Option<&str>) -> Result<(), ManageError> {
+    match owner_id {
+        Some(owner) if owner.is_empty() || owner.chars().count() > MAX_OWNER_LEN => {
+            Err(ManageError::invalid(
+                Invalid::Owner,
+                format!("owner_id must be 1 to {MAX_OWNER_LEN} characters"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Metadata as given: at most [`MAX_METADATA_BYTES`] as JSON.
+fn check_metadata(metadata: &Metadata) -> Result<(), ManageError> {
+    let len = serde_json::to_string(metadata).map_or(usize::MAX, |json| json.len());
+    if len > MAX_METADATA_BYTES {
+        return Err(ManageError::invalid(
+            Invalid::Metadata,
+            format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `caller` could have created `key` itself, and so may receive a secret with
@@ -260,6 +318,9 @@ struct KeySpec {
     project_id: Option<String>,
     expires_at: Option<OffsetDateTime>,
     restrictions: Restrictions,
+    created_by: Option<String>,
+    owner_id: Option<String>,
+    metadata: Metadata,
 }
 
 impl KeySpec {
@@ -273,6 +334,9 @@ impl KeySpec {
             project_id: key.project_id,
             expires_at: key.expires_at,
             restrictions: key.restrictions,
+            created_by: key.created_by,
+            owner_id: key.owner_id,
+            metadata: key.metadata,
         }
     }
 }
@@ -285,6 +349,8 @@ fn account_key(
     request: NewKey,
 ) -> Result<KeySpec, ManageError> {
     let name = check_name(&request.name)?;
+    check_owner(request.owner_id.as_deref())?;
+    check_metadata(&request.metadata)?;
     if request
         .expires_at
         .is_some_and(|at| at <= OffsetDateTime::now_utc())
@@ -302,6 +368,9 @@ fn account_key(
         project_id: request.project_id,
         expires_at: request.expires_at,
         restrictions: request.restrictions.unwrap_or_default(),
+        created_by: None,
+        owner_id: request.owner_id,
+        metadata: request.metadata,
     })
 }
 
@@ -370,6 +439,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         request: NewKey,
     ) -> Result<CreatedKey, ManageError> {
         let name = check_name(&request.name)?;
+        check_owner(request.owner_id.as_deref())?;
+        check_metadata(&request.metadata)?;
         let scopes = match request.scopes {
             None => creator.scopes().clone(),
             Some(scopes) => {
@@ -429,6 +500,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             project_id,
             expires_at,
             restrictions,
+            created_by: Some(creator.key_id().to_string()),
+            owner_id: request.owner_id,
+            metadata: request.metadata,
         };
         self.insert(spec, None).await
     }
@@ -457,6 +531,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         stored.project_id = spec.project_id;
         stored.expires_at = spec.expires_at;
         stored.restrictions = spec.restrictions;
+        stored.created_by = spec.created_by;
+        stored.owner_id = spec.owner_id;
+        stored.metadata = spec.metadata;
         stored.replaces = replaces;
         let info = self.parts.store.insert(stored).await?;
         Ok(CreatedKey::new(key, info))
@@ -495,8 +572,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             (None, Some(own)) => request.project_id = Some(own.clone()),
             _ => {}
         }
-        self.create_for_account(&owner.account_id, owner.environment.clone(), request)
-            .await
+        let mut spec = account_key(&owner.account_id, owner.environment.clone(), request)?;
+        spec.created_by.clone_from(&owner.user_id);
+        self.insert(spec, None).await
     }
 
     /// Issues a key named like `request` afresh: the account's active key of that name
@@ -569,6 +647,12 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         }
         if let Some(scopes) = &changes.scopes {
             self.check_known(scopes)?;
+        }
+        if let Some(owner_id) = &changes.owner_id {
+            check_owner(owner_id.as_deref())?;
+        }
+        if let Some(metadata) = &changes.metadata {
+            check_metadata(metadata)?;
         }
         let info = self.parts.store.update(account_id, id, &changes).await?;
         // The cached record carries every field that can change.

@@ -19,6 +19,7 @@ use super::{Invalid, KeyManager, KeyOwner, ManageError, NewKey};
 use crate::error::{Envelope, ErrorResponder};
 use crate::key::{Environment, KeyId};
 use crate::principal::{Principal, require};
+use crate::record::Metadata;
 use crate::restriction::Restrictions;
 use crate::scope::Scope;
 use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore};
@@ -424,7 +425,39 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<NewKey, Man
         project_id,
         expires_at,
         restrictions: restrictions_field(fields)?,
+        owner_id: owner_field(fields)?.flatten(),
+        metadata: metadata_field(fields)?.unwrap_or_default(),
     })
+}
+
+/// `owner_id`: absent (`None`), `null` (`Some(None)`: none) or a string.
+fn owner_field(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<Option<String>>, ManageError> {
+    match fields.get("owner_id") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(owner)) => Ok(Some(Some(owner.clone()))),
+        Some(_) => Err(ManageError::invalid(
+            Invalid::Owner,
+            "owner_id must be a string",
+        )),
+    }
+}
+
+/// `metadata`: absent (`None`), `null` (an empty object) or a JSON object.
+fn metadata_field(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<Metadata>, ManageError> {
+    match fields.get("metadata") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Metadata::new())),
+        Some(Value::Object(metadata)) => Ok(Some(metadata.clone())),
+        Some(_) => Err(ManageError::invalid(
+            Invalid::Metadata,
+            "metadata must be a JSON object",
+        )),
+    }
 }
 
 fn restrictions_field(
@@ -545,10 +578,16 @@ async fn update<S: KeyStore, V: KeyVerifier>(
         if let Some(restrictions) = restrictions_field(&fields)? {
             changes = changes.restrictions(restrictions);
         }
+        if let Some(owner_id) = owner_field(&fields)? {
+            changes = changes.owner_id(owner_id);
+        }
+        if let Some(metadata) = metadata_field(&fields)? {
+            changes = changes.metadata(metadata);
+        }
         if changes.is_empty() {
             return Err(ManageError::invalid(
                 Invalid::Body,
-                "give a new name and/or restrictions",
+                "give a new name, restrictions, owner_id and/or metadata",
             ));
         }
         owned(&routes, &caller, &id).await?;

@@ -102,7 +102,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::key::{ApiKey, Environment, KeyFormat, KeyHash, KeyId};
-use crate::record::{AccountStanding, KeyRecord};
+use crate::record::{AccountStanding, KeyRecord, Metadata};
 use crate::restriction::Restrictions;
 use crate::scope::Scopes;
 use crate::verify::KeyVerifier;
@@ -144,6 +144,10 @@ pub struct KeyChanges {
     pub scopes: Option<Scopes>,
     /// A new expiry: `Some(None)` makes the key never expire.
     pub expires_at: Option<Option<OffsetDateTime>>,
+    /// A new end user: `Some(None)` clears it.
+    pub owner_id: Option<Option<String>>,
+    /// New metadata (replacing the old).
+    pub metadata: Option<Metadata>,
 }
 
 impl KeyChanges {
@@ -177,6 +181,20 @@ impl KeyChanges {
         self
     }
 
+    /// A new end user (`None`: none).
+    #[must_use]
+    pub fn owner_id(mut self, owner_id: Option<String>) -> Self {
+        self.owner_id = Some(owner_id);
+        self
+    }
+
+    /// New metadata.
+    #[must_use]
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
     /// Whether nothing changes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -184,6 +202,8 @@ impl KeyChanges {
             && self.restrictions.is_none()
             && self.scopes.is_none()
             && self.expires_at.is_none()
+            && self.owner_id.is_none()
+            && self.metadata.is_none()
     }
 
     /// Applies the changes to `key`.
@@ -199,6 +219,12 @@ impl KeyChanges {
         }
         if let Some(expires_at) = self.expires_at {
             key.expires_at = expires_at;
+        }
+        if let Some(owner_id) = &self.owner_id {
+            key.owner_id.clone_from(owner_id);
+        }
+        if let Some(metadata) = &self.metadata {
+            key.metadata.clone_from(metadata);
         }
     }
 }
@@ -232,6 +258,12 @@ pub struct StoredKey {
     pub expires_at: Option<OffsetDateTime>,
     /// Where and for what the key may be used.
     pub restrictions: Restrictions,
+    /// Who created it (see [`KeyRecord::created_by`]).
+    pub created_by: Option<String>,
+    /// The end user it belongs to, if any.
+    pub owner_id: Option<String>,
+    /// Its metadata.
+    pub metadata: Metadata,
     /// The key this one replaces, if it is a rotation.
     pub replaces: Option<Replacement>,
 }
@@ -262,6 +294,9 @@ impl StoredKey {
             project_id: None,
             expires_at: None,
             restrictions: Restrictions::none(),
+            created_by: None,
+            owner_id: None,
+            metadata: Metadata::new(),
             replaces: None,
         }
     }
@@ -283,6 +318,9 @@ impl StoredKey {
             expires_at: self.expires_at,
             revoked_at: None,
             restrictions: self.restrictions.clone(),
+            created_by: self.created_by.clone(),
+            owner_id: self.owner_id.clone(),
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -327,6 +365,12 @@ pub struct KeyInfo {
     pub revoked_at: Option<OffsetDateTime>,
     /// Where and for what it may be used.
     pub restrictions: Restrictions,
+    /// Who created it: the creating key's id, or a dashboard user.
+    pub created_by: Option<String>,
+    /// The end user it belongs to, if any.
+    pub owner_id: Option<String>,
+    /// Its metadata (a JSON object).
+    pub metadata: Metadata,
 }
 
 impl KeyInfo {
@@ -345,6 +389,11 @@ impl KeyInfo {
         .with_revoked_at(self.revoked_at)
         .with_project_id(self.project_id.clone())
         .with_restrictions(self.restrictions.clone())
+        .with_provenance(
+            self.created_by.clone(),
+            self.owner_id.clone(),
+            self.metadata.clone(),
+        )
     }
 }
 
@@ -479,6 +528,9 @@ impl KeyInfo {
             expires_at: None,
             revoked_at: None,
             restrictions: Restrictions::none(),
+            created_by: None,
+            owner_id: None,
+            metadata: Metadata::new(),
         }
     }
 }

@@ -337,3 +337,53 @@ pub async fn limit_per_environment<S: KeyStore + Clone>(store: S) {
         Err(StoreError::LimitReached { limit: 50 })
     ));
 }
+
+/// Who created a key, its end user and its metadata are kept, returned by the
+/// verifier, and changed by `update`.
+pub async fn provenance<S: KeyStore + Clone>(store: S) {
+    use tower_api_keys::manage::{KeyOwner, NewKey as Request};
+    use tower_api_keys::{CachedVerifier, KeyManager};
+    let manager = KeyManager::new(store.clone(), CachedVerifier::new(store.clone()), format());
+    let owner = KeyOwner::new("acct_prov", Environment::LIVE).user("usr_ada");
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("plan".into(), "pro".into());
+    let created = manager
+        .create_for_owner(
+            &owner,
+            Request::named("k").owner("end_1").metadata(metadata),
+        )
+        .await
+        .unwrap();
+    let stored = store.get("acct_prov", &created.info.id).await.unwrap();
+    assert_eq!(stored.created_by.as_deref(), Some("usr_ada"));
+    assert_eq!(stored.owner_id.as_deref(), Some("end_1"));
+    assert_eq!(stored.metadata["plan"], "pro");
+    let record = store
+        .find_by_hash(&created.key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.created_by.as_deref(), record.owner_id.as_deref()),
+        (Some("usr_ada"), Some("end_1"))
+    );
+    let changed = store
+        .update(
+            "acct_prov",
+            &created.info.id,
+            &KeyChanges::default()
+                .owner_id(None)
+                .metadata(serde_json::Map::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.owner_id, None);
+    assert!(changed.metadata.is_empty());
+    assert_eq!(changed.created_by.as_deref(), Some("usr_ada"));
+    // Rotation keeps who made the key and what it carries.
+    let rotated = manager
+        .rotate("acct_prov", &created.info.id, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(rotated.info.created_by.as_deref(), Some("usr_ada"));
+}

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use super::{KeyInfo, StoreError, StoredKey};
 use crate::key::{Environment, KeyId};
-use crate::record::AccountStanding;
+use crate::record::{AccountStanding, Metadata};
 use crate::restriction::Restrictions;
 
 /// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
@@ -35,14 +35,16 @@ macro_rules! key_columns {
             $($alias,)? "name, ", $($alias,)? "hint, ", $($alias,)? "prefix, ",
             $($alias,)? "environment, ", $($alias,)? "scopes, ", $($alias,)? "created_at, ",
             $($alias,)? "last_used_at, ", $($alias,)? "expires_at, ", $($alias,)? "revoked_at, ",
-            "CAST(", $($alias,)? "restrictions AS TEXT)"
+            "CAST(", $($alias,)? "restrictions AS TEXT), ",
+            $($alias,)? "created_by, ", $($alias,)? "owner_id, ",
+            "CAST(", $($alias,)? "metadata AS TEXT)"
         )
     };
 }
 
 /// The number of columns [`read_key`] reads; what a statement selects after them
 /// starts at this index.
-pub(crate) const AFTER_KEY_COLUMNS: usize = 13;
+pub(crate) const AFTER_KEY_COLUMNS: usize = 16;
 
 /// The name of the migrations bookkeeping table.
 macro_rules! migrations_table {
@@ -158,22 +160,39 @@ pub(crate) trait Dialect {
     fn int(row: &<Self::Db as Database>::Row, index: usize) -> Result<i64, sqlx::Error>;
 }
 
-/// Inserts a new key: `$1`…`$12` bound by [`bind_new_key`].
+/// Inserts a new key: `$1`…`$15` bound by [`bind_new_key`].
 pub(crate) fn insert_key_sql<D: Dialect>() -> String {
     format!(
         "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, \
-         environment, scopes, created_at, expires_at, restrictions) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {})",
-        D::JSON_PARAM.replace("$n", "$12")
+         environment, scopes, created_at, expires_at, restrictions, created_by, owner_id, \
+         metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {}, $13, $14, {})",
+        D::JSON_PARAM.replace("$n", "$12"),
+        D::JSON_PARAM.replace("$n", "$15")
     )
 }
 
-/// Binds a new key to [`insert_key_sql`]; `scopes` and `restrictions` as stored.
+/// A new key's columns that are stored as text built from Rust values.
+pub(crate) struct NewKeyText {
+    scopes: String,
+    restrictions: String,
+    metadata: String,
+}
+
+impl NewKeyText {
+    pub(crate) fn of(key: &StoredKey) -> Self {
+        NewKeyText {
+            scopes: key.scopes.to_space_separated(),
+            restrictions: restrictions_json(&key.restrictions),
+            metadata: serde_json::Value::Object(key.metadata.clone()).to_string(),
+        }
+    }
+}
+
+/// Binds a new key to [`insert_key_sql`].
 pub(crate) fn bind_new_key<'q, D: Dialect>(
     query: Query<'q, D::Db>,
     key: &'q StoredKey,
-    scopes: &'q str,
-    restrictions: &'q str,
+    text: &'q NewKeyText,
 ) -> Query<'q, D::Db> {
     let query = D::bind_text(query, Some(key.id.as_str()));
     let query = D::bind_text(query, Some(&key.account_id));
@@ -183,21 +202,28 @@ pub(crate) fn bind_new_key<'q, D: Dialect>(
     let query = D::bind_text(query, Some(&key.hint));
     let query = D::bind_text(query, Some(&key.prefix));
     let query = D::bind_text(query, Some(key.environment.as_str()));
-    let query = D::bind_text(query, Some(scopes));
+    let query = D::bind_text(query, Some(&text.scopes));
     let query = D::bind_time(query, Some(key.created_at));
     let query = D::bind_time(query, key.expires_at);
-    D::bind_text(query, Some(restrictions))
+    let query = D::bind_text(query, Some(&text.restrictions));
+    let query = D::bind_text(query, key.created_by.as_deref());
+    let query = D::bind_text(query, key.owner_id.as_deref());
+    D::bind_text(query, Some(&text.metadata))
 }
 
 /// Changes a key (each `NULL` parameter leaves its column): `$1` id, `$2` account, `$3`
-/// name, `$4` restrictions, `$5` scopes, `$6` whether to set the expiry, `$7` expiry.
+/// name, `$4` restrictions, `$5` scopes, `$6` whether to set the expiry, `$7` expiry,
+/// `$8` whether to set the owner, `$9` owner, `$10` metadata.
 pub(crate) fn update_key_sql<D: Dialect>() -> String {
     format!(
         "UPDATE api_keys SET name = COALESCE($3, name), \
          restrictions = COALESCE({}, restrictions), scopes = COALESCE($5, scopes), \
-         expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END \
+         expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END, \
+         owner_id = CASE WHEN $8 THEN $9 ELSE owner_id END, \
+         metadata = COALESCE({}, metadata) \
          WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING {}",
         D::JSON_PARAM.replace("$n", "$4"),
+        D::JSON_PARAM.replace("$n", "$10"),
         key_columns!()
     )
 }
@@ -224,6 +250,9 @@ pub(crate) fn read_key<D: Dialect>(row: &<D::Db as Database>::Row) -> Result<Key
     let restrictions = text(12, "restrictions")?;
     let restrictions: Restrictions =
         serde_json::from_str(&restrictions).map_err(|_| corrupt("restrictions", &restrictions))?;
+    let metadata = text(15, "metadata")?;
+    let metadata: Metadata =
+        serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?;
     Ok(KeyInfo {
         id: KeyId::new(text(0, "id")?),
         account_id: text(1, "account_id")?,
@@ -238,6 +267,9 @@ pub(crate) fn read_key<D: Dialect>(row: &<D::Db as Database>::Row) -> Result<Key
         expires_at: time(10)?,
         revoked_at: time(11)?,
         restrictions,
+        created_by: D::text(row, 13).map_err(backend)?,
+        owner_id: D::text(row, 14).map_err(backend)?,
+        metadata,
     })
 }
 
@@ -386,12 +418,15 @@ pub(crate) fn revoke_key<'q, D: Dialect>(account_id: &'q str, id: &'q KeyId) -> 
     D::bind_time(query, Some(crate::store::now_in_millis()))
 }
 
-/// A key's changes as stored: name, restrictions (JSON), scopes (space-separated).
+/// A key's changes as stored: name, restrictions (JSON), scopes (space-separated),
+/// expiry, owner, metadata (JSON).
 pub(crate) struct StoredChanges<'c> {
     name: Option<&'c str>,
     restrictions: Option<String>,
     scopes: Option<String>,
     expires_at: Option<Option<OffsetDateTime>>,
+    owner_id: Option<Option<&'c str>>,
+    metadata: Option<String>,
 }
 
 impl<'c> StoredChanges<'c> {
@@ -404,6 +439,11 @@ impl<'c> StoredChanges<'c> {
                 .as_ref()
                 .map(crate::scope::Scopes::to_space_separated),
             expires_at: changes.expires_at,
+            owner_id: changes.owner_id.as_ref().map(Option::as_deref),
+            metadata: changes
+                .metadata
+                .as_ref()
+                .map(|metadata| serde_json::Value::Object(metadata.clone()).to_string()),
         }
     }
 }
@@ -421,7 +461,10 @@ pub(crate) fn update_key<'q, D: Dialect>(
     let query = D::bind_text(query, changes.restrictions.as_deref());
     let query = D::bind_text(query, changes.scopes.as_deref());
     let query = D::bind_bool(query, changes.expires_at.is_some());
-    D::bind_time(query, changes.expires_at.flatten())
+    let query = D::bind_time(query, changes.expires_at.flatten());
+    let query = D::bind_bool(query, changes.owner_id.is_some());
+    let query = D::bind_text(query, changes.owner_id.flatten());
+    D::bind_text(query, changes.metadata.as_deref())
 }
 
 /// Stores `key` on `conn`, inside the caller's transaction: the account row (locked
@@ -478,12 +521,8 @@ where
     if usize::try_from(active).unwrap_or(usize::MAX) >= limit {
         return Err(StoreError::LimitReached { limit });
     }
-    let (scopes, restrictions) = (
-        key.scopes.to_space_separated(),
-        restrictions_json(&key.restrictions),
-    );
-    let insert = insert_key_sql::<D>();
-    bind_new_key::<D>(sqlx::query(&insert), key, &scopes, &restrictions)
+    let (insert, text) = (insert_key_sql::<D>(), NewKeyText::of(key));
+    bind_new_key::<D>(sqlx::query(&insert), key, &text)
         .execute(&mut *conn)
         .await
         .map_err(backend)?;

@@ -24,7 +24,13 @@ use crate::store::{
 };
 use crate::verify::{KeyVerifier, VerifyError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../../migrations/sqlite/0002_provenance.sql"),
+    ),
+];
 
 /// The embedded store: one SQLite file (WAL mode), for one process. Keys survive
 /// restarts. Cheap to clone (a pool handle).

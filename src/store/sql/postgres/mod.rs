@@ -28,10 +28,16 @@ use crate::store::{
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
 /// The schema, as versioned migrations.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../../migrations/postgres/0002_provenance.sql"),
+    ),
+];
 
 /// The default LISTEN/NOTIFY channel for revocations.
 pub const DEFAULT_REVOCATION_CHANNEL: &str = "tower_api_keys_revoked";

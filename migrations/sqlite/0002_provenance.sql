@@ -1,0 +1,4 @@
+-- Who created a key, the end user it belongs to, and free-form metadata (JSON object).
+ALTER TABLE api_keys ADD COLUMN created_by TEXT NULL;
+ALTER TABLE api_keys ADD COLUMN owner_id TEXT NULL;
+ALTER TABLE api_keys ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
