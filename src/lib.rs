@@ -93,6 +93,7 @@ pub mod extract;
 pub mod guard;
 pub mod key;
 pub mod layer;
+pub mod limit;
 pub mod manage;
 mod percent;
 pub mod policy;
