@@ -45,8 +45,9 @@ use tracing::field::Empty;
 use crate::bearer::bearer_token;
 use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
-use crate::error::{AuthError, ErrorFormat, ErrorResponder};
+use crate::error::{AuthError, ErrorFormat, ErrorResponder, insert_rate_limit};
 use crate::key::{Environment, KeyFormat, KeyHash};
+use crate::limit::{Decision, RateLimit, RateLimiter};
 use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, ForeignToken, Principal};
 use crate::usage::UsageRecorder;
@@ -64,7 +65,13 @@ struct Shared<V> {
     /// extensions, so that extractors and guards answer in the same format.
     custom_responses: bool,
     usage: Option<UsageRecorder>,
+    /// Rate limits every key has, and their state.
+    limits: Arc<[RateLimit]>,
+    limiter: RateLimiter,
 }
+
+/// What an accepted request's response tells about the limit closest to exhaustion.
+type Quota = Option<Box<Decision>>;
 
 impl<V> Clone for Shared<V> {
     fn clone(&self) -> Self {
@@ -77,6 +84,8 @@ impl<V> Clone for Shared<V> {
             responder: Arc::clone(&self.responder),
             custom_responses: self.custom_responses,
             usage: self.usage.clone(),
+            limits: Arc::clone(&self.limits),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -92,18 +101,43 @@ impl<V> Shared<V> {
 }
 
 impl<V: KeyVerifier> Shared<V> {
-    /// Lookup → policy → principal.
-    fn decide(&self, found: Lookup, request: &RequestView<'_>) -> Result<Principal, AuthError> {
+    /// Lookup → policy → rate limits → principal.
+    fn decide(
+        &self,
+        found: Lookup,
+        request: &RequestView<'_>,
+    ) -> Result<(Principal, Quota), AuthError> {
         match found {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
                 self.policy.check(&record, request)?;
+                let quota = self.spend(record.id.as_str())?;
                 if let Some(usage) = &self.usage {
                     usage.record(&record, self.policy.now());
                 }
-                Ok(Principal::new(record))
+                Ok((Principal::new(record), quota))
             }
         }
+    }
+
+    /// Spends one unit of each rate limit for `key_id`: the first that is spent refuses
+    /// the request (units spent on the limits before it stay spent); else the limit
+    /// closest to exhaustion, for the response's headers.
+    fn spend(&self, key_id: &str) -> Result<Quota, AuthError> {
+        let mut closest: Option<Decision> = None;
+        for limit in self.limits.iter() {
+            let decision = self.limiter.check(key_id, limit, 1);
+            if !decision.allowed {
+                return Err(AuthError::RateLimited(Box::new(decision)));
+            }
+            if closest
+                .as_ref()
+                .is_none_or(|seen| decision.remaining < seen.remaining)
+            {
+                closest = Some(decision);
+            }
+        }
+        Ok(closest.map(Box::new))
     }
 }
 
@@ -158,6 +192,8 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
                 responder: Arc::new(ErrorResponder::default()),
                 custom_responses: false,
                 usage: None,
+                limits: Arc::new([]),
+                limiter: RateLimiter::new(),
             }),
         }
     }
@@ -268,6 +304,27 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
         self.with_shared(|shared| shared.usage = Some(recorder))
     }
 
+    /// Adds a rate limit that every key has, each on its own (at most
+    /// [`MAX_LIMITS`](crate::limit::MAX_LIMITS) of them, names unique). Every accepted
+    /// request spends one unit; a key that has spent a limit gets 429 `rate_limited`
+    /// with `Retry-After`, `RateLimit` and `RateLimit-Policy`, and accepted responses
+    /// carry `RateLimit`/`RateLimit-Policy` for the limit closest to exhaustion. The
+    /// state is in this process (see [`limit`](crate::limit)).
+    ///
+    /// # Panics
+    /// If the limits would be more than five, or a name repeats.
+    #[must_use]
+    pub fn rate_limit(self, limit: RateLimit) -> Self {
+        self.with_shared(|shared| {
+            let mut limits = shared.limits.to_vec();
+            limits.push(limit);
+            if let Err(error) = RateLimit::check_all(&limits) {
+                panic!("{error}");
+            }
+            shared.limits = limits.into();
+        })
+    }
+
     /// The cache this layer looks keys up through.
     #[must_use]
     pub fn cache(&self) -> &CachedVerifier<V> {
@@ -362,10 +419,10 @@ where
 
         match shared.cache.get_cached(&hash) {
             Some(found) => match shared.decide(found, &RequestView::of(&request)) {
-                Ok(principal) => {
+                Ok((principal, quota)) => {
                     record_accepted(&span, &principal);
                     request.extensions_mut().insert(principal);
-                    self.call_inner(request)
+                    self.call_limited(request, quota)
                 }
                 Err(error) => self.reject(&span, error),
             },
@@ -377,7 +434,19 @@ where
 impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
     fn call_inner<ReqBody, ResBody>(
         &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        self.call_limited(request, None)
+    }
+
+    /// Calls the inner service; its response gets the `quota`'s headers.
+    fn call_limited<ReqBody, ResBody>(
+        &mut self,
         mut request: Request<ReqBody>,
+        quota: Quota,
     ) -> ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -386,6 +455,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         ResponseFuture {
             state: State::Inner {
                 fut: self.inner.call(request),
+                quota,
             },
         }
     }
@@ -433,11 +503,11 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                 }
             };
             match decision {
-                Ok(principal) => {
+                Ok((principal, quota)) => {
                     record_accepted(&span, &principal);
                     request.extensions_mut().insert(principal);
                     shared.lend_responder(&mut request);
-                    Verified(Outcome::Accepted(request))
+                    Verified(Outcome::Accepted(request, quota))
                 }
                 Err(error) => {
                     span.record("outcome", error.code());
@@ -471,7 +541,7 @@ pub(crate) struct Verified<B>(Outcome<B>);
 
 #[derive(Debug)]
 enum Outcome<B> {
-    Accepted(Request<B>),
+    Accepted(Request<B>, Quota),
     Rejected(Response<Bytes>),
 }
 
@@ -502,6 +572,7 @@ pin_project! {
         Inner {
             #[pin]
             fut: S::Future,
+            quota: Quota,
         },
         Reject {
             response: Option<S::Response>,
@@ -537,16 +608,22 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Verify { fut, inner } => match ready!(fut.as_mut().poll(cx)) {
-                    Verified(Outcome::Accepted(request)) => {
+                    Verified(Outcome::Accepted(request, quota)) => {
                         let mut inner = inner.take().expect("polled after completion");
                         let fut = inner.call(request);
-                        state.set(State::Inner { fut });
+                        state.set(State::Inner { fut, quota });
                     }
                     Verified(Outcome::Rejected(response)) => {
                         return Poll::Ready(Ok(response.map(ResBody::from)));
                     }
                 },
-                StateProj::Inner { fut } => return fut.poll(cx),
+                StateProj::Inner { fut, quota } => {
+                    let mut response = ready!(fut.poll(cx))?;
+                    if let Some(quota) = quota.take() {
+                        insert_rate_limit(response.headers_mut(), &quota);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
                 StateProj::Reject { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));
                 }

@@ -53,6 +53,7 @@
 //! | 403 | `project_forbidden` | a key locked to another project |
 //! | 403 | `ip_not_allowed` / `referrer_not_allowed` / `endpoint_not_allowed` | the key's restrictions |
 //! | 403 | `insufficient_scope` | a scope guard fails |
+//! | 429 | `rate_limited` | a rate limit of the layer ([`limit`]) is spent for the key |
 //! | 503 | `auth_unavailable` | the verifier failed and nothing was cached |
 //!
 //! The rules run in a fixed order; see [`policy`].

@@ -33,8 +33,8 @@ mod render;
 
 pub use envelope::Envelope;
 pub use rejection::{MissingApiKeyLayer, PrincipalRejection};
-pub(crate) use render::ErrorResponder;
 pub use render::{ErrorBody, ErrorFormat, JsonErrorFormat};
+pub(crate) use render::{ErrorResponder, insert_rate_limit};
 
 use http::{HeaderValue, StatusCode};
 
@@ -89,6 +89,10 @@ pub enum AuthError {
     /// `auth_unavailable`, with `Retry-After`.
     #[error("authentication is temporarily unavailable")]
     Unavailable,
+    /// A rate limit of the key is spent. 429 `rate_limited`, with `Retry-After`,
+    /// `RateLimit` and `RateLimit-Policy`.
+    #[error("the API key's rate limit {:?} is spent", .0.limit().name)]
+    RateLimited(Box<crate::limit::Decision>),
 }
 
 /// What is wrong with a malformed `Authorization` header.
@@ -124,6 +128,7 @@ impl AuthError {
             | AuthError::EndpointNotAllowed
             | AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -144,6 +149,7 @@ impl AuthError {
             AuthError::EndpointNotAllowed => "endpoint_not_allowed",
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::Unavailable => "auth_unavailable",
+            AuthError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -180,6 +186,9 @@ impl AuthError {
                 "The API key does not have the scope this request requires."
             }
             AuthError::Unavailable => "Authentication is temporarily unavailable. Retry shortly.",
+            AuthError::RateLimited(_) => {
+                "Too many requests with this API key. Retry after the time in Retry-After."
+            }
         }
     }
 
@@ -199,7 +208,8 @@ impl AuthError {
             | AuthError::IpNotAllowed
             | AuthError::ReferrerNotAllowed
             | AuthError::EndpointNotAllowed
-            | AuthError::Unavailable => return None,
+            | AuthError::Unavailable
+            | AuthError::RateLimited(_) => return None,
         };
         let mut value = format!("Bearer realm=\"{realm}\"");
         if let Some(error) = error {

@@ -175,7 +175,24 @@ impl ErrorResponder {
                 HeaderValue::from(self.retry_after.as_secs().max(1)),
             );
         }
+        if let AuthError::RateLimited(decision) = error {
+            headers.insert(RETRY_AFTER, HeaderValue::from(decision.retry_after_secs()));
+            insert_rate_limit(headers, decision);
+        }
         response
+    }
+}
+
+/// The `RateLimit` and `RateLimit-Policy` fields of `decision` (IETF
+/// draft-ietf-httpapi-ratelimit-headers).
+pub(crate) fn insert_rate_limit(headers: &mut http::HeaderMap, decision: &crate::limit::Decision) {
+    // Names are letters, digits, `_` and `-`: always a valid header value.
+    if let (Ok(state), Ok(policy)) = (
+        HeaderValue::try_from(decision.header()),
+        HeaderValue::try_from(decision.policy_header()),
+    ) {
+        headers.insert(http::HeaderName::from_static("ratelimit"), state);
+        headers.insert(http::HeaderName::from_static("ratelimit-policy"), policy);
     }
 }
 
