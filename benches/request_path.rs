@@ -20,6 +20,7 @@ use axum::routing::get;
 use http::{HeaderValue, Request};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_keys::key::{Environment, KeyFormat};
+use tower_api_keys::limit::RateLimit;
 use tower_api_keys::manage::NewKey;
 use tower_api_keys::scope::{Scope, Write};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier, RequireScope};
@@ -115,6 +116,11 @@ fn main() {
     let around_scope = ServiceBuilder::new()
         .layer(layer.clone())
         .service(scoped_router().with_state(()));
+    // One in-process rate limit that the bench never exhausts.
+    let unlimited = RateLimit::new("requests", u32::MAX, Duration::from_secs(1)).unwrap();
+    let around_limited = ServiceBuilder::new()
+        .layer(layer.clone().rate_limit(unlimited))
+        .service(bare.clone());
     // … and with Router::layer.
     let inside_static = support::router()
         .layer(support::StaticBearer::new(
@@ -132,6 +138,7 @@ fn main() {
         (&around_key, &hit, 200),
         (&around_key, &unknown, 401),
         (&around_key, &malformed, 401),
+        (&around_limited, &hit, 200),
     ] {
         let response = runtime
             .block_on(service.clone().oneshot(support::request(auth)))
@@ -152,12 +159,14 @@ fn main() {
         );
         let (inside_static, inside_jwt, inside_key, inside_scope) =
             (&inside_static, &inside_jwt, &inside_key, &inside_scope);
+        let around_limited = &around_limited;
         match service {
             "bare" => Box::new(move || batch(runtime, bare, hit)),
             "static_bearer" => Box::new(move || batch(runtime, around_static, static_token)),
             "jwt_hs256" => Box::new(move || batch(runtime, around_jwt, jwt)),
             "api_key_hit" => Box::new(move || batch(runtime, around_key, hit)),
             "api_key_hit_scope" => Box::new(move || batch(runtime, around_scope, hit)),
+            "api_key_hit_rate_limit" => Box::new(move || batch(runtime, around_limited, hit)),
             "api_key_malformed" => Box::new(move || batch(runtime, around_key, malformed)),
             "api_key_unknown_cached" => Box::new(move || batch(runtime, around_key, unknown)),
             "static_bearer (Router::layer)" => {
@@ -192,6 +201,16 @@ fn main() {
             "static_bearer",
         ),
         ("api_key_hit / jwt_hs256", "api_key_hit", "jwt_hs256"),
+        (
+            "api_key_hit_rate_limit / api_key_hit",
+            "api_key_hit_rate_limit",
+            "api_key_hit",
+        ),
+        (
+            "api_key_hit_rate_limit / bare (around router)",
+            "api_key_hit_rate_limit",
+            "bare",
+        ),
         (
             "static_bearer / bare (around router)",
             "static_bearer",
