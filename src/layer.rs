@@ -45,9 +45,9 @@ use tracing::field::Empty;
 use crate::bearer::bearer_token;
 use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
-use crate::error::{AuthError, ErrorFormat, ErrorResponder, insert_rate_limit};
+use crate::error::{AuthError, ErrorFormat, ErrorResponder};
 use crate::key::{Environment, KeyFormat, KeyHash};
-use crate::limit::{Decision, RateLimit, RateLimiter};
+use crate::limit::{Decision, RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimiter, Refusal};
 use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, ForeignToken, Principal};
 use crate::usage::UsageRecorder;
@@ -66,12 +66,50 @@ struct Shared<V> {
     custom_responses: bool,
     usage: Option<UsageRecorder>,
     /// Rate limits every key has, and their state.
-    limits: Arc<[RateLimit]>,
+    limits: Arc<[LimitSlot]>,
     limiter: RateLimiter,
 }
 
+/// A rate limit of the layer, with its `RateLimit-Policy` field and the start of its
+/// `RateLimit` field made once.
+struct LimitSlot {
+    limit: RateLimit,
+    policy: http::HeaderValue,
+    /// `"name";r=`
+    state_prefix: Box<str>,
+}
+
 /// What an accepted request's response tells about the limit closest to exhaustion.
-type Quota = Option<Box<Decision>>;
+type Quota = Option<QuotaState>;
+
+struct QuotaState {
+    slots: Arc<[LimitSlot]>,
+    index: usize,
+    decision: Decision,
+}
+
+impl fmt::Debug for QuotaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaState")
+            .field("limit", &self.slots[self.index].limit.name)
+            .field("decision", &self.decision)
+            .finish()
+    }
+}
+
+impl QuotaState {
+    fn insert_into(&self, headers: &mut http::HeaderMap) {
+        let slot = &self.slots[self.index];
+        let mut state = String::with_capacity(slot.state_prefix.len() + 24);
+        state.push_str(&slot.state_prefix);
+        self.decision.write_numbers(&mut state);
+        if let Ok(state) = http::HeaderValue::try_from(state) {
+            headers.reserve(2);
+            headers.insert(RATELIMIT, state);
+            headers.insert(RATELIMIT_POLICY, slot.policy.clone());
+        }
+    }
+}
 
 impl<V> Clone for Shared<V> {
     fn clone(&self) -> Self {
@@ -124,20 +162,22 @@ impl<V: KeyVerifier> Shared<V> {
     /// the request (units spent on the limits before it stay spent); else the limit
     /// closest to exhaustion, for the response's headers.
     fn spend(&self, key_id: &str) -> Result<Quota, AuthError> {
-        let mut closest: Option<Decision> = None;
-        for limit in self.limits.iter() {
-            let decision = self.limiter.check(key_id, limit, 1);
+        let mut closest: Option<(usize, Decision)> = None;
+        for (index, slot) in self.limits.iter().enumerate() {
+            let decision = self.limiter.check(key_id, &slot.limit, 1);
             if !decision.allowed {
-                return Err(AuthError::RateLimited(Box::new(decision)));
+                let refusal = Refusal::new(slot.limit.clone(), decision);
+                return Err(AuthError::RateLimited(Box::new(refusal)));
             }
-            if closest
-                .as_ref()
-                .is_none_or(|seen| decision.remaining < seen.remaining)
-            {
-                closest = Some(decision);
+            if closest.is_none_or(|(_, seen)| decision.remaining < seen.remaining) {
+                closest = Some((index, decision));
             }
         }
-        Ok(closest.map(Box::new))
+        Ok(closest.map(|(index, decision)| QuotaState {
+            slots: Arc::clone(&self.limits),
+            index,
+            decision,
+        }))
     }
 }
 
@@ -316,12 +356,24 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     #[must_use]
     pub fn rate_limit(self, limit: RateLimit) -> Self {
         self.with_shared(|shared| {
-            let mut limits = shared.limits.to_vec();
+            let mut limits: Vec<RateLimit> = shared
+                .limits
+                .iter()
+                .map(|slot| slot.limit.clone())
+                .collect();
             limits.push(limit);
             if let Err(error) = RateLimit::check_all(&limits) {
                 panic!("{error}");
             }
-            shared.limits = limits.into();
+            shared.limits = limits
+                .into_iter()
+                .map(|limit| LimitSlot {
+                    policy: http::HeaderValue::try_from(limit.policy_header())
+                        .expect("a checked name makes a valid header value"),
+                    state_prefix: format!("\"{}\";r=", limit.name).into(),
+                    limit,
+                })
+                .collect();
         })
     }
 
@@ -620,7 +672,7 @@ where
                 StateProj::Inner { fut, quota } => {
                     let mut response = ready!(fut.poll(cx))?;
                     if let Some(quota) = quota.take() {
-                        insert_rate_limit(response.headers_mut(), &quota);
+                        quota.insert_into(response.headers_mut());
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -11,10 +11,11 @@
 //! word per subject and limit, updated by compare-and-swap: no lock shared by all keys,
 //! no future on the hit path.
 //!
-//! A subject idle for a whole window has its full quota again, so its state may be
-//! forgotten then: the limiter keeps it in a moka cache that evicts it after that idle
-//! time (and, beyond `max_subjects`, the least used first, which can only give those
-//! subjects their quota back early).
+//! The words live in 64 shards of hash maps (by a 64-bit digest of subject and limit
+//! name), each behind a read-write lock that a check takes for reading: only a subject's
+//! first check takes it for writing. A subject whose quota is full again (its TAT is
+//! past) has nothing to remember, so a shard that grows past its share of
+//! `max_subjects` forgets those; subjects still spending are never forgotten.
 //!
 //! ```
 //! use std::time::Duration;
@@ -27,14 +28,22 @@
 //! let refused = limiter.check("ak_1", &limit, 1);
 //! assert!(!refused.allowed);
 //! assert_eq!(refused.retry_after_secs(), 30);
-//! assert_eq!(refused.policy_header(), r#""requests";q=2;w=60"#);
+//! assert_eq!(refused.header(&limit), r#""requests";r=0;t=60"#);
+//! assert_eq!(limit.policy_header(), r#""requests";q=2;w=60"#);
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+/// The `RateLimit` field (IETF draft-ietf-httpapi-ratelimit-headers).
+pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+/// The `RateLimit-Policy` field.
+pub(crate) const RATELIMIT_POLICY: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-policy");
 
 /// The most limits a key or an account carries.
 pub const MAX_LIMITS: usize = 5;
@@ -109,6 +118,15 @@ impl RateLimit {
         Duration::from_secs(u64::from(self.window_seconds))
     }
 
+    /// The `RateLimit-Policy` field: `"requests";q=100;w=60`.
+    #[must_use]
+    pub fn policy_header(&self) -> String {
+        format!(
+            "\"{}\";q={};w={}",
+            self.name, self.limit, self.window_seconds
+        )
+    }
+
     /// The time one unit of cost takes to come back: `window / limit`, in nanoseconds.
     fn interval_nanos(&self) -> u64 {
         let window = u64::try_from(self.window().as_nanos()).unwrap_or(u64::MAX);
@@ -116,8 +134,8 @@ impl RateLimit {
     }
 }
 
-/// What a check decided, and what the `RateLimit` headers say about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a check decided, and what the `RateLimit` field says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Decision {
     /// Whether the request fits (its cost was spent).
@@ -128,16 +146,9 @@ pub struct Decision {
     pub reset_after: Duration,
     /// Until a request of this cost would fit (zero when allowed).
     pub retry_after: Duration,
-    limit: RateLimit,
 }
 
 impl Decision {
-    /// The limit decided on.
-    #[must_use]
-    pub fn limit(&self) -> &RateLimit {
-        &self.limit
-    }
-
     /// `Retry-After` in whole seconds, rounded up (at least 1 when refused).
     #[must_use]
     pub fn retry_after_secs(&self) -> u64 {
@@ -147,25 +158,58 @@ impl Decision {
         ceil_secs(self.retry_after).max(1)
     }
 
-    /// The `RateLimit-Policy` field: `"requests";q=100;w=60`.
+    /// The `RateLimit` field for `limit`: `"requests";r=0;t=12` (`t`: whole seconds
+    /// until the quota is full again, rounded up).
     #[must_use]
-    pub fn policy_header(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.limit.name, self.limit.limit, self.limit.window_seconds
-        )
+    pub fn header(&self, limit: &RateLimit) -> String {
+        let mut field = String::with_capacity(limit.name.len() + 32);
+        field.push('"');
+        field.push_str(&limit.name);
+        field.push_str("\";r=");
+        self.write_numbers(&mut field);
+        field
     }
 
-    /// The `RateLimit` field: `"requests";r=0;t=12` (`t`: whole seconds until the quota
-    /// is full again, rounded up).
+    /// `{remaining};t={reset}`, the end of [`header`](Self::header), without `format!`.
+    pub(crate) fn write_numbers(&self, out: &mut String) {
+        push_number(out, u64::from(self.remaining));
+        out.push_str(";t=");
+        push_number(out, ceil_secs(self.reset_after));
+    }
+}
+
+/// A request a limit refused: the limit, and the decision (for the headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refusal {
+    /// The limit that is spent.
+    pub limit: RateLimit,
+    /// What the check decided.
+    pub decision: Decision,
+}
+
+impl Refusal {
+    /// A refusal by `limit`.
     #[must_use]
-    pub fn header(&self) -> String {
-        format!(
-            "\"{}\";r={};t={}",
-            self.limit.name,
-            self.remaining,
-            ceil_secs(self.reset_after)
-        )
+    pub fn new(limit: RateLimit, decision: Decision) -> Self {
+        Refusal { limit, decision }
+    }
+}
+
+fn push_number(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
     }
 }
 
@@ -176,22 +220,50 @@ fn ceil_secs(duration: Duration) -> u64 {
 /// Decides rate limits in process. Cheap to clone; clones share the state.
 #[derive(Clone)]
 pub struct RateLimiter {
+    inner: std::sync::Arc<Shards>,
+}
+
+const SHARDS: usize = 64;
+
+struct Shards {
     epoch: Instant,
     /// By a 64-bit digest of (subject, limit name): the TAT in nanoseconds since
     /// `epoch`.
-    states: moka::sync::Cache<u64, Arc<Tat>>,
+    shards: Box<[RwLock<HashMap<u64, AtomicU64, BuildHasherDefault<Digested>>>]>,
+    /// Entries a shard holds before it forgets those at full quota.
+    sweep_at: usize,
 }
 
-/// A theoretical arrival time, and the window after which, idle, it may be forgotten.
-struct Tat {
-    nanos: AtomicU64,
-    window: Duration,
+/// The keys are digests already: their bits are the hash.
+#[derive(Default)]
+struct Digested(u64);
+
+impl Hasher for Digested {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let subjects: usize = self
+            .inner
+            .shards
+            .iter()
+            .map(|shard| shard.read().unwrap_or_else(PoisonError::into_inner).len())
+            .sum();
         f.debug_struct("RateLimiter")
-            .field("subjects", &self.states.entry_count())
+            .field("subjects", &subjects)
             .finish_non_exhaustive()
     }
 }
@@ -202,55 +274,47 @@ impl Default for RateLimiter {
     }
 }
 
-struct IdleForAWindow;
-
-impl moka::Expiry<u64, Arc<Tat>> for IdleForAWindow {
-    fn expire_after_create(&self, _: &u64, tat: &Arc<Tat>, _: Instant) -> Option<Duration> {
-        Some(tat.window)
-    }
-
-    fn expire_after_read(
-        &self,
-        _: &u64,
-        tat: &Arc<Tat>,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(tat.window)
-    }
-}
-
 impl RateLimiter {
-    /// A limiter for up to a million subject-and-limit pairs at once.
+    /// A limiter that starts forgetting subjects at full quota beyond a million
+    /// subject-and-limit pairs.
     #[must_use]
     pub fn new() -> Self {
         Self::with_max_subjects(1_000_000)
     }
 
-    /// A limiter keeping at most `max` subject-and-limit pairs (beyond, the least used
-    /// get their quota back early).
+    /// A limiter that starts forgetting subjects at full quota beyond `max`
+    /// subject-and-limit pairs (subjects still spending are always kept).
     #[must_use]
-    pub fn with_max_subjects(max: u64) -> Self {
+    pub fn with_max_subjects(max: usize) -> Self {
         RateLimiter {
-            epoch: Instant::now(),
-            states: moka::sync::Cache::builder()
-                .max_capacity(max)
-                .expire_after(IdleForAWindow)
-                .build(),
+            inner: std::sync::Arc::new(Shards {
+                epoch: Instant::now(),
+                shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+                sweep_at: (max / SHARDS).max(1),
+            }),
         }
     }
 
     /// Spends `cost` of `limit` for `subject` if it fits, now.
     pub fn check(&self, subject: &str, limit: &RateLimit, cost: u32) -> Decision {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let state = self.states.get_with(digest(subject, &limit.name), || {
-            Arc::new(Tat {
-                nanos: AtomicU64::new(0),
-                window: limit.window(),
-            })
-        });
-        decide(&state.nanos, now, limit, cost)
+        let inner = &*self.inner;
+        let now = u64::try_from(inner.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let key = digest(subject, &limit.name);
+        // Bits apart from those the map reads (its low bits and its top seven).
+        let shard = &inner.shards[(key >> 32) as usize % SHARDS];
+        {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(tat) = map.get(&key) {
+                return decide(tat, now, limit, cost);
+            }
+        }
+        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= inner.sweep_at && !map.contains_key(&key) {
+            // A TAT in the past is a full quota: nothing to remember.
+            map.retain(|_, tat| tat.load(Ordering::Relaxed) > now);
+        }
+        let tat = map.entry(key).or_insert_with(|| AtomicU64::new(0));
+        decide(tat, now, limit, cost)
     }
 }
 
@@ -278,26 +342,24 @@ fn decide(tat: &AtomicU64, now: u64, limit: &RateLimit, cost: u32) -> Decision {
                 remaining: remaining(window, full_after, interval),
                 reset_after: Duration::from_nanos(full_after),
                 retry_after: Duration::from_nanos(ahead - window),
-                limit: limit.clone(),
             };
         }
         if cost == 0 || current == next {
-            return allowed(window, ahead, interval, limit);
+            return allowed(window, ahead, interval);
         }
         match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return allowed(window, ahead, interval, limit),
+            Ok(_) => return allowed(window, ahead, interval),
             Err(seen) => current = seen,
         }
     }
 }
 
-fn allowed(window: u64, ahead: u64, interval: u64, limit: &RateLimit) -> Decision {
+fn allowed(window: u64, ahead: u64, interval: u64) -> Decision {
     Decision {
         allowed: true,
         remaining: remaining(window, ahead, interval),
         reset_after: Duration::from_nanos(ahead),
         retry_after: Duration::ZERO,
-        limit: limit.clone(),
     }
 }
 
@@ -331,8 +393,8 @@ mod tests {
         // One unit comes back every 0.6 s.
         assert_eq!(refused.retry_after, Duration::from_millis(600));
         assert_eq!(refused.retry_after_secs(), 1);
-        assert_eq!(refused.header(), r#""requests";r=0;t=60"#);
-        assert_eq!(refused.policy_header(), r#""requests";q=100;w=60"#);
+        assert_eq!(refused.header(&limit), r#""requests";r=0;t=60"#);
+        assert_eq!(limit.policy_header(), r#""requests";q=100;w=60"#);
         // At the edge of the window: one more, not another hundred.
         let edge = t0 + 60 * SECOND;
         let passed = (0..200)
@@ -399,5 +461,26 @@ mod tests {
         assert!(limiter.check("ak_2", &limit, 1).allowed);
         let other = RateLimit::new("writes", 1, Duration::from_secs(60)).unwrap();
         assert!(limiter.check("ak_1", &other, 1).allowed);
+    }
+
+    #[test]
+    fn subjects_at_full_quota_are_forgotten_and_spending_ones_kept() {
+        let limiter = RateLimiter::with_max_subjects(SHARDS);
+        let spending = RateLimit::new("hourly", 1, Duration::from_secs(3_600)).unwrap();
+        assert!(limiter.check("ak_1", &spending, 1).allowed);
+        let free = RateLimit::new("free", 1, Duration::from_secs(1)).unwrap();
+        for i in 0..10_000 {
+            // Cost 0: full quota, nothing spent, forgettable.
+            limiter.check(&format!("ak_{i}x"), &free, 0);
+        }
+        assert!(format!("{limiter:?}").len() < 100);
+        let subjects: usize = limiter
+            .inner
+            .shards
+            .iter()
+            .map(|shard| shard.read().unwrap().len())
+            .sum();
+        assert!(subjects < 1_000, "{subjects} kept");
+        assert!(!limiter.check("ak_1", &spending, 1).allowed, "still spent");
     }
 }

@@ -33,8 +33,8 @@ mod render;
 
 pub use envelope::Envelope;
 pub use rejection::{MissingApiKeyLayer, PrincipalRejection};
+pub(crate) use render::ErrorResponder;
 pub use render::{ErrorBody, ErrorFormat, JsonErrorFormat};
-pub(crate) use render::{ErrorResponder, insert_rate_limit};
 
 use http::{HeaderValue, StatusCode};
 
@@ -91,8 +91,8 @@ pub enum AuthError {
     Unavailable,
     /// A rate limit of the key is spent. 429 `rate_limited`, with `Retry-After`,
     /// `RateLimit` and `RateLimit-Policy`.
-    #[error("the API key's rate limit {:?} is spent", .0.limit().name)]
-    RateLimited(Box<crate::limit::Decision>),
+    #[error("the API key's rate limit {:?} is spent", .0.limit.name)]
+    RateLimited(Box<crate::limit::Refusal>),
 }
 
 /// What is wrong with a malformed `Authorization` header.

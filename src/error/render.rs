@@ -175,24 +175,29 @@ impl ErrorResponder {
                 HeaderValue::from(self.retry_after.as_secs().max(1)),
             );
         }
-        if let AuthError::RateLimited(decision) = error {
+        if let AuthError::RateLimited(refusal) = error {
+            let decision = &refusal.decision;
             headers.insert(RETRY_AFTER, HeaderValue::from(decision.retry_after_secs()));
-            insert_rate_limit(headers, decision);
+            if let Ok(policy) = HeaderValue::try_from(refusal.limit.policy_header()) {
+                insert_rate_limit(headers, &refusal.limit, decision, policy);
+            }
         }
         response
     }
 }
 
-/// The `RateLimit` and `RateLimit-Policy` fields of `decision` (IETF
-/// draft-ietf-httpapi-ratelimit-headers).
-pub(crate) fn insert_rate_limit(headers: &mut http::HeaderMap, decision: &crate::limit::Decision) {
+/// The `RateLimit` field of `decision` and the `RateLimit-Policy` field `policy` of
+/// `limit` (IETF draft-ietf-httpapi-ratelimit-headers).
+fn insert_rate_limit(
+    headers: &mut http::HeaderMap,
+    limit: &crate::limit::RateLimit,
+    decision: &crate::limit::Decision,
+    policy: HeaderValue,
+) {
     // Names are letters, digits, `_` and `-`: always a valid header value.
-    if let (Ok(state), Ok(policy)) = (
-        HeaderValue::try_from(decision.header()),
-        HeaderValue::try_from(decision.policy_header()),
-    ) {
-        headers.insert(http::HeaderName::from_static("ratelimit"), state);
-        headers.insert(http::HeaderName::from_static("ratelimit-policy"), policy);
+    if let Ok(state) = HeaderValue::try_from(decision.header(limit)) {
+        headers.insert(crate::limit::RATELIMIT, state);
+        headers.insert(crate::limit::RATELIMIT_POLICY, policy);
     }
 }
 
