@@ -229,10 +229,13 @@ struct Shards {
     epoch: Instant,
     /// By a 64-bit digest of (subject, limit name): the TAT in nanoseconds since
     /// `epoch`.
-    shards: Box<[RwLock<HashMap<u64, AtomicU64, BuildHasherDefault<Digested>>>]>,
+    shards: Box<[RwLock<Shard>]>,
     /// Entries a shard holds before it forgets those at full quota.
     sweep_at: usize,
 }
+
+/// One shard: TATs by digest.
+type Shard = HashMap<u64, AtomicU64, BuildHasherDefault<Digested>>;
 
 /// The keys are digests already: their bits are the hash.
 #[derive(Default)]
