@@ -159,13 +159,17 @@ impl<V: KeyVerifier> Shared<V> {
     }
 
     /// Spends one unit of each rate limit for `key_id`: the first that is spent refuses
-    /// the request (units spent on the limits before it stay spent); else the limit
-    /// closest to exhaustion, for the response's headers.
+    /// the request, and the units taken from the limits before it are given back (a
+    /// client retrying against a short limit does not drain a long one); else the
+    /// limit closest to exhaustion, for the response's headers.
     fn spend(&self, key_id: &str) -> Result<Quota, AuthError> {
         let mut closest: Option<(usize, Decision)> = None;
         for (index, slot) in self.limits.iter().enumerate() {
             let decision = self.limiter.check(key_id, &slot.limit, 1);
             if !decision.allowed {
+                for spent in &self.limits[..index] {
+                    self.limiter.refund(key_id, &spent.limit, 1);
+                }
                 let refusal = Refusal::new(slot.limit.clone(), decision);
                 return Err(AuthError::RateLimited(Box::new(refusal)));
             }

@@ -7,7 +7,9 @@
 //! (TAT) at which the quota would be full again. A request of cost `c` at time `t` moves
 //! it to `max(TAT, t) + c × window / limit` and passes if that is at most `t + window`.
 //! So a full quota allows `limit` requests at once, and after that one request per
-//! `window / limit`: never the 2× burst a fixed window allows at its edge. One atomic
+//! `window / limit`. Over any span of one window a key gets at most its burst plus the
+//! steady rate (up to `2 × limit − 1` if it starts with a full quota), but never two
+//! quotas in one instant, as a fixed window allows at its edge. One atomic
 //! word per subject and limit, updated by compare-and-swap: no lock shared by all keys,
 //! no future on the hit path.
 //!
@@ -130,7 +132,8 @@ impl RateLimit {
     /// The time one unit of cost takes to come back: `window / limit`, in nanoseconds.
     fn interval_nanos(&self) -> u64 {
         let window = u64::try_from(self.window().as_nanos()).unwrap_or(u64::MAX);
-        (window / u64::from(self.limit)).max(1)
+        // `max(1)`: a limit deserialized without `check` may be 0.
+        (window / u64::from(self.limit.max(1))).max(1)
     }
 }
 
@@ -298,6 +301,22 @@ impl RateLimiter {
         }
     }
 
+    /// Gives back `cost` of `limit` that `subject` spent (a request a later limit
+    /// refused).
+    pub fn refund(&self, subject: &str, limit: &RateLimit, cost: u32) {
+        let inner = &*self.inner;
+        let key = digest(subject, &limit.name);
+        let shard = &inner.shards[(key >> 32) as usize % SHARDS];
+        let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tat) = map.get(&key) {
+            let increment = limit.interval_nanos().saturating_mul(u64::from(cost));
+            // Never below zero; a TAT in the past is a full quota anyway.
+            let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                Some(current.saturating_sub(increment))
+            });
+        }
+    }
+
     /// Spends `cost` of `limit` for `subject` if it fits, now.
     pub fn check(&self, subject: &str, limit: &RateLimit, cost: u32) -> Decision {
         let inner = &*self.inner;
@@ -403,7 +422,7 @@ mod tests {
         let passed = (0..200)
             .filter(|_| decide(&tat, edge, &limit, 1).allowed)
             .count();
-        assert_eq!(passed, 100, "a sliding window: the quota refilled, no more");
+        assert_eq!(passed, 100, "the quota refilled once, not twice");
         let half = edge + 30 * SECOND;
         let passed = (0..200)
             .filter(|_| decide(&tat, half, &limit, 1).allowed)
@@ -464,6 +483,25 @@ mod tests {
         assert!(limiter.check("ak_2", &limit, 1).allowed);
         let other = RateLimit::new("writes", 1, Duration::from_secs(60)).unwrap();
         assert!(limiter.check("ak_1", &other, 1).allowed);
+    }
+
+    #[test]
+    fn a_refund_gives_the_units_back() {
+        let limiter = RateLimiter::new();
+        let limit = RateLimit::new("requests", 2, Duration::from_secs(3_600)).unwrap();
+        assert!(limiter.check("ak_1", &limit, 1).allowed);
+        assert!(limiter.check("ak_1", &limit, 1).allowed);
+        assert!(!limiter.check("ak_1", &limit, 1).allowed);
+        limiter.refund("ak_1", &limit, 1);
+        assert!(limiter.check("ak_1", &limit, 1).allowed);
+        assert!(!limiter.check("ak_1", &limit, 1).allowed);
+        // An unchecked limit of 0 does not divide by zero.
+        let zero = RateLimit {
+            name: "zero".into(),
+            limit: 0,
+            window_seconds: 1,
+        };
+        let _ = limiter.check("ak_1", &zero, 1);
     }
 
     #[test]

@@ -83,6 +83,52 @@ async fn the_window_comes_back_and_the_closest_limit_is_shown() {
     }
 }
 
+#[tokio::test]
+async fn retrying_against_a_short_limit_does_not_drain_a_long_one() {
+    let keys = keys().await;
+    let long = RateLimit::new("daily", 2, Duration::from_secs(86_400)).unwrap();
+    let short = RateLimit::new("burst", 1, Duration::from_secs(1)).unwrap();
+    let layer = live_layer(&keys, CachedVerifier::new(keys.store.clone()))
+        .rate_limit(long)
+        .rate_limit(short);
+    let app = app(layer);
+    let auth = bearer(&keys.read);
+    assert_eq!(
+        send(&app, get_with("/whoami", Some(&auth))).await.status(),
+        StatusCode::OK
+    );
+    // Refused by the short limit, again and again, until it comes back: none of these
+    // spends the daily one (one unit left of two).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut refused = 0;
+    loop {
+        let again = send(&app, get_with("/whoami", Some(&auth))).await;
+        if again.status() == StatusCode::OK {
+            // The daily limit had one unit left, now none (`t`: about a day).
+            let state = again.headers()["ratelimit"].to_str().unwrap().to_owned();
+            let t: u64 = state
+                .strip_prefix(r#""daily";r=0;t="#)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("{state}"));
+            assert!((86_000..=86_400).contains(&t), "{state}");
+            break;
+        }
+        refused += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused > 3, "{refused}");
+    let spent = send(&app, get_with("/whoami", Some(&auth))).await;
+    assert_eq!(spent.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        spent.headers()["ratelimit-policy"],
+        r#""daily";q=2;w=86400"#
+    );
+}
+
 #[test]
 #[should_panic(expected = "unique")]
 fn two_limits_of_one_name_are_refused_at_configuration() {

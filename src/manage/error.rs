@@ -102,7 +102,8 @@ pub enum ManageError {
     )]
     ExceedsCaller {
         /// What the key has more of: `another account`, `another environment`,
-        /// `a scope`, `a later expiry`, `other restrictions` or `another project`.
+        /// `a scope`, `a later expiry`, `other restrictions`, `another project` or
+        /// `another end user`.
         what: &'static str,
     },
     /// The account has its maximum of active keys in the key's environment (409

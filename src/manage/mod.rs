@@ -254,10 +254,14 @@ pub const MAX_OWNER_LEN: usize = 200;
 /// An end-user id as given: 1 to [`MAX_OWNER_LEN`] characters.
 fn check_owner(owner_id: Option<&str>) -> Result<(), ManageError> {
     match owner_id {
-        Some(owner) if owner.is_empty() || owner.chars().count() > MAX_OWNER_LEN => {
+        Some(owner)
+            if owner.is_empty()
+                || owner.chars().count() > MAX_OWNER_LEN
+                || owner.chars().any(char::is_control) =>
+        {
             Err(ManageError::invalid(
                 Invalid::Owner,
-                format!("owner_id must be 1 to {MAX_OWNER_LEN} characters"),
+                format!("owner_id must be 1 to {MAX_OWNER_LEN} characters, none a control"),
             ))
         }
         _ => Ok(()),
@@ -266,11 +270,12 @@ fn check_owner(owner_id: Option<&str>) -> Result<(), ManageError> {
 
 /// Metadata as given: at most [`MAX_METADATA_BYTES`] as JSON.
 fn check_metadata(metadata: &Metadata) -> Result<(), ManageError> {
-    let len = serde_json::to_string(metadata).map_or(usize::MAX, |json| json.len());
-    if len > MAX_METADATA_BYTES {
+    let json = serde_json::to_string(metadata).unwrap_or_default();
+    // PostgreSQL's jsonb holds no NUL character.
+    if json.len() > MAX_METADATA_BYTES || json.contains("\\u0000") {
         return Err(ManageError::invalid(
             Invalid::Metadata,
-            format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+            format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, without NUL"),
         ));
     }
     Ok(())
@@ -279,7 +284,8 @@ fn check_metadata(metadata: &Metadata) -> Result<(), ManageError> {
 /// Whether `caller` could have created `key` itself, and so may receive a secret with
 /// its powers (rotation): `caller`'s account and environment, each of its scopes held by
 /// `caller`, an expiry no later than `caller`'s, `caller`'s restrictions if `caller` has
-/// any, `caller`'s project if it is locked to one. Else [`ManageError::ExceedsCaller`].
+/// any, `caller`'s project if it is locked to one, `caller`'s end user if it belongs to
+/// one. Else [`ManageError::ExceedsCaller`].
 pub fn check_within(caller: &Principal, key: &KeyInfo) -> Result<(), ManageError> {
     let exceeds = |what| Err(ManageError::ExceedsCaller { what });
     // Keys are made in their creator's account and environment only.
@@ -304,6 +310,11 @@ pub fn check_within(caller: &Principal, key: &KeyInfo) -> Result<(), ManageError
     if let Some(project) = caller.project_id() {
         if key.project_id.as_deref() != Some(project) {
             return exceeds("another project");
+        }
+    }
+    if let Some(owner) = caller.owner_id() {
+        if key.owner_id.as_deref() != Some(owner) {
+            return exceeds("another end user");
         }
     }
     Ok(())
@@ -482,6 +493,16 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             }
             (asked, own) => asked.or_else(|| own.map(str::to_owned)),
         };
+        // A key that belongs to an end user makes keys of that user only.
+        let owner_id = match (request.owner_id, creator.owner_id()) {
+            (Some(asked), Some(own)) if asked != own => {
+                return Err(ManageError::invalid(
+                    Invalid::Owner,
+                    "a key that belongs to an end user can only create keys for that user",
+                ));
+            }
+            (asked, own) => asked.or_else(|| own.map(str::to_owned)),
+        };
         let own = &creator.record().restrictions;
         let restrictions = match request.restrictions {
             Some(asked) if !own.is_empty() && asked != *own => {
@@ -501,7 +522,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             expires_at,
             restrictions,
             created_by: Some(creator.key_id().to_string()),
-            owner_id: request.owner_id,
+            owner_id,
             metadata: request.metadata,
         };
         self.insert(spec, None).await
@@ -818,6 +839,52 @@ mod tests {
             .unwrap();
         assert_eq!(narrowed.scopes, Scope::Read.into());
         assert_eq!(store.get("acct", &id).await.unwrap().expires_at, Some(soon));
+    }
+
+    /// A key that belongs to an end user makes and changes keys of that user only;
+    /// NUL and control characters never reach a store.
+    #[tokio::test]
+    async fn an_end_users_key_stays_with_that_user() {
+        use crate::store::MemoryStore;
+        let store = MemoryStore::new();
+        let manager = KeyManager::new(
+            store.clone(),
+            CachedVerifier::new(store.clone()),
+            KeyFormat::new("sk"),
+        );
+        let alice = manager
+            .create_for_account(
+                "acct",
+                Environment::LIVE,
+                NewKey::named("alice's").scopes(Scope::Admin).owner("alice"),
+            )
+            .await
+            .unwrap();
+        let caller = Principal::for_tests(alice.info.to_record());
+        let code = |e: ManageError| e.code();
+        let refused = manager
+            .create(&caller, NewKey::named("x").owner("bob"))
+            .await
+            .map(|_| ())
+            .map_err(code);
+        assert_eq!(refused, Err("invalid_owner"));
+        let inherited = manager.create(&caller, NewKey::named("y")).await.unwrap();
+        assert_eq!(inherited.info.owner_id.as_deref(), Some("alice"));
+        let refused = manager
+            .update_for(
+                &caller,
+                &inherited.info.id,
+                KeyChanges::default().owner_id(Some("bob".into())),
+            )
+            .await
+            .map(|_| ())
+            .map_err(code);
+        assert_eq!(refused, Err("key_exceeds_caller"));
+        assert!(check_owner(Some("a\0b")).is_err());
+        assert!(check_owner(Some("a\nb")).is_err());
+        let mut metadata = Metadata::new();
+        metadata.insert("k".into(), "nul \0 inside".into());
+        assert!(check_metadata(&metadata).is_err());
     }
 
     #[test]
