@@ -74,9 +74,27 @@ struct Shared<V> {
 /// `RateLimit` field made once.
 struct LimitSlot {
     limit: RateLimit,
+    /// Whose quota: each key's, or each account's (shared by its keys).
+    per: Per,
     policy: http::HeaderValue,
     /// `"name";r=`
     state_prefix: Box<str>,
+}
+
+/// Whose quota a limit of the layer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Per {
+    Key = 0,
+    Account = 1,
+}
+
+impl Per {
+    fn subject(self, record: &crate::record::KeyRecord) -> &str {
+        match self {
+            Per::Key => record.id.as_str(),
+            Per::Account => &record.account_id,
+        }
+    }
 }
 
 /// What an accepted request's response tells about the limit closest to exhaustion.
@@ -149,7 +167,7 @@ impl<V: KeyVerifier> Shared<V> {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
                 self.policy.check(&record, request)?;
-                let quota = self.spend(record.id.as_str())?;
+                let quota = self.spend(&record)?;
                 if let Some(usage) = &self.usage {
                     usage.record(&record, self.policy.now());
                 }
@@ -158,17 +176,22 @@ impl<V: KeyVerifier> Shared<V> {
         }
     }
 
-    /// Spends one unit of each rate limit for `key_id`: the first that is spent refuses
+    /// Spends one unit of each rate limit for the key (or its account): the first that is spent refuses
     /// the request, and the units taken from the limits before it are given back (a
     /// client retrying against a short limit does not drain a long one); else the
     /// limit closest to exhaustion, for the response's headers.
-    fn spend(&self, key_id: &str) -> Result<Quota, AuthError> {
+    fn spend(&self, record: &crate::record::KeyRecord) -> Result<Quota, AuthError> {
         let mut closest: Option<(usize, Decision)> = None;
         for (index, slot) in self.limits.iter().enumerate() {
-            let decision = self.limiter.check(key_id, &slot.limit, 1);
+            let subject = slot.per.subject(record);
+            let decision = self
+                .limiter
+                .check_in(slot.per as u8, subject, &slot.limit, 1);
             if !decision.allowed {
                 for spent in &self.limits[..index] {
-                    self.limiter.refund(key_id, &spent.limit, 1);
+                    let subject = spent.per.subject(record);
+                    self.limiter
+                        .refund_in(spent.per as u8, subject, &spent.limit, 1);
                 }
                 let refusal = Refusal::new(slot.limit.clone(), decision);
                 return Err(AuthError::RateLimited(Box::new(refusal)));
@@ -359,22 +382,39 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     /// If the limits would be more than five, or a name repeats.
     #[must_use]
     pub fn rate_limit(self, limit: RateLimit) -> Self {
+        self.add_limit(limit, Per::Key)
+    }
+
+    /// Adds a rate limit that every account has, shared by all its keys (the keys of
+    /// one account spend one quota); otherwise like [`rate_limit`](Self::rate_limit),
+    /// and counted in the same five.
+    ///
+    /// # Panics
+    /// If the limits would be more than five, or a name repeats.
+    #[must_use]
+    pub fn rate_limit_per_account(self, limit: RateLimit) -> Self {
+        self.add_limit(limit, Per::Account)
+    }
+
+    fn add_limit(self, limit: RateLimit, per: Per) -> Self {
         self.with_shared(|shared| {
-            let mut limits: Vec<RateLimit> = shared
+            let mut limits: Vec<(RateLimit, Per)> = shared
                 .limits
                 .iter()
-                .map(|slot| slot.limit.clone())
+                .map(|slot| (slot.limit.clone(), slot.per))
                 .collect();
-            limits.push(limit);
-            if let Err(error) = RateLimit::check_all(&limits) {
+            limits.push((limit, per));
+            let all: Vec<RateLimit> = limits.iter().map(|(limit, _)| limit.clone()).collect();
+            if let Err(error) = RateLimit::check_all(&all) {
                 panic!("{error}");
             }
             shared.limits = limits
                 .into_iter()
-                .map(|limit| LimitSlot {
+                .map(|(limit, per)| LimitSlot {
                     policy: http::HeaderValue::try_from(limit.policy_header())
                         .expect("a checked name makes a valid header value"),
                     state_prefix: format!("\"{}\";r=", limit.name).into(),
+                    per,
                     limit,
                 })
                 .collect();

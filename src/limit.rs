@@ -304,8 +304,14 @@ impl RateLimiter {
     /// Gives back `cost` of `limit` that `subject` spent (a request a later limit
     /// refused).
     pub fn refund(&self, subject: &str, limit: &RateLimit, cost: u32) {
+        self.refund_in(0, subject, limit, cost);
+    }
+
+    /// [`refund`](Self::refund) in one of several subject spaces (`space`: keys,
+    /// accounts, …), so that equal ids of different kinds keep apart.
+    pub(crate) fn refund_in(&self, space: u8, subject: &str, limit: &RateLimit, cost: u32) {
         let inner = &*self.inner;
-        let key = digest(subject, &limit.name);
+        let key = digest(space, subject, &limit.name);
         let shard = &inner.shards[(key >> 32) as usize % SHARDS];
         let map = shard.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(tat) = map.get(&key) {
@@ -319,9 +325,21 @@ impl RateLimiter {
 
     /// Spends `cost` of `limit` for `subject` if it fits, now.
     pub fn check(&self, subject: &str, limit: &RateLimit, cost: u32) -> Decision {
+        self.check_in(0, subject, limit, cost)
+    }
+
+    /// [`check`](Self::check) in one of several subject spaces (see
+    /// [`refund_in`](Self::refund_in)).
+    pub(crate) fn check_in(
+        &self,
+        space: u8,
+        subject: &str,
+        limit: &RateLimit,
+        cost: u32,
+    ) -> Decision {
         let inner = &*self.inner;
         let now = u64::try_from(inner.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let key = digest(subject, &limit.name);
+        let key = digest(space, subject, &limit.name);
         // Bits apart from those the map reads (its low bits and its top seven).
         let shard = &inner.shards[(key >> 32) as usize % SHARDS];
         {
@@ -340,9 +358,9 @@ impl RateLimiter {
     }
 }
 
-fn digest(subject: &str, name: &str) -> u64 {
+fn digest(space: u8, subject: &str, name: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
-    (subject, name).hash(&mut hasher);
+    (space, subject, name).hash(&mut hasher);
     hasher.finish()
 }
 

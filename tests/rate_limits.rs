@@ -129,6 +129,28 @@ async fn retrying_against_a_short_limit_does_not_drain_a_long_one() {
     );
 }
 
+#[tokio::test]
+async fn the_keys_of_one_account_share_an_account_limit() {
+    let keys = keys().await;
+    let per_account = RateLimit::new("account", 2, Duration::from_secs(60)).unwrap();
+    let per_key = RateLimit::new("key", 10, Duration::from_secs(60)).unwrap();
+    let layer = live_layer(&keys, CachedVerifier::new(keys.store.clone()))
+        .rate_limit(per_key)
+        .rate_limit_per_account(per_account);
+    let app = app(layer);
+    let (read, write) = (bearer(&keys.read), bearer(&keys.write));
+    for auth in [&read, &write] {
+        let response = send(&app, get_with("/whoami", Some(auth))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // Both keys of acct_1 spent the account's two; each key has 9 of its own left.
+    for auth in [&read, &write] {
+        let refused = send(&app, get_with("/whoami", Some(auth))).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["ratelimit-policy"], r#""account";q=2;w=60"#);
+    }
+}
+
 #[test]
 #[should_panic(expected = "unique")]
 fn two_limits_of_one_name_are_refused_at_configuration() {
