@@ -147,7 +147,10 @@ async fn the_keys_of_one_account_share_an_account_limit() {
     for auth in [&read, &write] {
         let refused = send(&app, get_with("/whoami", Some(auth))).await;
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(refused.headers()["ratelimit-policy"], r#""account";q=2;w=60"#);
+        assert_eq!(
+            refused.headers()["ratelimit-policy"],
+            r#""account";q=2;w=60"#
+        );
     }
 }
 
