@@ -2,8 +2,8 @@
 //! [`RateLimiter`], which decides per subject (a key, an account) whether a request of a
 //! given cost fits.
 //!
-//! The algorithm is GCRA (the generic cell rate algorithm, a sliding window without
-//! buckets): each subject and limit keep one number, the *theoretical arrival time*
+//! The algorithm is GCRA (the generic cell rate algorithm: a leaky bucket kept as one
+//! number): each subject and limit keep one number, the *theoretical arrival time*
 //! (TAT) at which the quota would be full again. A request of cost `c` at time `t` moves
 //! it to `max(TAT, t) + c × window / limit` and passes if that is at most `t + window`.
 //! So a full quota allows `limit` requests at once, and after that one request per
