@@ -1368,11 +1368,7 @@ mod tests {
 
     /// Waits until a lookup of `hash` is in flight (its flight is in the map).
     async fn until_in_flight<V>(cache: &CachedVerifier<V>, hash: &KeyHash) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cache.core.ledger().flights.contains_key(hash) {
-            assert!(Instant::now() < deadline, "the lookup never started");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until(|| cache.core.ledger().flights.contains_key(hash)).await;
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
 use crate::error::{AuthError, ErrorFormat, ErrorResponder};
 use crate::key::{Environment, KeyFormat, KeyHash};
-use crate::limit::{Decision, RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimiter, Refusal};
+use crate::limit::{Decision, RateLimit, RateLimiter, Refusal};
 use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, ForeignToken, Principal};
 use crate::usage::UsageRecorder;
@@ -121,11 +121,7 @@ impl QuotaState {
         let mut state = String::with_capacity(slot.state_prefix.len() + 24);
         state.push_str(&slot.state_prefix);
         self.decision.write_numbers(&mut state);
-        if let Ok(state) = http::HeaderValue::try_from(state) {
-            headers.reserve(2);
-            headers.insert(RATELIMIT, state);
-            headers.insert(RATELIMIT_POLICY, slot.policy.clone());
-        }
+        crate::limit::insert_fields(headers, state, slot.policy.clone());
     }
 }
 

@@ -42,10 +42,24 @@ use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// The `RateLimit` field (IETF draft-ietf-httpapi-ratelimit-headers).
-pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 /// The `RateLimit-Policy` field.
-pub(crate) const RATELIMIT_POLICY: http::HeaderName =
-    http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+
+/// Puts the `RateLimit` field `state` and the `RateLimit-Policy` field `policy` into
+/// `headers` (accepted responses and 429s alike). Limit names are letters, digits, `_`
+/// and `-`, so `state` is always a valid value.
+pub(crate) fn insert_fields(
+    headers: &mut http::HeaderMap,
+    state: String,
+    policy: http::HeaderValue,
+) {
+    if let Ok(state) = http::HeaderValue::try_from(state) {
+        headers.reserve(2);
+        headers.insert(RATELIMIT, state);
+        headers.insert(RATELIMIT_POLICY, policy);
+    }
+}
 
 /// The most limits a key or an account carries.
 pub const MAX_LIMITS: usize = 5;
@@ -138,7 +152,7 @@ impl RateLimit {
 }
 
 /// What a check decided, and what the `RateLimit` field says about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Decision {
     /// Whether the request fits (its cost was spent).

@@ -194,11 +194,7 @@ fn insert_rate_limit(
     decision: &crate::limit::Decision,
     policy: HeaderValue,
 ) {
-    // Names are letters, digits, `_` and `-`: always a valid header value.
-    if let Ok(state) = HeaderValue::try_from(decision.header(limit)) {
-        headers.insert(crate::limit::RATELIMIT, state);
-        headers.insert(crate::limit::RATELIMIT_POLICY, policy);
-    }
+    crate::limit::insert_fields(headers, decision.header(limit), policy);
 }
 
 #[cfg(test)]
@@ -237,6 +233,10 @@ mod tests {
                 required: Scope::Admin,
             },
             AuthError::Unavailable,
+            AuthError::RateLimited(Box::new(crate::limit::Refusal::new(
+                crate::limit::RateLimit::new("requests", 1, Duration::from_secs(1)).unwrap(),
+                crate::limit::Decision::default(),
+            ))),
         ];
         for error in errors {
             let body = JsonErrorFormat.render(&error).body;
