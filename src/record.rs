@@ -6,6 +6,8 @@ use std::sync::atomic::AtomicI64;
 use time::OffsetDateTime;
 
 use crate::key::{Environment, KeyId};
+use crate::limit::credits::Credits;
+use crate::limit::{RateLimit, Slot};
 use crate::restriction::Restrictions;
 use crate::scope::Scopes;
 
@@ -55,6 +57,8 @@ pub struct KeyRecord {
     pub owner_id: Option<String>,
     /// Free-form data the API keeps with the key (a JSON object, at most 4 KiB).
     pub metadata: Metadata,
+    /// What the key and its account may spend: rate limits and credits.
+    pub limits: KeyLimits,
     /// When the usage recorder last noted this key (unix seconds); runtime state, not
     /// data: ignored by `==`, reset by `clone`.
     pub(crate) last_seen: LastSeen,
@@ -128,8 +132,16 @@ impl KeyRecord {
             created_by: None,
             owner_id: None,
             metadata: Metadata::new(),
+            limits: KeyLimits::default(),
             last_seen: LastSeen::default(),
         }
+    }
+
+    /// Sets what the key and its account may spend.
+    #[must_use]
+    pub fn with_limits(mut self, limits: KeyLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets the scopes.
@@ -212,6 +224,116 @@ impl KeyRecord {
     #[must_use]
     pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// Rate limits and credits of an account, shared by all its keys (set by the operator,
+/// never by the account's own keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct AccountLimits {
+    /// Limits every key of the account spends together (at most five).
+    #[serde(default)]
+    pub ratelimits: Vec<RateLimit>,
+    /// A balance every key of the account spends.
+    #[serde(default)]
+    pub credits: Option<Credits>,
+}
+
+impl AccountLimits {
+    /// No limits, no balance.
+    #[must_use]
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rate limit.
+    #[must_use]
+    pub fn ratelimit(mut self, limit: RateLimit) -> Self {
+        self.ratelimits.push(limit);
+        self
+    }
+
+    /// Sets the balance.
+    #[must_use]
+    pub fn credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+}
+
+/// What one key may spend: its own rate limits and credits, and its account's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyLimits {
+    /// The key's own rate limits (each key spends its own quota).
+    pub ratelimits: Vec<RateLimit>,
+    /// The key's own balance, as loaded.
+    pub credits: Option<Credits>,
+    /// Its account's limits and balance, shared by the account's keys.
+    pub account: AccountLimits,
+    /// The key's then the account's limits as slots, made on first use.
+    pub(crate) slots: LazySlots,
+}
+
+impl KeyLimits {
+    /// A key's own limits and balance, with its account's.
+    #[must_use]
+    pub fn new(
+        ratelimits: Vec<RateLimit>,
+        credits: Option<Credits>,
+        account: AccountLimits,
+    ) -> Self {
+        KeyLimits {
+            ratelimits,
+            credits,
+            account,
+            slots: LazySlots::default(),
+        }
+    }
+
+    /// Whether there is nothing to spend.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ratelimits.is_empty()
+            && self.credits.is_none()
+            && self.account.ratelimits.is_empty()
+            && self.account.credits.is_none()
+    }
+
+    /// The rate limits as slots: the key's (`false`) then the account's (`true`).
+    pub(crate) fn slots(&self) -> &[(bool, Slot)] {
+        self.slots.0.get_or_init(|| {
+            let own = self.ratelimits.iter().map(|limit| (false, limit));
+            let account = self.account.ratelimits.iter().map(|limit| (true, limit));
+            own.chain(account)
+                .filter_map(|(shared, limit)| Some((shared, Slot::new(limit.clone())?)))
+                .collect()
+        })
+    }
+}
+
+/// Slots made on first use; runtime state, ignored by `==`, reset by `clone`.
+#[derive(Default)]
+pub(crate) struct LazySlots(std::sync::OnceLock<Box<[(bool, Slot)]>>);
+
+impl Clone for LazySlots {
+    fn clone(&self) -> Self {
+        LazySlots::default()
+    }
+}
+
+impl PartialEq for LazySlots {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LazySlots {}
+
+impl fmt::Debug for LazySlots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LazySlots")
     }
 }
 

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::key::{KeyHash, KeyId};
+use crate::limit::credits::CreditStore;
 use crate::record::KeyRecord;
 
 /// Finds the key record for a key hash.
@@ -42,6 +43,13 @@ pub trait KeyVerifier: Send + Sync + 'static {
     /// set) so that callers get `api_key_revoked` / `api_key_expired` rather than
     /// `invalid_api_key`.
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError>;
+
+    /// Where the balances of the keys this verifier returns live, if they carry credits
+    /// (every store returns itself). The layer spends credits through it; a key with
+    /// credits from a verifier without one is refused (503), never let through free.
+    fn credit_store(&self) -> Option<Arc<dyn CreditStore>> {
+        None
+    }
 }
 
 #[async_trait]
@@ -49,12 +57,20 @@ impl<V: KeyVerifier + ?Sized> KeyVerifier for Arc<V> {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
         (**self).verify(hash).await
     }
+
+    fn credit_store(&self) -> Option<Arc<dyn CreditStore>> {
+        (**self).credit_store()
+    }
 }
 
 #[async_trait]
 impl<V: KeyVerifier + ?Sized> KeyVerifier for Box<V> {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
         (**self).verify(hash).await
+    }
+
+    fn credit_store(&self) -> Option<Arc<dyn CreditStore>> {
+        (**self).credit_store()
     }
 }
 

@@ -7,7 +7,10 @@ use time::OffsetDateTime;
 
 use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::key::{KeyHash, KeyId};
-use crate::record::{AccountStanding, KeyRecord};
+use crate::limit::credits::{
+    CreditError, CreditGrant, CreditStore, CreditSubject, Credits, may_return, take_from,
+};
+use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::verify::{KeyVerifier, VerifyError};
 
 /// A [`KeyStore`] in memory: for tests, examples and single-process tools. Keys are
@@ -23,6 +26,32 @@ struct Keys {
     by_id: HashMap<KeyId, KeyInfo>,
     by_hash: HashMap<[u8; 32], KeyId>,
     standings: HashMap<String, AccountStanding>,
+    limits: HashMap<String, AccountLimits>,
+}
+
+impl Keys {
+    /// The balance of `subject`, if it has one.
+    fn credits(&mut self, subject: CreditSubject<'_>) -> Option<&mut Credits> {
+        match subject {
+            CreditSubject::Key(id) => self
+                .by_id
+                .get_mut(&KeyId::new(id))
+                .and_then(|key| key.credits.as_mut()),
+            CreditSubject::Account(id) => self
+                .limits
+                .get_mut(id)
+                .and_then(|limits| limits.credits.as_mut()),
+        }
+    }
+}
+
+/// A balance as stored anew: refilled from now, its epoch moved past `before`'s.
+fn set_balance(credits: Option<Credits>, before: Option<&Credits>) -> Option<Credits> {
+    credits.map(|mut credits| {
+        credits.refilled_at = Some(OffsetDateTime::now_utc());
+        credits.epoch = before.map_or(0, |old| old.epoch + 1);
+        credits
+    })
 }
 
 impl MemoryStore {
@@ -105,8 +134,18 @@ impl KeyStore for MemoryStore {
         if keys.by_hash.contains_key(key.hash.as_bytes()) || keys.by_id.contains_key(&key.id) {
             return Err(StoreError::Backend("duplicate key hash or id".into()));
         }
+        let mut info = key.info();
+        info.credits = set_balance(info.credits, None);
         if let Some(replacement) = &key.replaces {
             let old = keys.by_id.get_mut(&replacement.id).expect("checked above");
+            if replacement.moves_credits {
+                if let (Some(new), Some(old)) = (info.credits.as_mut(), old.credits.as_mut()) {
+                    new.remaining = old.remaining;
+                    new.refilled_at = old.refilled_at;
+                    old.remaining = 0;
+                    old.epoch += 1;
+                }
+            }
             if replacement.ends_at <= OffsetDateTime::now_utc() {
                 old.revoked_at = Some(replacement.ends_at);
             } else {
@@ -116,7 +155,6 @@ impl KeyStore for MemoryStore {
                 );
             }
         }
-        let info = key.info();
         keys.by_hash.insert(*key.hash.as_bytes(), key.id.clone());
         keys.by_id.insert(key.id, info.clone());
         Ok(info)
@@ -149,7 +187,11 @@ impl KeyStore for MemoryStore {
         if info.revoked_at.is_some() {
             return Err(StoreError::NotFound);
         }
+        let before = info.credits;
         changes.apply(info);
+        if let Some(credits) = changes.credits {
+            info.credits = set_balance(credits, before.as_ref());
+        }
         Ok(info.clone())
     }
 
@@ -195,6 +237,59 @@ impl KeyStore for MemoryStore {
             .insert(account_id.to_owned(), standing);
         Ok(())
     }
+
+    async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError> {
+        Ok(self
+            .keys()
+            .limits
+            .get(account_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<(), StoreError> {
+        let mut keys = self.keys();
+        let before = keys.limits.get(account_id).and_then(|old| old.credits);
+        let mut limits = limits.clone();
+        limits.credits = set_balance(limits.credits, before.as_ref());
+        keys.limits.insert(account_id.to_owned(), limits);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CreditStore for MemoryStore {
+    async fn take_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<CreditGrant, CreditError> {
+        Ok(match self.keys().credits(subject) {
+            Some(credits) => take_from(credits, want, now),
+            None => CreditGrant::unlimited(),
+        })
+    }
+
+    async fn return_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        units: u64,
+        epoch: i64,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(), CreditError> {
+        let now = OffsetDateTime::now_utc();
+        if let Some(credits) = self.keys().credits(subject) {
+            if may_return(credits, epoch, until, now) {
+                credits.remaining = credits.remaining.saturating_add(units);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -211,7 +306,15 @@ impl KeyVerifier for MemoryStore {
                     .get(&info.account_id)
                     .copied()
                     .unwrap_or_default();
-                info.to_record().with_standing(standing)
+                let account = keys.limits.get(&info.account_id).cloned();
+                let limits = KeyLimits::new(
+                    info.ratelimits.clone(),
+                    info.credits,
+                    account.unwrap_or_default(),
+                );
+                info.to_record()
+                    .with_standing(standing)
+                    .with_limits(limits)
             }))
     }
 }

@@ -76,6 +76,14 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.set_standing(account_id, standing).await
             }
+            async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError> {
+                let $this = self;
+                $target.account_limits(account_id).await
+            }
+            async fn set_account_limits(&self, account_id: &str, limits: &AccountLimits) -> Result<(), StoreError> {
+                let $this = self;
+                $target.set_account_limits(account_id, limits).await
+            }
         }
     };
 }
@@ -102,7 +110,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::key::{ApiKey, Environment, KeyFormat, KeyHash, KeyId};
-use crate::record::{AccountStanding, KeyRecord, Metadata};
+use crate::limit::RateLimit;
+use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject, Credits};
+use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord, Metadata};
 use crate::restriction::Restrictions;
 use crate::scope::Scopes;
 use crate::verify::KeyVerifier;
@@ -122,13 +132,27 @@ pub struct Replacement {
     /// When the old key stops: revoked if this is not in the future, else it expires
     /// then (or earlier, if it already expired earlier).
     pub ends_at: OffsetDateTime,
+    /// Whether the new key takes over the old key's remaining credits (rotation: the old
+    /// key is left with none, so a rotation never doubles a balance).
+    pub moves_credits: bool,
 }
 
 impl Replacement {
     /// Replaces `id`, ending it at `ends_at`.
     #[must_use]
     pub fn new(id: KeyId, ends_at: OffsetDateTime) -> Self {
-        Replacement { id, ends_at }
+        Replacement {
+            id,
+            ends_at,
+            moves_credits: false,
+        }
+    }
+
+    /// The new key takes over the old key's remaining credits.
+    #[must_use]
+    pub fn moving_credits(mut self) -> Self {
+        self.moves_credits = true;
+        self
     }
 }
 
@@ -148,6 +172,10 @@ pub struct KeyChanges {
     pub owner_id: Option<Option<String>>,
     /// New metadata (replacing the old).
     pub metadata: Option<Metadata>,
+    /// New rate limits (replacing the old ones).
+    pub ratelimits: Option<Vec<RateLimit>>,
+    /// A new balance: `Some(None)` removes it (the key spends no credits).
+    pub credits: Option<Option<Credits>>,
 }
 
 impl KeyChanges {
@@ -195,6 +223,20 @@ impl KeyChanges {
         self
     }
 
+    /// New rate limits.
+    #[must_use]
+    pub fn ratelimits(mut self, ratelimits: Vec<RateLimit>) -> Self {
+        self.ratelimits = Some(ratelimits);
+        self
+    }
+
+    /// A new balance (`None`: none).
+    #[must_use]
+    pub fn credits(mut self, credits: Option<Credits>) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
     /// Whether nothing changes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -204,6 +246,8 @@ impl KeyChanges {
             && self.expires_at.is_none()
             && self.owner_id.is_none()
             && self.metadata.is_none()
+            && self.ratelimits.is_none()
+            && self.credits.is_none()
     }
 
     /// Applies the changes to `key`.
@@ -225,6 +269,12 @@ impl KeyChanges {
         }
         if let Some(metadata) = &self.metadata {
             key.metadata.clone_from(metadata);
+        }
+        if let Some(ratelimits) = &self.ratelimits {
+            key.ratelimits.clone_from(ratelimits);
+        }
+        if let Some(credits) = self.credits {
+            key.credits = credits;
         }
     }
 }
@@ -264,6 +314,10 @@ pub struct StoredKey {
     pub owner_id: Option<String>,
     /// Its metadata.
     pub metadata: Metadata,
+    /// Its rate limits.
+    pub ratelimits: Vec<RateLimit>,
+    /// Its balance, if it spends credits.
+    pub credits: Option<Credits>,
     /// The key this one replaces, if it is a rotation.
     pub replaces: Option<Replacement>,
 }
@@ -297,6 +351,8 @@ impl StoredKey {
             created_by: None,
             owner_id: None,
             metadata: Metadata::new(),
+            ratelimits: Vec::new(),
+            credits: None,
             replaces: None,
         }
     }
@@ -321,6 +377,8 @@ impl StoredKey {
             created_by: self.created_by.clone(),
             owner_id: self.owner_id.clone(),
             metadata: self.metadata.clone(),
+            ratelimits: self.ratelimits.clone(),
+            credits: self.credits,
         }
     }
 }
@@ -371,6 +429,11 @@ pub struct KeyInfo {
     pub owner_id: Option<String>,
     /// Its metadata (a JSON object).
     pub metadata: Metadata,
+    /// Its rate limits.
+    pub ratelimits: Vec<RateLimit>,
+    /// Its balance (`remaining` as the store holds it: credits that instances hold in
+    /// leases are not counted), if it spends credits.
+    pub credits: Option<Credits>,
 }
 
 impl KeyInfo {
@@ -394,6 +457,11 @@ impl KeyInfo {
             self.owner_id.clone(),
             self.metadata.clone(),
         )
+        .with_limits(KeyLimits::new(
+            self.ratelimits.clone(),
+            self.credits,
+            AccountLimits::none(),
+        ))
     }
 }
 
@@ -451,12 +519,14 @@ impl<S: KeyStore + ?Sized> TouchLastUsed for S {
 
 /// Keeps API keys. See the [module docs](self).
 ///
+/// Every store also keeps balances exactly ([`CreditStore`]).
+///
 /// Every method that names a key also names the account: a key of another account is
 /// [`StoreError::NotFound`], exactly like a key that does not exist. (Only
 /// [`find_by_id`](Self::find_by_id), for operator tools, does not.) The lookup by hash,
 /// revoked and expired keys included, is the [`KeyVerifier`] every store also is.
 #[async_trait]
-pub trait KeyStore: KeyVerifier {
+pub trait KeyStore: KeyVerifier + CreditStore {
     /// Stores a new key, unless its account already has its maximum of active keys in
     /// the key's environment ([`StoreError::LimitReached`]; keys revoked or past their
     /// expiry do not count, nor does the key it replaces). Checking and inserting (and
@@ -506,6 +576,40 @@ pub trait KeyStore: KeyVerifier {
         account_id: &str,
         standing: AccountStanding,
     ) -> Result<(), StoreError>;
+
+    /// The account's rate limits and balance (none if the account is not known).
+    async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError>;
+
+    /// Sets the account's rate limits and balance (the balance's epoch moves on, so
+    /// credits leased before are not returned into it). Stores shared by many
+    /// instances publish the change per account.
+    async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<S: CreditStore + ?Sized> CreditStore for std::sync::Arc<S> {
+    async fn take_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<CreditGrant, CreditError> {
+        (**self).take_credits(subject, want, now).await
+    }
+
+    async fn return_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        units: u64,
+        epoch: i64,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(), CreditError> {
+        (**self).return_credits(subject, units, epoch, until).await
+    }
 }
 
 forward_key_store!([impl<S: KeyStore + ?Sized> KeyStore for std::sync::Arc<S>] |this| (**this));
@@ -531,6 +635,8 @@ impl KeyInfo {
             created_by: None,
             owner_id: None,
             metadata: Metadata::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 }

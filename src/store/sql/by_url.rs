@@ -2,7 +2,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::key::{KeyHash, KeyId};
-use crate::record::{AccountStanding, KeyRecord};
+use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
+use crate::record::{AccountLimits, AccountStanding, KeyRecord};
 use crate::store::{KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
 use crate::verify::{KeyVerifier, VerifyError};
 
@@ -113,6 +114,32 @@ forward_key_store!([impl KeyStore for SqlStore] |this| this.inner());
 impl KeyVerifier for SqlStore {
     async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
         self.inner().verify(hash).await
+    }
+
+    fn credit_store(&self) -> Option<std::sync::Arc<dyn CreditStore>> {
+        self.inner().credit_store()
+    }
+}
+
+#[async_trait]
+impl CreditStore for SqlStore {
+    async fn take_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<CreditGrant, CreditError> {
+        self.inner().take_credits(subject, want, now).await
+    }
+
+    async fn return_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        units: u64,
+        epoch: i64,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(), CreditError> {
+        self.inner().return_credits(subject, units, epoch, until).await
     }
 }
 

@@ -23,7 +23,9 @@ use time::OffsetDateTime;
 
 use super::{KeyInfo, StoreError, StoredKey};
 use crate::key::{Environment, KeyId};
-use crate::record::{AccountStanding, Metadata};
+use crate::limit::RateLimit;
+use crate::limit::credits::{CreditGrant, CreditSubject, Credits, take_from};
+use crate::record::{AccountLimits, AccountStanding, Metadata};
 use crate::restriction::Restrictions;
 
 /// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
@@ -37,14 +39,20 @@ macro_rules! key_columns {
             $($alias,)? "last_used_at, ", $($alias,)? "expires_at, ", $($alias,)? "revoked_at, ",
             "CAST(", $($alias,)? "restrictions AS TEXT), ",
             $($alias,)? "created_by, ", $($alias,)? "owner_id, ",
-            "CAST(", $($alias,)? "metadata AS TEXT)"
+            "CAST(", $($alias,)? "metadata AS TEXT), ",
+            "CAST(", $($alias,)? "ratelimits AS TEXT), ", $($alias,)? "credits, ",
+            "CAST(", $($alias,)? "refill AS TEXT), ", $($alias,)? "refilled_at, ",
+            $($alias,)? "credits_epoch"
         )
     };
 }
 
 /// The number of columns [`read_key`] reads; what a statement selects after them
 /// starts at this index.
-pub(crate) const AFTER_KEY_COLUMNS: usize = 16;
+pub(crate) const AFTER_KEY_COLUMNS: usize = 21;
+
+/// The balance columns of `api_keys` and `accounts`, as [`read_credits`] reads them.
+const CREDIT_COLUMNS: &str = "credits, CAST(refill AS TEXT), refilled_at, credits_epoch";
 
 /// The name of the migrations bookkeeping table.
 macro_rules! migrations_table {
@@ -78,7 +86,8 @@ pub(crate) const FIND_KEY_BY_ID: &str = concat!(
 pub(crate) const FIND_KEY_BY_HASH: &str = concat!(
     "SELECT ",
     key_columns!("k."),
-    ", a.past_due_since, a.grace_days FROM api_keys k \
+    ", a.past_due_since, a.grace_days, CAST(a.ratelimits AS TEXT), a.credits, \
+     CAST(a.refill AS TEXT), a.refilled_at, a.credits_epoch FROM api_keys k \
      JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = $1"
 );
 
@@ -137,6 +146,8 @@ pub(crate) trait Dialect {
     const LOCK_MIGRATIONS: Option<&'static str>;
     /// Binds an integer.
     fn bind_int<'q>(query: Query<'q, Self::Db>, value: i64) -> Query<'q, Self::Db>;
+    /// Binds an integer or NULL.
+    fn bind_opt_int<'q>(query: Query<'q, Self::Db>, value: Option<i64>) -> Query<'q, Self::Db>;
     /// Binds a boolean.
     fn bind_bool<'q>(query: Query<'q, Self::Db>, value: bool) -> Query<'q, Self::Db>;
     /// Binds bytes.
@@ -158,16 +169,25 @@ pub(crate) trait Dialect {
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
     /// Reads an integer column.
     fn int(row: &<Self::Db as Database>::Row, index: usize) -> Result<i64, sqlx::Error>;
+    /// Reads an integer column that may be NULL.
+    fn opt_int(row: &<Self::Db as Database>::Row, index: usize)
+    -> Result<Option<i64>, sqlx::Error>;
+    /// What ends a `SELECT` that locks its row until the transaction ends (SQLite's
+    /// write transaction holds the whole database already).
+    const LOCK_ROW: &'static str;
 }
 
-/// Inserts a new key: `$1`…`$15` bound by [`bind_new_key`].
+/// Inserts a new key: `$1`…`$18` bound by [`bind_new_key`].
 pub(crate) fn insert_key_sql<D: Dialect>() -> String {
     format!(
         "INSERT INTO api_keys (id, account_id, project_id, name, key_hash, hint, prefix, \
          environment, scopes, created_at, expires_at, restrictions, created_by, owner_id, \
-         metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {}, $13, $14, {})",
+         metadata, ratelimits, credits, refill, refilled_at) VALUES ($1, $2, $3, $4, $5, $6, \
+         $7, $8, $9, $10, $11, {}, $13, $14, {}, {}, $17, {}, $10)",
         D::JSON_PARAM.replace("$n", "$12"),
-        D::JSON_PARAM.replace("$n", "$15")
+        D::JSON_PARAM.replace("$n", "$15"),
+        D::JSON_PARAM.replace("$n", "$16"),
+        D::JSON_PARAM.replace("$n", "$18")
     )
 }
 
@@ -176,6 +196,8 @@ pub(crate) struct NewKeyText {
     scopes: String,
     restrictions: String,
     metadata: String,
+    ratelimits: String,
+    refill: Option<String>,
 }
 
 impl NewKeyText {
@@ -184,8 +206,27 @@ impl NewKeyText {
             scopes: key.scopes.to_space_separated(),
             restrictions: restrictions_json(&key.restrictions),
             metadata: serde_json::Value::Object(key.metadata.clone()).to_string(),
+            ratelimits: ratelimits_json(&key.ratelimits),
+            refill: refill_json(key.credits.as_ref()),
         }
     }
+}
+
+/// Rate limits as stored (a JSON array).
+pub(crate) fn ratelimits_json(limits: &[RateLimit]) -> String {
+    serde_json::to_string(limits).expect("rate limits serialize")
+}
+
+/// A balance's refill as stored (JSON, or NULL).
+fn refill_json(credits: Option<&Credits>) -> Option<String> {
+    credits
+        .and_then(|credits| credits.refill.as_ref())
+        .map(|refill| serde_json::to_string(refill).expect("a refill serializes"))
+}
+
+/// A balance as stored: `remaining` as an integer column.
+fn credits_int(credits: Option<&Credits>) -> Option<i64> {
+    credits.map(|credits| i64::try_from(credits.remaining).unwrap_or(i64::MAX))
 }
 
 /// Binds a new key to [`insert_key_sql`].
@@ -208,22 +249,33 @@ pub(crate) fn bind_new_key<'q, D: Dialect>(
     let query = D::bind_text(query, Some(&text.restrictions));
     let query = D::bind_text(query, key.created_by.as_deref());
     let query = D::bind_text(query, key.owner_id.as_deref());
-    D::bind_text(query, Some(&text.metadata))
+    let query = D::bind_text(query, Some(&text.metadata));
+    let query = D::bind_text(query, Some(&text.ratelimits));
+    let query = D::bind_opt_int(query, credits_int(key.credits.as_ref()));
+    D::bind_text(query, text.refill.as_deref())
 }
 
 /// Changes a key (each `NULL` parameter leaves its column): `$1` id, `$2` account, `$3`
 /// name, `$4` restrictions, `$5` scopes, `$6` whether to set the expiry, `$7` expiry,
-/// `$8` whether to set the owner, `$9` owner, `$10` metadata.
+/// `$8` whether to set the owner, `$9` owner, `$10` metadata, `$11` rate limits, `$12`
+/// whether to set the balance, `$13` credits, `$14` refill, `$15` now. A balance set
+/// moves its epoch on and restarts its refill schedule.
 pub(crate) fn update_key_sql<D: Dialect>() -> String {
     format!(
         "UPDATE api_keys SET name = COALESCE($3, name), \
          restrictions = COALESCE({}, restrictions), scopes = COALESCE($5, scopes), \
          expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END, \
          owner_id = CASE WHEN $8 THEN $9 ELSE owner_id END, \
-         metadata = COALESCE({}, metadata) \
+         metadata = COALESCE({}, metadata), ratelimits = COALESCE({}, ratelimits), \
+         credits = CASE WHEN $12 THEN $13 ELSE credits END, \
+         refill = CASE WHEN $12 THEN {} ELSE refill END, \
+         refilled_at = CASE WHEN $12 THEN $15 ELSE refilled_at END, \
+         credits_epoch = CASE WHEN $12 THEN credits_epoch + 1 ELSE credits_epoch END \
          WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL RETURNING {}",
         D::JSON_PARAM.replace("$n", "$4"),
         D::JSON_PARAM.replace("$n", "$10"),
+        D::JSON_PARAM.replace("$n", "$11"),
+        D::JSON_PARAM.replace("$n", "$14"),
         key_columns!()
     )
 }
@@ -253,6 +305,8 @@ pub(crate) fn read_key<D: Dialect>(row: &<D::Db as Database>::Row) -> Result<Key
     let metadata = text(15, "metadata")?;
     let metadata: Metadata =
         serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?;
+    let ratelimits = read_ratelimits::<D>(row, 16)?;
+    let credits = read_credits::<D>(row, 17)?.map(|credits| credits.at(OffsetDateTime::now_utc()));
     Ok(KeyInfo {
         id: KeyId::new(text(0, "id")?),
         account_id: text(1, "account_id")?,
@@ -270,7 +324,193 @@ pub(crate) fn read_key<D: Dialect>(row: &<D::Db as Database>::Row) -> Result<Key
         created_by: D::text(row, 13).map_err(backend)?,
         owner_id: D::text(row, 14).map_err(backend)?,
         metadata,
+        ratelimits,
+        credits,
     })
+}
+
+/// Rate limits in the JSON column at `index`.
+pub(crate) fn read_ratelimits<D: Dialect>(
+    row: &<D::Db as Database>::Row,
+    index: usize,
+) -> Result<Vec<RateLimit>, StoreError> {
+    let json = required(D::text(row, index), "ratelimits")?;
+    serde_json::from_str(&json).map_err(|_| corrupt("ratelimits", &json))
+}
+
+/// The balance in the four columns from `first` ([`CREDIT_COLUMNS`]), as stored.
+pub(crate) fn read_credits<D: Dialect>(
+    row: &<D::Db as Database>::Row,
+    first: usize,
+) -> Result<Option<Credits>, StoreError> {
+    let Some(remaining) = D::opt_int(row, first).map_err(backend)? else {
+        return Ok(None);
+    };
+    let refill = match D::text(row, first + 1).map_err(backend)? {
+        Some(json) => Some(serde_json::from_str(&json).map_err(|_| corrupt("refill", &json))?),
+        None => None,
+    };
+    let mut credits = Credits::new(u64::try_from(remaining).unwrap_or(0));
+    credits.refill = refill;
+    credits.refilled_at = D::time(row, first + 2).map_err(backend)?;
+    credits.epoch = D::int(row, first + 3).map_err(backend)?;
+    Ok(Some(credits))
+}
+
+/// The account's limits in a row of [`FIND_KEY_BY_HASH`] (after the standing), or of
+/// [`GET_ACCOUNT_LIMITS`] (from 0).
+pub(crate) fn read_account_limits<D: Dialect>(
+    row: &<D::Db as Database>::Row,
+    first: usize,
+) -> Result<AccountLimits, StoreError> {
+    let mut limits = AccountLimits::none();
+    limits.ratelimits = read_ratelimits::<D>(row, first)?;
+    limits.credits = read_credits::<D>(row, first + 1)?;
+    Ok(limits)
+}
+
+/// An account's limits: `$1` account.
+pub(crate) const GET_ACCOUNT_LIMITS: &str = "SELECT CAST(ratelimits AS TEXT), credits, \
+     CAST(refill AS TEXT), refilled_at, credits_epoch FROM accounts WHERE id = $1";
+
+/// Sets an account's limits: `$1` account, `$2` rate limits, `$3` credits, `$4` refill,
+/// `$5` now. The epoch moves on.
+pub(crate) fn set_account_limits_sql<D: Dialect>() -> String {
+    format!(
+        "INSERT INTO accounts (id, ratelimits, credits, refill, refilled_at) \
+         VALUES ($1, {0}, $3, {1}, $5) ON CONFLICT (id) DO UPDATE SET \
+         ratelimits = excluded.ratelimits, credits = excluded.credits, \
+         refill = excluded.refill, refilled_at = excluded.refilled_at, \
+         credits_epoch = accounts.credits_epoch + 1",
+        D::JSON_PARAM.replace("$n", "$2"),
+        D::JSON_PARAM.replace("$n", "$4"),
+    )
+}
+
+/// [`set_account_limits_sql`], bound.
+pub(crate) fn set_account_limits<'q, D: Dialect>(
+    sql: &'q str,
+    account_id: &'q str,
+    ratelimits: &'q str,
+    limits: &'q AccountLimits,
+    refill: &'q Option<String>,
+) -> Query<'q, D::Db> {
+    let query = D::bind_text(sqlx::query(sql), Some(account_id));
+    let query = D::bind_text(query, Some(ratelimits));
+    let query = D::bind_opt_int(query, credits_int(limits.credits.as_ref()));
+    let query = D::bind_text(query, refill.as_deref());
+    D::bind_time(query, Some(crate::store::now_in_millis()))
+}
+
+/// The refill of an account's limits as stored.
+pub(crate) fn account_refill_json(limits: &AccountLimits) -> Option<String> {
+    refill_json(limits.credits.as_ref())
+}
+
+/// The table and id of a balance.
+fn credit_row(subject: CreditSubject<'_>) -> (&'static str, &str) {
+    match subject {
+        CreditSubject::Key(id) => ("api_keys", id),
+        CreditSubject::Account(id) => ("accounts", id),
+    }
+}
+
+/// Takes up to `want` of `subject`'s balance on `conn`, inside the caller's write
+/// transaction: the row read (and locked, where the dialect must), refilled if due,
+/// written back.
+pub(crate) async fn take_credits<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    subject: CreditSubject<'_>,
+    want: u64,
+    now: OffsetDateTime,
+) -> Result<CreditGrant, StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let (table, id) = credit_row(subject);
+    let select = format!(
+        "SELECT {CREDIT_COLUMNS} FROM {table} WHERE id = $1 AND credits IS NOT NULL{}",
+        D::LOCK_ROW
+    );
+    let rows = D::bind_text(sqlx::query(&select), Some(id))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let Some(row) = rows.first() else {
+        return Ok(CreditGrant::unlimited());
+    };
+    let Some(mut credits) = read_credits::<D>(row, 0)? else {
+        return Ok(CreditGrant::unlimited());
+    };
+    let grant = take_from(&mut credits, want, now);
+    let update = format!("UPDATE {table} SET credits = $2, refilled_at = $3 WHERE id = $1");
+    let query = D::bind_text(sqlx::query(&update), Some(id));
+    let query = D::bind_opt_int(query, credits_int(Some(&credits)));
+    D::bind_time(query, credits.refilled_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(grant)
+}
+
+/// Gives `units` back to `subject`'s balance if it is still in `epoch`.
+pub(crate) async fn return_credits<'e, D, E>(
+    executor: E,
+    subject: CreditSubject<'_>,
+    units: u64,
+    epoch: i64,
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    let (table, id) = credit_row(subject);
+    let sql = format!(
+        "UPDATE {table} SET credits = credits + $2 \
+         WHERE id = $1 AND credits IS NOT NULL AND credits_epoch = $3"
+    );
+    let query = D::bind_text(sqlx::query(&sql), Some(id));
+    let query = D::bind_int(query, i64::try_from(units).unwrap_or(i64::MAX));
+    D::bind_int(query, epoch)
+        .execute(executor)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Moves the credits of `old` to `new` (rotation), inside the insert transaction: the
+/// new key takes the old one's remaining balance and refill time, the old key keeps
+/// none (its epoch moves on, so leases of it are not returned).
+async fn move_credits<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    old: &KeyId,
+    new: &KeyId,
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let take = "UPDATE api_keys SET \
+         credits = (SELECT o.credits FROM api_keys o WHERE o.id = $2), \
+         refilled_at = (SELECT o.refilled_at FROM api_keys o WHERE o.id = $2) \
+         WHERE id = $1 AND credits IS NOT NULL \
+         AND (SELECT o.credits FROM api_keys o WHERE o.id = $2) IS NOT NULL";
+    let query = D::bind_text(sqlx::query(take), Some(new.as_str()));
+    D::bind_text(query, Some(old.as_str()))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let empty = "UPDATE api_keys SET credits = 0, credits_epoch = credits_epoch + 1 \
+         WHERE id = $1 AND credits IS NOT NULL";
+    D::bind_text(sqlx::query(empty), Some(old.as_str()))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// The standing in a row with `past_due_since` and `grace_days` from `first`.
@@ -427,6 +667,9 @@ pub(crate) struct StoredChanges<'c> {
     expires_at: Option<Option<OffsetDateTime>>,
     owner_id: Option<Option<&'c str>>,
     metadata: Option<String>,
+    ratelimits: Option<String>,
+    credits: Option<Option<Credits>>,
+    refill: Option<String>,
 }
 
 impl<'c> StoredChanges<'c> {
@@ -444,6 +687,9 @@ impl<'c> StoredChanges<'c> {
                 .metadata
                 .as_ref()
                 .map(|metadata| serde_json::Value::Object(metadata.clone()).to_string()),
+            ratelimits: changes.ratelimits.as_deref().map(ratelimits_json),
+            credits: changes.credits,
+            refill: changes.credits.and_then(|c| refill_json(c.as_ref())),
         }
     }
 }
@@ -464,7 +710,12 @@ pub(crate) fn update_key<'q, D: Dialect>(
     let query = D::bind_time(query, changes.expires_at.flatten());
     let query = D::bind_bool(query, changes.owner_id.is_some());
     let query = D::bind_text(query, changes.owner_id.flatten());
-    D::bind_text(query, changes.metadata.as_deref())
+    let query = D::bind_text(query, changes.metadata.as_deref());
+    let query = D::bind_text(query, changes.ratelimits.as_deref());
+    let query = D::bind_bool(query, changes.credits.is_some());
+    let query = D::bind_opt_int(query, credits_int(changes.credits.flatten().as_ref()));
+    let query = D::bind_text(query, changes.refill.as_deref());
+    D::bind_time(query, Some(crate::store::now_in_millis()))
 }
 
 /// Stores `key` on `conn`, inside the caller's transaction: the account row (locked
@@ -526,5 +777,8 @@ where
         .execute(&mut *conn)
         .await
         .map_err(backend)?;
+    if let Some(replacement) = key.replaces.as_ref().filter(|r| r.moves_credits) {
+        move_credits::<D>(conn, &replacement.id, &key.id).await?;
+    }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,12 +14,15 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_STANDING, Query, SET_STANDING, StoredChanges,
-    backend, fetch_key, fetch_keys, find_key_by_id, get_key, insert_key, list_keys, read_key,
-    read_standing, revoke_key, update_key, update_key_sql,
+    AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
+    SET_STANDING, StoredChanges, account_refill_json, backend, fetch_key, fetch_keys,
+    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits,
+    read_key, read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
+    update_key_sql,
 };
 use crate::key::{KeyHash, KeyId};
-use crate::record::{AccountStanding, KeyRecord};
+use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
+use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
     DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
 };
@@ -30,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../../migrations/sqlite/0002_provenance.sql"),
     ),
+    (3, include_str!("../../../migrations/sqlite/0003_limits.sql")),
 ];
 
 /// The embedded store: one SQLite file (WAL mode), for one process. Keys survive
@@ -79,8 +84,18 @@ impl Dialect for SqliteDialect {
     const LOCK_MIGRATIONS: Option<&'static str> = None;
     const LOCK_ACCOUNT: Option<&'static str> = None;
 
+    const LOCK_ROW: &'static str = "";
+
     fn bind_int<'q>(query: Query<'q, Sqlite>, value: i64) -> Query<'q, Sqlite> {
         query.bind(value)
+    }
+
+    fn bind_opt_int<'q>(query: Query<'q, Sqlite>, value: Option<i64>) -> Query<'q, Sqlite> {
+        query.bind(value)
+    }
+
+    fn opt_int(row: &SqliteRow, index: usize) -> Result<Option<i64>, sqlx::Error> {
+        row.try_get(index)
     }
 
     fn bind_bool<'q>(query: Query<'q, Sqlite>, value: bool) -> Query<'q, Sqlite> {
@@ -285,6 +300,64 @@ impl KeyStore for SqliteStore {
             .map_err(backend)?;
         Ok(())
     }
+
+    async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError> {
+        let rows = sqlx::query(GET_ACCOUNT_LIMITS)
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        match rows.first() {
+            Some(row) => read_account_limits::<SqliteDialect>(row, 0),
+            None => Ok(AccountLimits::none()),
+        }
+    }
+
+    async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<(), StoreError> {
+        let (sql, ratelimits) = (
+            set_account_limits_sql::<SqliteDialect>(),
+            ratelimits_json(&limits.ratelimits),
+        );
+        let refill = account_refill_json(limits);
+        set_account_limits::<SqliteDialect>(&sql, account_id, &ratelimits, limits, &refill)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CreditStore for SqliteStore {
+    async fn take_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<CreditGrant, CreditError> {
+        let mut tx = self.write_transaction().await?;
+        let grant = super::take_credits::<SqliteDialect>(&mut tx, subject, want, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(grant)
+    }
+
+    async fn return_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        units: u64,
+        epoch: i64,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(), CreditError> {
+        if until.is_some_and(|until| OffsetDateTime::now_utc() >= until) {
+            return Ok(());
+        }
+        super::return_credits::<SqliteDialect, _>(&self.pool, subject, units, epoch).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -301,7 +374,18 @@ impl KeyVerifier for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         let standing = read_standing::<SqliteDialect>(&row, AFTER_KEY_COLUMNS)
             .map_err(VerifyError::backend)?;
+        let account = read_account_limits::<SqliteDialect>(&row, AFTER_KEY_COLUMNS + 2)
+            .map_err(VerifyError::backend)?;
         let info = key_info(&row).map_err(VerifyError::backend)?;
-        Ok(Some(info.to_record().with_standing(standing)))
+        let limits = KeyLimits::new(info.ratelimits.clone(), info.credits, account);
+        Ok(Some(
+            info.to_record()
+                .with_standing(standing)
+                .with_limits(limits),
+        ))
+    }
+
+    fn credit_store(&self) -> Option<Arc<dyn CreditStore>> {
+        Some(Arc::new(self.clone()))
     }
 }

@@ -16,12 +16,15 @@ use time::OffsetDateTime;
 
 use self::listener::Notice;
 use super::{
-    AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_STANDING, Query, SET_STANDING, StoredChanges,
-    backend, fetch_key, fetch_keys, find_key_by_id, get_key, insert_key, list_keys, read_key,
-    read_standing, revoke_key, update_key, update_key_sql,
+    AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
+    SET_STANDING, StoredChanges, account_refill_json, backend, fetch_key, fetch_keys,
+    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits,
+    read_key, read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
+    update_key_sql,
 };
 use crate::key::{KeyHash, KeyId};
-use crate::record::{AccountStanding, KeyRecord};
+use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
+use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
     DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
 };
@@ -36,6 +39,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../../../migrations/postgres/0002_provenance.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../../migrations/postgres/0003_limits.sql"),
     ),
 ];
 
@@ -86,6 +93,16 @@ impl Dialect for PostgresDialect {
         Some("SELECT pg_advisory_xact_lock(34463545234389363)");
     const LOCK_ACCOUNT: Option<&'static str> =
         Some("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE");
+
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+
+    fn bind_opt_int<'q>(query: Query<'q, Postgres>, value: Option<i64>) -> Query<'q, Postgres> {
+        query.bind(value)
+    }
+
+    fn opt_int(row: &PgRow, index: usize) -> Result<Option<i64>, sqlx::Error> {
+        row.try_get(index)
+    }
 
     fn bind_int<'q>(query: Query<'q, Postgres>, value: i64) -> Query<'q, Postgres> {
         query.bind(value)
@@ -316,6 +333,67 @@ impl KeyStore for PostgresStore {
             .await?;
         tx.commit().await.map_err(backend)
     }
+
+    async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError> {
+        let row = sqlx::query(GET_ACCOUNT_LIMITS)
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        match row {
+            Some(row) => read_account_limits::<PostgresDialect>(&row, 0),
+            None => Ok(AccountLimits::none()),
+        }
+    }
+
+    async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+    ) -> Result<(), StoreError> {
+        let (sql, ratelimits) = (
+            set_account_limits_sql::<PostgresDialect>(),
+            ratelimits_json(&limits.ratelimits),
+        );
+        let refill = account_refill_json(limits);
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        set_account_limits::<PostgresDialect>(&sql, account_id, &ratelimits, limits, &refill)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        self.notify(&mut tx, &Notice::Account(account_id.to_owned()))
+            .await?;
+        tx.commit().await.map_err(backend)
+    }
+}
+
+#[async_trait]
+impl CreditStore for PostgresStore {
+    async fn take_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<CreditGrant, CreditError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let grant = super::take_credits::<PostgresDialect>(&mut tx, subject, want, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(grant)
+    }
+
+    async fn return_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        units: u64,
+        epoch: i64,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(), CreditError> {
+        if until.is_some_and(|until| OffsetDateTime::now_utc() >= until) {
+            return Ok(());
+        }
+        super::return_credits::<PostgresDialect, _>(&self.pool, subject, units, epoch).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -329,7 +407,18 @@ impl KeyVerifier for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let standing = read_standing::<PostgresDialect>(&row, AFTER_KEY_COLUMNS)
             .map_err(VerifyError::backend)?;
+        let account = read_account_limits::<PostgresDialect>(&row, AFTER_KEY_COLUMNS + 2)
+            .map_err(VerifyError::backend)?;
         let info = key_info(&row).map_err(VerifyError::backend)?;
-        Ok(Some(info.to_record().with_standing(standing)))
+        let limits = KeyLimits::new(info.ratelimits.clone(), info.credits, account);
+        Ok(Some(
+            info.to_record()
+                .with_standing(standing)
+                .with_limits(limits),
+        ))
+    }
+
+    fn credit_store(&self) -> Option<Arc<dyn CreditStore>> {
+        Some(Arc::new(self.clone()))
     }
 }

@@ -34,6 +34,11 @@
 //! assert_eq!(limit.policy_header(), r#""requests";q=2;w=60"#);
 //! ```
 
+pub mod credits;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -42,7 +47,7 @@ use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// The `RateLimit` field (IETF draft-ietf-httpapi-ratelimit-headers).
-const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 /// The `RateLimit-Policy` field.
 const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
 
@@ -130,6 +135,28 @@ impl RateLimit {
         Ok(())
     }
 
+    /// Whether `self` allows no more than `other`: the same name, no larger quota, and
+    /// no higher rate (`limit / window`).
+    #[must_use]
+    pub fn within(&self, other: &RateLimit) -> bool {
+        self.name == other.name
+            && self.limit <= other.limit
+            && u64::from(self.limit) * u64::from(other.window_seconds)
+                <= u64::from(other.limit) * u64::from(self.window_seconds)
+    }
+
+    /// Whether `limits` are within `caller`'s: each of `caller`'s limits has one of the
+    /// same name in `limits` that is [within](Self::within) it (a key cannot lift a
+    /// limit it has, nor raise it).
+    #[must_use]
+    pub fn all_within(limits: &[RateLimit], caller: &[RateLimit]) -> bool {
+        caller.iter().all(|own| {
+            limits
+                .iter()
+                .any(|limit| limit.name == own.name && limit.within(own))
+        })
+    }
+
     fn window(&self) -> Duration {
         Duration::from_secs(u64::from(self.window_seconds))
     }
@@ -148,6 +175,37 @@ impl RateLimit {
         let window = u64::try_from(self.window().as_nanos()).unwrap_or(u64::MAX);
         // `max(1)`: a limit deserialized without `check` may be 0.
         (window / u64::from(self.limit.max(1))).max(1)
+    }
+}
+
+/// A limit with its `RateLimit-Policy` field and the start of its `RateLimit` field,
+/// made once.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) limit: RateLimit,
+    pub(crate) policy: http::HeaderValue,
+    /// `"name";r=`
+    state_prefix: Box<str>,
+}
+
+impl Slot {
+    /// The slot of a checked limit (`None` if its name cannot be a header value).
+    pub(crate) fn new(limit: RateLimit) -> Option<Self> {
+        let policy = http::HeaderValue::try_from(limit.policy_header()).ok()?;
+        Some(Slot {
+            state_prefix: format!("\"{}\";r=", limit.name).into(),
+            policy,
+            limit,
+        })
+    }
+
+    /// Puts this limit's `RateLimit` and `RateLimit-Policy` fields for `decision`
+    /// into `headers`.
+    pub(crate) fn insert_fields(&self, decision: &Decision, headers: &mut http::HeaderMap) {
+        let mut state = String::with_capacity(self.state_prefix.len() + 24);
+        state.push_str(&self.state_prefix);
+        decision.write_numbers(&mut state);
+        insert_fields(headers, state, self.policy.clone());
     }
 }
 
