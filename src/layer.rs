@@ -47,7 +47,8 @@ use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
 use crate::error::{AuthError, ErrorFormat, ErrorResponder};
 use crate::key::{Environment, KeyFormat, KeyHash};
-use crate::limit::{Decision, RateLimit, RateLimiter, Refusal};
+use crate::limit::{RateLimit, Slot};
+use crate::meter::{DEFAULT_COST, LayerSlot, Meter, Per, Quota, SpendFuture, Spent};
 use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, ForeignToken, Principal};
 use crate::usage::UsageRecorder;
@@ -65,64 +66,8 @@ struct Shared<V> {
     /// extensions, so that extractors and guards answer in the same format.
     custom_responses: bool,
     usage: Option<UsageRecorder>,
-    /// Rate limits every key has, and their state.
-    limits: Arc<[LimitSlot]>,
-    limiter: RateLimiter,
-}
-
-/// A rate limit of the layer, with its `RateLimit-Policy` field and the start of its
-/// `RateLimit` field made once.
-struct LimitSlot {
-    limit: RateLimit,
-    /// Whose quota: each key's, or each account's (shared by its keys).
-    per: Per,
-    policy: http::HeaderValue,
-    /// `"name";r=`
-    state_prefix: Box<str>,
-}
-
-/// Whose quota a limit of the layer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Per {
-    Key = 0,
-    Account = 1,
-}
-
-impl Per {
-    fn subject(self, record: &crate::record::KeyRecord) -> &str {
-        match self {
-            Per::Key => record.id.as_str(),
-            Per::Account => &record.account_id,
-        }
-    }
-}
-
-/// What an accepted request's response tells about the limit closest to exhaustion.
-type Quota = Option<QuotaState>;
-
-struct QuotaState {
-    slots: Arc<[LimitSlot]>,
-    index: usize,
-    decision: Decision,
-}
-
-impl fmt::Debug for QuotaState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QuotaState")
-            .field("limit", &self.slots[self.index].limit.name)
-            .field("decision", &self.decision)
-            .finish()
-    }
-}
-
-impl QuotaState {
-    fn insert_into(&self, headers: &mut http::HeaderMap) {
-        let slot = &self.slots[self.index];
-        let mut state = String::with_capacity(slot.state_prefix.len() + 24);
-        state.push_str(&slot.state_prefix);
-        self.decision.write_numbers(&mut state);
-        crate::limit::insert_fields(headers, state, slot.policy.clone());
-    }
+    /// Rate limits and credits.
+    meter: Arc<Meter>,
 }
 
 impl<V> Clone for Shared<V> {
@@ -136,13 +81,19 @@ impl<V> Clone for Shared<V> {
             responder: Arc::clone(&self.responder),
             custom_responses: self.custom_responses,
             usage: self.usage.clone(),
-            limits: Arc::clone(&self.limits),
-            limiter: self.limiter.clone(),
+            meter: Arc::clone(&self.meter),
         }
     }
 }
 
 impl<V> Shared<V> {
+    /// The response refusing a request, noted in its span.
+    fn refuse(&self, span: &tracing::Span, error: &AuthError) -> Response<Bytes> {
+        span.record("outcome", error.code());
+        tracing::debug!(parent: span, code = error.code(), "API key rejected");
+        self.responder.respond(error)
+    }
+
     /// Puts a custom renderer into the request's extensions, for the extractors and
     /// guards behind the layer (the default needs none: they fall back to it).
     fn lend_responder<B>(&self, request: &mut Request<B>) {
@@ -150,57 +101,57 @@ impl<V> Shared<V> {
             request.extensions_mut().insert(Arc::clone(&self.responder));
         }
     }
+
+    /// The meter, to change while configuring (before the layer is cloned into a
+    /// service; a clone made earlier keeps the meter it had).
+    fn meter_mut(&mut self) -> &mut Meter {
+        if Arc::get_mut(&mut self.meter).is_none() {
+            let old = &self.meter;
+            let mut meter = Meter::new(old.ledger_store());
+            meter.slots = Arc::clone(&old.slots);
+            meter.ledger.block = old.ledger.block;
+            #[cfg(feature = "redis")]
+            {
+                meter.redis.clone_from(&old.redis);
+            }
+            self.meter = Arc::new(meter);
+        }
+        Arc::get_mut(&mut self.meter).expect("unique after the copy")
+    }
 }
 
 impl<V: KeyVerifier> Shared<V> {
-    /// Lookup → policy → rate limits → principal.
+    /// Lookup → policy → principal, and what it spends (rate limits, credits).
     fn decide(
         &self,
         found: Lookup,
         request: &RequestView<'_>,
-    ) -> Result<(Principal, Quota), AuthError> {
+    ) -> Result<(Principal, Spent), AuthError> {
         match found {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
                 self.policy.check(&record, request)?;
-                let quota = self.spend(&record)?;
+                let spent = match self.meter.spend(&record, DEFAULT_COST, 0) {
+                    Spent::Now(Err(error)) => return Err(error),
+                    spent => spent,
+                };
                 if let Some(usage) = &self.usage {
                     usage.record(&record, self.policy.now());
                 }
-                Ok((Principal::new(record), quota))
+                Ok((Principal::new(record), spent))
             }
         }
     }
 
-    /// Spends one unit of each rate limit for the key (or its account): the first that is spent refuses
-    /// the request, and the units taken from the limits before it are given back (a
-    /// client retrying against a short limit does not drain a long one); else the
-    /// limit closest to exhaustion, for the response's headers.
-    fn spend(&self, record: &crate::record::KeyRecord) -> Result<Quota, AuthError> {
-        let mut closest: Option<(usize, Decision)> = None;
-        for (index, slot) in self.limits.iter().enumerate() {
-            let subject = slot.per.subject(record);
-            let decision = self
-                .limiter
-                .check_in(slot.per as u8, subject, &slot.limit, 1);
-            if !decision.allowed {
-                for spent in &self.limits[..index] {
-                    let subject = spent.per.subject(record);
-                    self.limiter
-                        .refund_in(spent.per as u8, subject, &spent.limit, 1);
-                }
-                let refusal = Refusal::new(slot.limit.clone(), decision);
-                return Err(AuthError::RateLimited(Box::new(refusal)));
-            }
-            if closest.is_none_or(|(_, seen)| decision.remaining < seen.remaining) {
-                closest = Some((index, decision));
-            }
+    /// Puts the principal (and, when the key spends anything, the ticket a route's
+    /// `Cost` adjusts) into the request.
+    fn admit<B>(&self, request: &mut Request<B>, principal: Principal) {
+        if self.meter.applies(principal.record()) {
+            request
+                .extensions_mut()
+                .insert(self.meter.ticket(DEFAULT_COST));
         }
-        Ok(closest.map(|(index, decision)| QuotaState {
-            slots: Arc::clone(&self.limits),
-            index,
-            decision,
-        }))
+        request.extensions_mut().insert(principal);
     }
 }
 
@@ -248,15 +199,14 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
         ApiKeyLayer {
             shared: Arc::new(Shared {
                 format,
-                cache,
                 policy: Policy::new(),
                 optional: false,
                 pass_foreign: false,
                 responder: Arc::new(ErrorResponder::default()),
                 custom_responses: false,
                 usage: None,
-                limits: Arc::new([]),
-                limiter: RateLimiter::new(),
+                meter: Arc::new(Meter::new(cache.verifier().credit_store())),
+                cache,
             }),
         }
     }
@@ -394,27 +344,50 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
 
     fn add_limit(self, limit: RateLimit, per: Per) -> Self {
         self.with_shared(|shared| {
-            let mut limits: Vec<(RateLimit, Per)> = shared
-                .limits
-                .iter()
-                .map(|slot| (slot.limit.clone(), slot.per))
-                .collect();
-            limits.push((limit, per));
-            let all: Vec<RateLimit> = limits.iter().map(|(limit, _)| limit.clone()).collect();
+            let meter = shared.meter_mut();
+            let mut all: Vec<RateLimit> =
+                meter.slots.iter().map(|s| s.slot.limit.clone()).collect();
+            all.push(limit.clone());
             if let Err(error) = RateLimit::check_all(&all) {
                 panic!("{error}");
             }
-            shared.limits = limits
-                .into_iter()
-                .map(|(limit, per)| LimitSlot {
-                    policy: http::HeaderValue::try_from(limit.policy_header())
-                        .expect("a checked name makes a valid header value"),
-                    state_prefix: format!("\"{}\";r=", limit.name).into(),
-                    per,
-                    limit,
+            let slot = Slot::new(limit).expect("a checked name makes a valid header value");
+            let mut slots: Vec<LayerSlot> = meter
+                .slots
+                .iter()
+                .map(|old| LayerSlot {
+                    per: old.per,
+                    slot: old.slot.clone(),
                 })
                 .collect();
+            slots.push(LayerSlot { per, slot });
+            meter.slots = slots.into();
         })
+    }
+
+    /// Shares rate limits with every instance using the same Redis (feature `redis`):
+    /// each check is one atomic script; when Redis fails the layer falls back to its
+    /// in-process limiter (see [`limit::redis`](crate::limit::redis)).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[must_use]
+    pub fn shared_limits(self, redis: crate::limit::redis::RedisLimiter) -> Self {
+        self.with_shared(|shared| shared.meter_mut().redis = Some(redis))
+    }
+
+    /// How many credits an instance takes from the store at a time (default 100; at
+    /// least 1). Larger blocks write the store less often and widen the window in
+    /// which one instance holds credits that another cannot spend (see
+    /// [`meter`](crate::meter)); 1 writes once per request.
+    #[must_use]
+    pub fn credit_lease(self, block: u64) -> Self {
+        self.with_shared(|shared| shared.meter_mut().ledger.block = block.max(1))
+    }
+
+    /// Gives the credits this instance leased back to the store: call it on shutdown,
+    /// after the server has stopped taking requests.
+    pub async fn return_credits(&self) {
+        self.shared.meter.ledger.return_all().await;
     }
 
     /// The cache this layer looks keys up through.
@@ -511,10 +484,14 @@ where
 
         match shared.cache.get_cached(&hash) {
             Some(found) => match shared.decide(found, &RequestView::of(&request)) {
-                Ok((principal, quota)) => {
+                Ok((principal, Spent::Now(quota))) => {
                     record_accepted(&span, &principal);
-                    request.extensions_mut().insert(principal);
-                    self.call_limited(request, quota)
+                    shared.admit(&mut request, principal);
+                    self.call_limited(request, quota.ok().flatten())
+                }
+                Ok((principal, Spent::Later(spending))) => {
+                    shared.admit(&mut request, principal);
+                    self.spend_then_call(request, spending, span)
                 }
                 Err(error) => self.reject(&span, error),
             },
@@ -534,11 +511,45 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         self.call_limited(request, None)
     }
 
+    /// The key is known but its spend waits for Redis or the credit store.
+    fn spend_then_call<ReqBody, ResBody>(
+        &mut self,
+        mut request: Request<ReqBody>,
+        spending: SpendFuture,
+        span: tracing::Span,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+        ReqBody: Send + 'static,
+    {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        let verification: VerifyFuture<ReqBody> = Box::pin(async move {
+            match spending.await {
+                Ok(quota) => {
+                    if let Some(principal) = request.extensions().get::<Principal>() {
+                        record_accepted(&span, principal);
+                    }
+                    shared.lend_responder(&mut request);
+                    Verified(Outcome::Accepted(request, quota))
+                }
+                Err(error) => Verified(Outcome::Rejected(shared.refuse(&span, &error))),
+            }
+        });
+        ResponseFuture {
+            state: State::Verify {
+                fut: verification,
+                inner: Some(inner),
+            },
+        }
+    }
+
     /// Calls the inner service; its response gets the `quota`'s headers.
     fn call_limited<ReqBody, ResBody>(
         &mut self,
         mut request: Request<ReqBody>,
-        quota: Quota,
+        quota: Option<Quota>,
     ) -> ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -588,7 +599,13 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         let verification: VerifyFuture<ReqBody> = Box::pin(async move {
             let mut request = request;
             let decision = match shared.cache.load(hash).await {
-                Ok(found) => shared.decide(found, &RequestView::of(&request)),
+                Ok(found) => match shared.decide(found, &RequestView::of(&request)) {
+                    Ok((principal, Spent::Now(quota))) => quota.map(|quota| (principal, quota)),
+                    Ok((principal, Spent::Later(spending))) => {
+                        spending.await.map(|quota| (principal, quota))
+                    }
+                    Err(error) => Err(error),
+                },
                 Err(error) => {
                     tracing::error!(parent: &span, %error, "API key verifier failed");
                     Err(AuthError::Unavailable)
@@ -597,15 +614,11 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
             match decision {
                 Ok((principal, quota)) => {
                     record_accepted(&span, &principal);
-                    request.extensions_mut().insert(principal);
+                    shared.admit(&mut request, principal);
                     shared.lend_responder(&mut request);
                     Verified(Outcome::Accepted(request, quota))
                 }
-                Err(error) => {
-                    span.record("outcome", error.code());
-                    tracing::debug!(parent: &span, code = error.code(), "API key rejected");
-                    Verified(Outcome::Rejected(shared.responder.respond(&error)))
-                }
+                Err(error) => Verified(Outcome::Rejected(shared.refuse(&span, &error))),
             }
         });
         ResponseFuture {
@@ -633,7 +646,7 @@ pub(crate) struct Verified<B>(Outcome<B>);
 
 #[derive(Debug)]
 enum Outcome<B> {
-    Accepted(Request<B>, Quota),
+    Accepted(Request<B>, Option<Quota>),
     Rejected(Response<Bytes>),
 }
 
@@ -664,7 +677,7 @@ pin_project! {
         Inner {
             #[pin]
             fut: S::Future,
-            quota: Quota,
+            quota: Option<Quota>,
         },
         Reject {
             response: Option<S::Response>,
@@ -712,7 +725,8 @@ where
                 StateProj::Inner { fut, quota } => {
                     let mut response = ready!(fut.poll(cx))?;
                     if let Some(quota) = quota.take() {
-                        quota.insert_into(response.headers_mut());
+                        let status = response.status();
+                        quota.insert_into(status, response.headers_mut());
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -96,6 +96,7 @@ pub mod key;
 pub mod layer;
 pub mod limit;
 pub mod manage;
+pub mod meter;
 mod percent;
 pub mod policy;
 pub mod principal;

@@ -103,6 +103,11 @@ impl Principal {
         &self.0.metadata
     }
 
+    /// The record, shared.
+    pub(crate) fn shared_record(&self) -> Arc<KeyRecord> {
+        Arc::clone(&self.0)
+    }
+
     /// The whole record the verifier returned.
     #[must_use]
     pub fn record(&self) -> &KeyRecord {

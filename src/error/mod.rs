@@ -93,6 +93,10 @@ pub enum AuthError {
     /// `RateLimit` and `RateLimit-Policy`.
     #[error("the API key's rate limit {:?} is spent", .0.limit.name)]
     RateLimited(Box<crate::limit::Refusal>),
+    /// The request's cost exceeds the remaining credits of the key or its account. 402
+    /// `credits_exhausted`; nothing was spent.
+    #[error("the API key's credits are exhausted")]
+    CreditsExhausted,
 }
 
 /// What is wrong with a malformed `Authorization` header.
@@ -129,6 +133,7 @@ impl AuthError {
             | AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::CreditsExhausted => StatusCode::PAYMENT_REQUIRED,
         }
     }
 
@@ -150,6 +155,7 @@ impl AuthError {
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::Unavailable => "auth_unavailable",
             AuthError::RateLimited(_) => "rate_limited",
+            AuthError::CreditsExhausted => "credits_exhausted",
         }
     }
 
@@ -189,6 +195,9 @@ impl AuthError {
             AuthError::RateLimited(_) => {
                 "Too many requests with this API key. Retry after the time in Retry-After."
             }
+            AuthError::CreditsExhausted => {
+                "The API key has not enough credits left for this request."
+            }
         }
     }
 
@@ -209,7 +218,8 @@ impl AuthError {
             | AuthError::ReferrerNotAllowed
             | AuthError::EndpointNotAllowed
             | AuthError::Unavailable
-            | AuthError::RateLimited(_) => return None,
+            | AuthError::RateLimited(_)
+            | AuthError::CreditsExhausted => return None,
         };
         let mut value = format!("Bearer realm=\"{realm}\"");
         if let Some(error) = error {

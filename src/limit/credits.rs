@@ -367,9 +367,24 @@ mod tests {
         assert_eq!((grant.granted, credits.remaining), (5, 95));
         assert_eq!(grant.until, Some(datetime!(2027-03-31 00:00 UTC)));
         // Returned before the next refill and in the same epoch: back; else dropped.
-        assert!(may_return(&credits, 0, grant.until, datetime!(2027-03-01 00:00 UTC)));
-        assert!(!may_return(&credits, 0, grant.until, datetime!(2027-03-31 00:00 UTC)));
-        assert!(!may_return(&credits, 1, grant.until, datetime!(2027-03-01 00:00 UTC)));
+        assert!(may_return(
+            &credits,
+            0,
+            grant.until,
+            datetime!(2027-03-01 00:00 UTC)
+        ));
+        assert!(!may_return(
+            &credits,
+            0,
+            grant.until,
+            datetime!(2027-03-31 00:00 UTC)
+        ));
+        assert!(!may_return(
+            &credits,
+            1,
+            grant.until,
+            datetime!(2027-03-01 00:00 UTC)
+        ));
         // Months skipped: refilled once, to the amount.
         let grant = take_from(&mut credits, 1, datetime!(2027-07-01 00:00 UTC));
         assert_eq!((grant.granted, credits.remaining), (1, 99));
@@ -380,8 +395,10 @@ mod tests {
     fn shapes_are_checked_and_compared() {
         assert!(serde_json::from_str::<Credits>(r#"{"remaining": -1}"#).is_err());
         assert!(
-            serde_json::from_str::<Credits>(r#"{"remaining": 1, "refill": {"interval": "weekly", "amount": 1}}"#)
-                .is_err()
+            serde_json::from_str::<Credits>(
+                r#"{"remaining": 1, "refill": {"interval": "weekly", "amount": 1}}"#
+            )
+            .is_err()
         );
         let monthly: Credits = serde_json::from_str(
             r#"{"remaining": 10, "refill": {"interval": "monthly", "amount": 10}}"#,

@@ -181,7 +181,12 @@ impl RedisLimiter {
 
     /// Gives back `refund` and spends `cost` on every limit of `checks`, or on none;
     /// `None` when Redis cannot answer now (the caller falls back).
-    pub(crate) async fn check(&self, checks: &[Check<'_>], cost: u32, refund: u32) -> Option<Verdict> {
+    pub(crate) async fn check(
+        &self,
+        checks: &[Check<'_>],
+        cost: u32,
+        refund: u32,
+    ) -> Option<Verdict> {
         let inner = &*self.inner;
         if checks.is_empty() || self.now_ms() < inner.down_until.load(Ordering::Relaxed) {
             return None;
@@ -206,7 +211,10 @@ impl RedisLimiter {
 
     fn fail(&self, error: &str) {
         let inner = &*self.inner;
-        *inner.connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *inner
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         inner
             .down_until
             .store(self.now_ms() + 1_000, Ordering::Relaxed);
@@ -237,7 +245,12 @@ impl RedisLimiter {
         Ok(connection)
     }
 
-    async fn run(&self, checks: &[Check<'_>], cost: u32, refund: u32) -> redis::RedisResult<Verdict> {
+    async fn run(
+        &self,
+        checks: &[Check<'_>],
+        cost: u32,
+        refund: u32,
+    ) -> redis::RedisResult<Verdict> {
         let mut connection = self.connection().await?;
         let mut invocation = self.inner.script.prepare_invoke();
         invocation.arg(cost).arg(refund);

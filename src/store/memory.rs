@@ -312,9 +312,7 @@ impl KeyVerifier for MemoryStore {
                     info.credits,
                     account.unwrap_or_default(),
                 );
-                info.to_record()
-                    .with_standing(standing)
-                    .with_limits(limits)
+                info.to_record().with_standing(standing).with_limits(limits)
             }))
     }
 }

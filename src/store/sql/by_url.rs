@@ -139,7 +139,9 @@ impl CreditStore for SqlStore {
         epoch: i64,
         until: Option<OffsetDateTime>,
     ) -> Result<(), CreditError> {
-        self.inner().return_credits(subject, units, epoch, until).await
+        self.inner()
+            .return_credits(subject, units, epoch, until)
+            .await
     }
 }
 

@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 use super::{
     AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
     SET_STANDING, StoredChanges, account_refill_json, backend, fetch_key, fetch_keys,
-    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits,
-    read_key, read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
+    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits, read_key,
+    read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
     update_key_sql,
 };
 use crate::key::{KeyHash, KeyId};
@@ -34,7 +34,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../../migrations/sqlite/0002_provenance.sql"),
     ),
-    (3, include_str!("../../../migrations/sqlite/0003_limits.sql")),
+    (
+        3,
+        include_str!("../../../migrations/sqlite/0003_limits.sql"),
+    ),
 ];
 
 /// The embedded store: one SQLite file (WAL mode), for one process. Keys survive
@@ -379,9 +382,7 @@ impl KeyVerifier for SqliteStore {
         let info = key_info(&row).map_err(VerifyError::backend)?;
         let limits = KeyLimits::new(info.ratelimits.clone(), info.credits, account);
         Ok(Some(
-            info.to_record()
-                .with_standing(standing)
-                .with_limits(limits),
+            info.to_record().with_standing(standing).with_limits(limits),
         ))
     }
 

@@ -18,8 +18,8 @@ use self::listener::Notice;
 use super::{
     AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
     SET_STANDING, StoredChanges, account_refill_json, backend, fetch_key, fetch_keys,
-    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits,
-    read_key, read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
+    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits, read_key,
+    read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
     update_key_sql,
 };
 use crate::key::{KeyHash, KeyId};
@@ -412,9 +412,7 @@ impl KeyVerifier for PostgresStore {
         let info = key_info(&row).map_err(VerifyError::backend)?;
         let limits = KeyLimits::new(info.ratelimits.clone(), info.credits, account);
         Ok(Some(
-            info.to_record()
-                .with_standing(standing)
-                .with_limits(limits),
+            info.to_record().with_standing(standing).with_limits(limits),
         ))
     }
 
