@@ -18,9 +18,11 @@
 //! # }
 //! ```
 //!
-//! **Credits are exact.** An instance takes credits from the store in blocks (a lease,
-//! 100 by default: [`ApiKeyLayer::credit_lease`](crate::ApiKeyLayer::credit_lease)) with
-//! one atomic statement, and spends them in memory; it never spends more than it was
+//! **Credits are exact.** An instance takes credits from the store in blocks (a lease:
+//! what the request needs plus up to 99 more by default,
+//! [`ApiKeyLayer::credit_lease`](crate::ApiKeyLayer::credit_lease), but never more than
+//! an eighth of what the balance holds) with one atomic statement, and spends them in
+//! memory; it never spends more than it was
 //! handed, so the sum over every instance never exceeds the balance. The store is
 //! written once per block, not once per request. The price is an **under-spend
 //! window**: credits leased by one instance are not available to another until they
@@ -410,6 +412,8 @@ struct Lease {
     epoch: AtomicI64,
     /// Unix seconds of the next refill (`i64::MAX`: none): the lease ends then.
     until: AtomicI64,
+    /// What the balance held after the last take (`u64::MAX`: not known yet).
+    seen: AtomicU64,
     /// One take from the store at a time per balance.
     gate: tokio::sync::Mutex<()>,
 }
@@ -420,6 +424,7 @@ impl Lease {
             units: AtomicU64::new(0),
             epoch: AtomicI64::new(i64::MIN),
             until: AtomicI64::new(i64::MAX),
+            seen: AtomicU64::new(u64::MAX),
             gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -446,19 +451,35 @@ impl Lease {
     }
 }
 
-/// The balances `record` spends: `(is_account, id, epoch)`.
-fn balances(record: &KeyRecord) -> impl Iterator<Item = (bool, &str, i64)> {
+/// A balance a request spends.
+#[derive(Clone, Copy)]
+struct Balance<'r> {
+    account: bool,
+    id: &'r str,
+    epoch: i64,
+    /// What it held when the record was loaded.
+    loaded: u64,
+}
+
+/// The balances `record` spends: its own, then its account's.
+fn balances(record: &KeyRecord) -> impl Iterator<Item = Balance<'_>> {
+    let balance = |account, id, credits: &crate::limit::credits::Credits| Balance {
+        account,
+        id,
+        epoch: credits.epoch,
+        loaded: credits.remaining,
+    };
     let own = record
         .limits
         .credits
         .as_ref()
-        .map(|credits| (false, record.id.as_str(), credits.epoch));
+        .map(|credits| balance(false, record.id.as_str(), credits));
     let account = record
         .limits
         .account
         .credits
         .as_ref()
-        .map(|credits| (true, record.account_id.as_str(), credits.epoch));
+        .map(|credits| balance(true, record.account_id.as_str(), credits));
     own.into_iter().chain(account)
 }
 
@@ -506,10 +527,10 @@ impl Ledger {
     ) -> Option<Result<(), AuthError>> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mut taken: Vec<Arc<Lease>> = Vec::new();
-        for (account, id, epoch) in balances(record) {
-            let lease = self.lease(account, id);
+        for balance in balances(record) {
+            let lease = self.lease(balance.account, balance.id);
             lease.give(u64::from(refund));
-            if cost > 0 && !lease.take(u64::from(cost), Some(epoch), now) {
+            if cost > 0 && !lease.take(u64::from(cost), Some(balance.epoch), now) {
                 for lease in &taken {
                     lease.give(u64::from(cost));
                 }
@@ -526,10 +547,10 @@ impl Ledger {
         let cost = u64::from(cost);
         let mut taken: Vec<Arc<Lease>> = Vec::new();
         let result = async {
-            for (account, id, epoch) in balances(record) {
-                let lease = self.lease(account, id);
+            for balance in balances(record) {
+                let lease = self.lease(balance.account, balance.id);
                 lease.give(u64::from(refund));
-                if cost > 0 && !self.take(&lease, subject(account, id), cost, epoch).await? {
+                if cost > 0 && !self.take(&lease, balance, cost).await? {
                     return Err(AuthError::CreditsExhausted);
                 }
                 taken.push(lease);
@@ -550,10 +571,10 @@ impl Ledger {
     async fn take(
         &self,
         lease: &Lease,
-        subject: CreditSubject<'_>,
+        balance: Balance<'_>,
         cost: u64,
-        epoch: i64,
     ) -> Result<bool, AuthError> {
+        let (subject, epoch) = (subject(balance.account, balance.id), balance.epoch);
         let _gate = lease.gate.lock().await;
         let now = OffsetDateTime::now_utc();
         if lease.take(cost, Some(epoch), now.unix_timestamp()) {
@@ -569,9 +590,15 @@ impl Ledger {
             lease.units.store(0, Ordering::Release);
         }
         let held = lease.units.load(Ordering::Acquire);
-        let want = cost
-            .saturating_sub(held)
-            .saturating_add(self.block.saturating_sub(1));
+        // Beyond what this request needs, a block, but never more than an eighth of
+        // what the balance holds: small balances stay where every instance (and every
+        // view) sees them.
+        let seen = match lease.seen.load(Ordering::Acquire) {
+            u64::MAX => balance.loaded,
+            seen => seen,
+        };
+        let extra = self.block.saturating_sub(1).min(seen / 8);
+        let want = cost.saturating_sub(held).saturating_add(extra);
         let grant = store
             .take_credits(subject, want, now)
             .await
@@ -589,6 +616,7 @@ impl Ledger {
         }
         let until = grant.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp);
         lease.until.store(until, Ordering::Release);
+        lease.seen.store(grant.remaining, Ordering::Release);
         lease.give(grant.granted);
         Ok(lease.take(cost, None, now.unix_timestamp()))
     }

@@ -5,15 +5,21 @@
 //! apikeys --database-url apikeys.db create --account acct_1 --name bootstrap --scopes admin
 //! apikeys --database-url apikeys.db list --account acct_1
 //! apikeys --database-url apikeys.db revoke ak_…
+//! apikeys --database-url apikeys.db account-limits --account acct_1 \
+//!     --ratelimit requests:1000:60 --credits 10000 --refill monthly:10000:1
 //! ```
 //!
 //! `--database-url` (or `DATABASE_URL`) is a SQLite path or a `postgres://` URL.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tower_api_keys::key::KeyId;
+use tower_api_keys::limit::RateLimit;
+use tower_api_keys::limit::credits::{Credits, Refill};
 use tower_api_keys::manage::NewKey;
+use tower_api_keys::record::AccountLimits;
 use tower_api_keys::scope::Scopes;
 use tower_api_keys::store::{KeyStore, StoreError};
 use tower_api_keys::{CachedVerifier, Environment, KeyFormat, KeyManager, SqlStore};
@@ -70,6 +76,58 @@ enum Command {
         /// The key id (`ak_…`).
         id: String,
     },
+    /// Sets (or, with no limit given, shows) an account's rate limits and credit
+    /// balance, shared by all its keys. Setting replaces what the account had.
+    AccountLimits {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// A rate limit `name:limit:window_seconds` (repeatable, at most five).
+        #[arg(long = "ratelimit")]
+        ratelimits: Vec<String>,
+        /// The credit balance.
+        #[arg(long)]
+        credits: Option<u64>,
+        /// A refill of the balance: `daily:AMOUNT` or `monthly:AMOUNT[:DAY]`.
+        #[arg(long, requires = "credits")]
+        refill: Option<String>,
+        /// Removes the account's limits and balance.
+        #[arg(long, conflicts_with_all = ["ratelimits", "credits"])]
+        clear: bool,
+    },
+}
+
+/// `name:limit:window_seconds`.
+fn parse_ratelimit(text: &str) -> Result<RateLimit, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let [name, limit, window] = parts[..] else {
+        return Err(format!(
+            "--ratelimit {text:?}: expected name:limit:window_seconds"
+        ));
+    };
+    let number = |n: &str| {
+        n.parse::<u32>()
+            .map_err(|_| format!("--ratelimit {text:?}: {n:?} is not a whole number"))
+    };
+    RateLimit::new(
+        name,
+        number(limit)?,
+        Duration::from_secs(u64::from(number(window)?)),
+    )
+    .map_err(|e| format!("--ratelimit {text:?}: {e}"))
+}
+
+/// `daily:AMOUNT` or `monthly:AMOUNT[:DAY]`.
+fn parse_refill(text: &str) -> Result<Refill, String> {
+    let bad = || format!("--refill {text:?}: expected daily:AMOUNT or monthly:AMOUNT[:DAY]");
+    let parts: Vec<&str> = text.split(':').collect();
+    let amount = |n: &str| n.parse::<u64>().map_err(|_| bad());
+    match parts[..] {
+        ["daily", n] => Ok(Refill::daily(amount(n)?)),
+        ["monthly", n] => Ok(Refill::monthly(amount(n)?, 1)),
+        ["monthly", n, day] => Ok(Refill::monthly(amount(n)?, day.parse().map_err(|_| bad())?)),
+        _ => Err(bad()),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -155,6 +213,40 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("revoked {id}");
+        }
+        Command::AccountLimits {
+            account,
+            ratelimits,
+            credits,
+            refill,
+            clear,
+        } => {
+            let manager = manager(&Environment::LIVE);
+            if clear || !ratelimits.is_empty() || credits.is_some() {
+                let mut limits = AccountLimits::none();
+                for text in &ratelimits {
+                    limits = limits.ratelimit(parse_ratelimit(text)?);
+                }
+                if let Some(credits) = credits {
+                    let mut balance = Credits::new(credits);
+                    if let Some(refill) = &refill {
+                        balance = balance.with_refill(parse_refill(refill)?);
+                    }
+                    limits = limits.credits(balance);
+                }
+                manager
+                    .set_account_limits(&account, limits)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            let limits = manager
+                .account_limits(&account)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string(&limits).map_err(|e| e.to_string())?
+            );
         }
     }
     Ok(())

@@ -245,6 +245,8 @@ pub struct CreditGrant {
     pub until: Option<OffsetDateTime>,
     /// `false` when the subject has no balance at all (nothing to spend).
     pub limited: bool,
+    /// What the balance holds after the take.
+    pub remaining: u64,
 }
 
 impl CreditGrant {
@@ -256,6 +258,7 @@ impl CreditGrant {
             epoch,
             until,
             limited: true,
+            remaining: 0,
         }
     }
 
@@ -267,6 +270,7 @@ impl CreditGrant {
             epoch: 0,
             until: None,
             limited: false,
+            remaining: 0,
         }
     }
 }
@@ -310,7 +314,9 @@ pub(crate) fn take_from(credits: &mut Credits, want: u64, now: OffsetDateTime) -
         .refill
         .zip(credits.refilled_at)
         .map(|(refill, last)| refill.next_after(last));
-    CreditGrant::new(granted, credits.epoch, until)
+    let mut grant = CreditGrant::new(granted, credits.epoch, until);
+    grant.remaining = credits.remaining;
+    grant
 }
 
 /// Whether credits returned under `epoch` and `until` go back into `credits` at `now`.

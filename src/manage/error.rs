@@ -35,11 +35,17 @@ pub enum Invalid {
     /// `invalid_metadata`: not a JSON object, or over
     /// [`MAX_METADATA_BYTES`](crate::record::MAX_METADATA_BYTES) as JSON.
     Metadata,
+    /// `invalid_ratelimits`: not an array of `{"name", "limit", "window_seconds"}`, a
+    /// number that is not a positive whole number, more than five, or a name twice.
+    RateLimits,
+    /// `invalid_credits`: not `{"remaining", "refill"?}`, a negative or too large
+    /// number, an unknown interval, or a day outside 1–31.
+    Credits,
 }
 
 impl Invalid {
     /// Every rule, for documentation and tests.
-    pub const ALL: [Invalid; 11] = [
+    pub const ALL: [Invalid; 13] = [
         Invalid::Body,
         Invalid::Name,
         Invalid::RenameNotAllowed,
@@ -51,6 +57,8 @@ impl Invalid {
         Invalid::Overlap,
         Invalid::Owner,
         Invalid::Metadata,
+        Invalid::RateLimits,
+        Invalid::Credits,
     ];
 
     /// The stable code.
@@ -68,6 +76,8 @@ impl Invalid {
             Invalid::Overlap => "invalid_overlap",
             Invalid::Owner => "invalid_owner",
             Invalid::Metadata => "invalid_metadata",
+            Invalid::RateLimits => "invalid_ratelimits",
+            Invalid::Credits => "invalid_credits",
         }
     }
 }
@@ -102,8 +112,8 @@ pub enum ManageError {
     )]
     ExceedsCaller {
         /// What the key has more of: `another account`, `another environment`,
-        /// `a scope`, `a later expiry`, `other restrictions`, `another project` or
-        /// `another end user`.
+        /// `a scope`, `a later expiry`, `other restrictions`, `another project`,
+        /// `another end user`, `a higher rate limit` or `more credits`.
         what: &'static str,
     },
     /// The account has its maximum of active keys in the key's environment (409

@@ -80,8 +80,10 @@ use time::OffsetDateTime;
 use crate::cache::CachedVerifier;
 use crate::error::AuthError;
 use crate::key::{Environment, KeyFormat, KeyId};
+use crate::limit::RateLimit;
+use crate::limit::credits::Credits;
 use crate::principal::Principal;
-use crate::record::{AccountStanding, MAX_METADATA_BYTES, Metadata};
+use crate::record::{AccountLimits, AccountStanding, MAX_METADATA_BYTES, Metadata};
 use crate::restriction::Restrictions;
 use crate::scope::{Scope, Scopes};
 use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore, Replacement, StoredKey};
@@ -193,6 +195,11 @@ pub struct NewKey {
     /// Free-form data kept with the key (a JSON object of at most
     /// [`MAX_METADATA_BYTES`]).
     pub metadata: Metadata,
+    /// Its rate limits; `None`: the creator's own (none for operators and owners).
+    pub ratelimits: Option<Vec<RateLimit>>,
+    /// Its balance; `None`: for a key creating a key, its own current balance if it
+    /// has one (else none).
+    pub credits: Option<Credits>,
 }
 
 impl NewKey {
@@ -246,6 +253,57 @@ impl NewKey {
         self.metadata = metadata;
         self
     }
+
+    /// Sets the rate limits (at most five, names unique).
+    #[must_use]
+    pub fn ratelimits(mut self, ratelimits: Vec<RateLimit>) -> Self {
+        self.ratelimits = Some(ratelimits);
+        self
+    }
+
+    /// Gives the key a balance of credits.
+    #[must_use]
+    pub fn credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+}
+
+/// Rate limits as given: at most five, each valid, names unique.
+fn check_ratelimits(limits: &[RateLimit]) -> Result<(), ManageError> {
+    RateLimit::check_all(limits)
+        .map_err(|error| ManageError::invalid(Invalid::RateLimits, error.to_string()))
+}
+
+/// A balance as given.
+fn check_credits(credits: Option<&Credits>) -> Result<(), ManageError> {
+    match credits.map(Credits::check) {
+        Some(Err(error)) => Err(ManageError::invalid(Invalid::Credits, error)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `key`'s limits are within `caller`'s (no higher rate limit, no more credits,
+/// none lifted): part of [`check_within`].
+fn limits_within(
+    caller: &Principal,
+    ratelimits: &[RateLimit],
+    credits: Option<&Credits>,
+) -> Result<(), ManageError> {
+    let own = &caller.record().limits;
+    if !RateLimit::all_within(ratelimits, &own.ratelimits) {
+        return Err(ManageError::ExceedsCaller {
+            what: "a higher rate limit",
+        });
+    }
+    if let Some(own) = &own.credits {
+        if credits.is_none_or(|credits| !credits.within(own)) {
+            return Err(ManageError::ExceedsCaller {
+                what: "more credits",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The longest end-user id accepted.
@@ -317,7 +375,7 @@ pub fn check_within(caller: &Principal, key: &KeyInfo) -> Result<(), ManageError
             return exceeds("another end user");
         }
     }
-    Ok(())
+    limits_within(caller, &key.ratelimits, key.credits.as_ref())
 }
 
 /// A key as it will be stored, before its secret is generated.
@@ -332,6 +390,8 @@ struct KeySpec {
     created_by: Option<String>,
     owner_id: Option<String>,
     metadata: Metadata,
+    ratelimits: Vec<RateLimit>,
+    credits: Option<Credits>,
 }
 
 impl KeySpec {
@@ -348,6 +408,8 @@ impl KeySpec {
             created_by: key.created_by,
             owner_id: key.owner_id,
             metadata: key.metadata,
+            ratelimits: key.ratelimits,
+            credits: key.credits,
         }
     }
 }
@@ -362,6 +424,8 @@ fn account_key(
     let name = check_name(&request.name)?;
     check_owner(request.owner_id.as_deref())?;
     check_metadata(&request.metadata)?;
+    check_ratelimits(request.ratelimits.as_deref().unwrap_or_default())?;
+    check_credits(request.credits.as_ref())?;
     if request
         .expires_at
         .is_some_and(|at| at <= OffsetDateTime::now_utc())
@@ -382,6 +446,8 @@ fn account_key(
         created_by: None,
         owner_id: request.owner_id,
         metadata: request.metadata,
+        ratelimits: request.ratelimits.unwrap_or_default(),
+        credits: request.credits,
     })
 }
 
@@ -513,6 +579,34 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             }
             asked => asked.unwrap_or_else(|| own.clone()),
         };
+        // A key never mints a key with a higher rate limit, more credits, or no limit
+        // where it has one.
+        let own = &creator.record().limits;
+        let ratelimits = match request.ratelimits {
+            Some(asked) => {
+                check_ratelimits(&asked)?;
+                asked
+            }
+            None => own.ratelimits.clone(),
+        };
+        check_credits(request.credits.as_ref())?;
+        let credits = match (request.credits, own.credits.is_some()) {
+            (Some(asked), _) => Some(asked),
+            // Its own balance as the store holds it now (the cached one may be older).
+            (None, true) => self
+                .parts
+                .store
+                .get(creator.account_id(), creator.key_id())
+                .await?
+                .credits
+                .map(|current| {
+                    let mut inherited = Credits::new(current.remaining);
+                    inherited.refill = current.refill;
+                    inherited
+                }),
+            (None, false) => None,
+        };
+        limits_within(creator, &ratelimits, credits.as_ref())?;
         let spec = KeySpec {
             account_id: creator.account_id().to_owned(),
             environment: creator.environment().clone(),
@@ -524,6 +618,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             created_by: Some(creator.key_id().to_string()),
             owner_id,
             metadata: request.metadata,
+            ratelimits,
+            credits,
         };
         self.insert(spec, None).await
     }
@@ -555,6 +651,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         stored.created_by = spec.created_by;
         stored.owner_id = spec.owner_id;
         stored.metadata = spec.metadata;
+        stored.ratelimits = spec.ratelimits;
+        stored.credits = spec.credits;
         stored.replaces = replaces;
         let info = self.parts.store.insert(stored).await?;
         Ok(CreatedKey::new(key, info))
@@ -675,6 +773,12 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         if let Some(metadata) = &changes.metadata {
             check_metadata(metadata)?;
         }
+        if let Some(ratelimits) = &changes.ratelimits {
+            check_ratelimits(ratelimits)?;
+        }
+        if let Some(credits) = &changes.credits {
+            check_credits(credits.as_ref())?;
+        }
         let info = self.parts.store.update(account_id, id, &changes).await?;
         // The cached record carries every field that can change.
         self.parts.cache.invalidate_key_id(id);
@@ -763,7 +867,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let created = self
             .insert(
                 KeySpec::of(old),
-                Some(Replacement::new(id.clone(), ends_at)),
+                Some(Replacement::new(id.clone(), ends_at).moving_credits()),
             )
             .await?;
         self.parts.cache.invalidate_key_id(id);
@@ -777,6 +881,29 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let info = self.parts.store.revoke(account_id, id).await?;
         self.parts.cache.invalidate_key_id(id);
         Ok(info)
+    }
+
+    /// An account's rate limits and balance (shared by all its keys).
+    pub async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, ManageError> {
+        Ok(self.parts.store.account_limits(account_id).await?)
+    }
+
+    /// Sets an account's rate limits and balance, shared by all its keys: for the
+    /// operator (the CLI, your admin tools), never for the account's own keys.
+    /// Effective for the next request, on every instance.
+    pub async fn set_account_limits(
+        &self,
+        account_id: &str,
+        limits: AccountLimits,
+    ) -> Result<(), ManageError> {
+        check_ratelimits(&limits.ratelimits)?;
+        check_credits(limits.credits.as_ref())?;
+        self.parts
+            .store
+            .set_account_limits(account_id, &limits)
+            .await?;
+        self.parts.cache.invalidate_account(account_id);
+        Ok(())
     }
 
     /// Sets an account's billing standing, effective for the next request.

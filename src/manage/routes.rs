@@ -18,6 +18,8 @@ use time::OffsetDateTime;
 use super::{Invalid, KeyManager, KeyOwner, ManageError, NewKey};
 use crate::error::{Envelope, ErrorResponder};
 use crate::key::{Environment, KeyId};
+use crate::limit::RateLimit;
+use crate::limit::credits::Credits;
 use crate::principal::{Principal, require};
 use crate::record::Metadata;
 use crate::restriction::Restrictions;
@@ -427,7 +429,45 @@ fn create_request(fields: &serde_json::Map<String, Value>) -> Result<NewKey, Man
         restrictions: restrictions_field(fields)?,
         owner_id: owner_field(fields)?.flatten(),
         metadata: metadata_field(fields)?.unwrap_or_default(),
+        ratelimits: ratelimits_field(fields)?,
+        credits: credits_field(fields)?.flatten(),
     })
+}
+
+/// `ratelimits`: absent (`None`), `null` (none) or an array of limits.
+fn ratelimits_field(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<Vec<RateLimit>>, ManageError> {
+    match fields.get("ratelimits") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Vec::new())),
+        Some(value) => serde_json::from_value::<Vec<RateLimit>>(value.clone())
+            .map(Some)
+            .map_err(|_| {
+                ManageError::invalid(
+                    Invalid::RateLimits,
+                    "ratelimits must be an array of {\"name\", \"limit\", \"window_seconds\"} with positive whole numbers",
+                )
+            }),
+    }
+}
+
+/// `credits`: absent (`None`), `null` (`Some(None)`: none) or a balance.
+fn credits_field(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<Option<Credits>>, ManageError> {
+    match fields.get("credits") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(value) => serde_json::from_value::<Credits>(value.clone())
+            .map(|credits| Some(Some(credits)))
+            .map_err(|_| {
+                ManageError::invalid(
+                    Invalid::Credits,
+                    "credits must be {\"remaining\": n, \"refill\"?: {\"interval\": \"daily\" | \"monthly\", \"amount\": n, \"day\"?: 1-31}}",
+                )
+            }),
+    }
 }
 
 /// `owner_id`: absent (`None`), `null` (`Some(None)`: none) or a string.
@@ -584,10 +624,16 @@ async fn update<S: KeyStore, V: KeyVerifier>(
         if let Some(metadata) = metadata_field(&fields)? {
             changes = changes.metadata(metadata);
         }
+        if let Some(ratelimits) = ratelimits_field(&fields)? {
+            changes = changes.ratelimits(ratelimits);
+        }
+        if let Some(credits) = credits_field(&fields)? {
+            changes = changes.credits(credits);
+        }
         if changes.is_empty() {
             return Err(ManageError::invalid(
                 Invalid::Body,
-                "give a new name, restrictions, owner_id and/or metadata",
+                "give a new name, restrictions, owner_id, metadata, ratelimits and/or credits",
             ));
         }
         owned(&routes, &caller, &id).await?;
