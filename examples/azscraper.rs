@@ -7,7 +7,9 @@
 //! project: 403). Keys are managed at `/private/projects/{projectId}/api-keys` with the
 //! session JWT only (an API key there is 401). Prints `SESSION_TOKEN` (a JWT for the
 //! user who owns both projects, valid 12 hours), `PROJECT_ID` and `OTHER_PROJECT_ID`,
-//! then `READY`.
+//! `CREDITS_KEY` (Ada's key for `PROJECT_ID` in an account with a balance of 10
+//! credits, which every job spends: the 11th job is 402 `credits_exhausted`), then
+//! `READY`.
 //!
 //! ```text
 //! curl -X POST localhost:3400/private/projects/$PROJECT_ID/api-keys -H "Authorization: Bearer $SESSION_TOKEN" \
@@ -31,14 +33,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::macros::format_description;
+use tower_api_keys::Principal;
 use tower_api_keys::bearer::bearer_token;
 use tower_api_keys::error::Envelope;
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
-use tower_api_keys::manage::{Ack, KeyManager, KeyOwner, KeyRoutes};
+use tower_api_keys::limit::credits::Credits;
+use tower_api_keys::manage::{Ack, KeyManager, KeyOwner, KeyRoutes, NewKey};
 use tower_api_keys::policy::ProjectFromPath;
-use tower_api_keys::{ApiKeyLayer, Principal};
+use tower_api_keys::record::AccountLimits;
 
 const USER: &str = "usr_ada";
+/// The account of `CREDITS_KEY`, with a balance of 10 credits.
+const CREDITS_ACCOUNT: &str = "acct_credits";
 
 #[derive(Serialize, Deserialize)]
 struct Claims {
@@ -209,6 +215,26 @@ async fn main() -> Result<(), support::BoxError> {
     support::credential("SESSION_TOKEN", &session);
     support::credential("PROJECT_ID", &project_id);
     support::credential("OTHER_PROJECT_ID", &other_project_id);
+
+    // "Anyone with the key can spend your credits": a key of an account whose balance
+    // of 10 credits every job spends (1 each; the 11th is 402 credits_exhausted). It is
+    // Ada's, locked to PROJECT_ID; reissued with a fresh balance on every start.
+    manager
+        .set_account_limits(
+            CREDITS_ACCOUNT,
+            AccountLimits::none().credits(Credits::new(10)),
+        )
+        .await?;
+    for old in manager.list(CREDITS_ACCOUNT).await? {
+        manager.revoke(CREDITS_ACCOUNT, &old.id).await?;
+    }
+    let owner = KeyOwner::new(CREDITS_ACCOUNT, Environment::LIVE)
+        .project(project_id.clone())
+        .user(USER);
+    let credits_key = manager
+        .create_for_owner(&owner, NewKey::named("credits demo"))
+        .await?;
+    support::credential("CREDITS_KEY", credits_key.key.expose_secret());
     let owners = [
         (project_id, USER.to_owned()),
         (other_project_id, USER.to_owned()),
@@ -242,11 +268,11 @@ async fn main() -> Result<(), support::BoxError> {
         .route("/projects/{projectId}/jobs", get(jobs))
         .with_state(sessions)
         .layer(
-            ApiKeyLayer::new(format, backend.cache.clone())
+            backend
+                .layer(format)
                 .pass_foreign_tokens()
                 .projects(ProjectFromPath::after("projects"))
-                .realm("azscraper")
-                .record_usage(backend.usage.clone()),
+                .realm("azscraper"),
         );
     let app = api.nest("/private/projects/{projectId}", keys);
     support::serve(app, 3400, backend).await

@@ -20,10 +20,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use tower_api_keys::Principal;
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{KeyManager, KeyRoutes, NewKey};
 use tower_api_keys::policy::EnvironmentByHost;
-use tower_api_keys::{ApiKeyLayer, Principal};
 
 const ACCOUNT: &str = "acct_bytekit";
 
@@ -92,11 +92,6 @@ async fn main() -> Result<(), support::BoxError> {
     let app = Router::new()
         .route("/v1/scrape", post(scrape))
         .nest("/v1/account", keys.into_router())
-        .layer(
-            ApiKeyLayer::new(format, backend.cache.clone())
-                .environment_by(hosts)
-                .realm("bytekit")
-                .record_usage(backend.usage.clone()),
-        );
+        .layer(backend.layer(format).environment_by(hosts).realm("bytekit"));
     support::serve(app, 3100, backend).await
 }

@@ -29,11 +29,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
+use tower_api_keys::RequireScope;
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
 use tower_api_keys::manage::{KeyManager, KeyRoutes, NewKey};
 use tower_api_keys::record::AccountStanding;
 use tower_api_keys::scope::{Admin, Read, Scope, Write};
-use tower_api_keys::{ApiKeyLayer, RequireScope};
 
 const SOURCES: [&str; 4] = ["x", "reddit", "news", "web"];
 
@@ -220,10 +220,6 @@ async fn main() -> Result<(), support::BoxError> {
         .route("/v1/webhooks", post(configure_webhook))
         .with_state(Data::default())
         .nest("/v1", keys.into_router())
-        .layer(
-            ApiKeyLayer::new(format, backend.cache.clone())
-                .realm("bytestack")
-                .record_usage(backend.usage.clone()),
-        );
+        .layer(backend.layer(format).realm("bytestack"));
     support::serve(app, 3200, backend).await
 }

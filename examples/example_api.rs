@@ -24,11 +24,11 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
+use tower_api_keys::Principal;
 use tower_api_keys::error::Envelope;
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{Ack, KeyManager, KeyRoutes, NewKey};
 use tower_api_keys::restriction::Restrictions;
-use tower_api_keys::{ApiKeyLayer, Principal};
 
 const ACCOUNT: &str = "acct_example";
 const ENVELOPE: Envelope = Envelope::Success;
@@ -107,10 +107,6 @@ async fn main() -> Result<(), support::BoxError> {
                 "method not allowed here",
             )
         })
-        .layer(
-            ApiKeyLayer::new(format, backend.cache.clone())
-                .error_format(ENVELOPE)
-                .record_usage(backend.usage.clone()),
-        );
+        .layer(backend.layer(format).error_format(ENVELOPE));
     support::serve(app, 3300, backend).await
 }

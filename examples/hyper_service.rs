@@ -21,11 +21,11 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::ServiceBuilder;
+use tower_api_keys::Principal;
 use tower_api_keys::client_ip::PeerAddr;
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{KeyManager, NewKey};
 use tower_api_keys::scope::Scope;
-use tower_api_keys::{ApiKeyLayer, Principal};
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -64,7 +64,7 @@ async fn main() -> Result<(), support::BoxError> {
         .await?;
     support::credential("ADMIN_KEY", created.key.expose_secret());
 
-    let layer = ApiKeyLayer::new(format, backend.cache.clone()).record_usage(backend.usage.clone());
+    let layer = backend.layer(format);
     let listener = support::bind(3500).await?;
     println!("READY");
     let graceful = GracefulShutdown::new();

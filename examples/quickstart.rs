@@ -4,7 +4,10 @@
 //! PostgreSQL if `DATABASE_URL` is a `postgres://` URL (build with `--features postgres`).
 //! On every start it issues and prints `ADMIN_KEY=…` and `READ_KEY=…` (revoking the
 //! ones of the previous start: keys are stored as hashes and cannot be shown again),
-//! then `READY`. Try:
+//! then `READY`. Every request under `/v1/` costs 1 and `POST /v1/items` costs 5, on
+//! each rate limit and credit balance of the key (keys get them at creation:
+//! `"ratelimits"`, `"credits"`); with `REDIS_URL` set, instances share rate limits
+//! through Redis. Try:
 //!
 //! ```text
 //! curl -H "Authorization: Bearer $READ_KEY" localhost:3000/v1/whoami
@@ -20,14 +23,15 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::manage::{self, KeyManager, NewKey};
+use tower_api_keys::meter::Cost;
 use tower_api_keys::scope::{Read, Scope, Write};
-use tower_api_keys::{ApiKeyLayer, Principal, RequireScope};
+use tower_api_keys::{Principal, RequireScope};
 
 type Items = Arc<Mutex<Vec<Value>>>;
 
@@ -69,13 +73,10 @@ async fn main() -> Result<(), support::BoxError> {
 
     let app = Router::new()
         .route("/v1/whoami", get(whoami))
-        .route("/v1/items", get(list_items).post(create_item))
+        .route("/v1/items", get(list_items))
+        .route("/v1/items", post(create_item).route_layer(Cost::new(5)))
         .with_state(Items::default())
         .nest("/v1/account", manage::router(manager))
-        .layer(
-            ApiKeyLayer::new(format, backend.cache.clone())
-                .environment(Environment::LIVE)
-                .record_usage(backend.usage.clone()),
-        );
+        .layer(backend.layer(format).environment(Environment::LIVE));
     support::serve(app, 3000, backend).await
 }

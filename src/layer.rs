@@ -107,9 +107,10 @@ impl<V> Shared<V> {
     fn meter_mut(&mut self) -> &mut Meter {
         if Arc::get_mut(&mut self.meter).is_none() {
             let old = &self.meter;
-            let mut meter = Meter::new(old.ledger_store());
+            let mut meter = Meter::new(None);
             meter.slots = Arc::clone(&old.slots);
-            meter.ledger.block = old.ledger.block;
+            meter.ledger = Arc::clone(&old.ledger);
+            meter.limiter = old.limiter.clone();
             #[cfg(feature = "redis")]
             {
                 meter.redis.clone_from(&old.redis);
@@ -381,7 +382,8 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     /// [`meter`](crate::meter)); 1 writes once per request.
     #[must_use]
     pub fn credit_lease(self, block: u64) -> Self {
-        self.with_shared(|shared| shared.meter_mut().ledger.block = block.max(1))
+        self.shared.meter.ledger.set_block(block);
+        self
     }
 
     /// Gives the credits this instance leased back to the store: call it on shutdown,

@@ -156,7 +156,8 @@ pub(crate) struct Meter {
     pub(crate) limiter: RateLimiter,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<RedisLimiter>,
-    pub(crate) ledger: Ledger,
+    /// Shared by every copy of the layer, so that returning credits reaches them all.
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 impl fmt::Debug for Meter {
@@ -184,13 +185,8 @@ impl Meter {
             limiter: RateLimiter::new(),
             #[cfg(feature = "redis")]
             redis: None,
-            ledger: Ledger::new(credits),
+            ledger: Arc::new(Ledger::new(credits)),
         }
-    }
-
-    /// The store the ledger takes credits from.
-    pub(crate) fn ledger_store(&self) -> Option<Arc<dyn CreditStore>> {
-        self.ledger.store.clone()
     }
 
     /// Whether a request with `record` spends anything.
@@ -402,7 +398,7 @@ impl Meter {
 /// Credits leased from the store, per key and per account, spent in memory.
 pub(crate) struct Ledger {
     store: Option<Arc<dyn CreditStore>>,
-    pub(crate) block: u64,
+    block: AtomicU64,
     leases: RwLock<HashMap<(bool, String), Arc<Lease>>>,
 }
 
@@ -495,9 +491,14 @@ impl Ledger {
     fn new(store: Option<Arc<dyn CreditStore>>) -> Self {
         Ledger {
             store,
-            block: 100,
+            block: AtomicU64::new(100),
             leases: RwLock::default(),
         }
+    }
+
+    /// Sets the block size.
+    pub(crate) fn set_block(&self, block: u64) {
+        self.block.store(block.max(1), Ordering::Relaxed);
     }
 
     fn lease(&self, account: bool, id: &str) -> Arc<Lease> {
@@ -597,7 +598,8 @@ impl Ledger {
             u64::MAX => balance.loaded,
             seen => seen,
         };
-        let extra = self.block.saturating_sub(1).min(seen / 8);
+        let block = self.block.load(Ordering::Relaxed);
+        let extra = block.saturating_sub(1).min(seen / 8);
         let want = cost.saturating_sub(held).saturating_add(extra);
         let grant = store
             .take_credits(subject, want, now)

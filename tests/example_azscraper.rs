@@ -54,6 +54,21 @@ async fn azscraper_follows_its_document() {
         );
     }
 
+    // CREDITS_KEY: Ada's key in an account of 10 credits, which every job spends.
+    let credits = server.credential("CREDITS_KEY");
+    for i in 0..10 {
+        let jobs = call(&credits, "GET", &format!("/projects/{project}/jobs"), "").await;
+        assert_eq!(jobs.status, 200, "job {i}: {}", jobs.body);
+        assert_eq!(jobs.json()["authenticatedAs"]["userId"], "usr_ada");
+    }
+    let spent = call(&credits, "GET", &format!("/projects/{project}/jobs"), "").await;
+    assert_eq!(
+        (spent.status, code(&spent)),
+        (402, "credits_exhausted".to_owned()),
+        "{}",
+        spent.body
+    );
+
     // Create a key (session only): `{"data": {id, name, key, createdAt}}`, key once.
     let created = call(
         &session,

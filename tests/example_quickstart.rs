@@ -45,6 +45,60 @@ async fn the_readme_quickstart_works() {
     assert_eq!(list.json()["data"].as_array().unwrap().len(), 3);
     assert!(!list.body.contains(&ci_key) && !list.body.contains(&admin));
 
+    // Costs: every /v1/ request 1, POST /v1/items 5, on the key's own limit and credits.
+    let metered = call(
+        &admin,
+        "POST",
+        "/v1/account/api-keys",
+        r#"{"name":"metered","scopes":["write"],
+            "ratelimits":[{"name":"requests","limit":12,"window_seconds":3600}],
+            "credits":{"remaining":10}}"#,
+    )
+    .await;
+    assert_eq!(metered.status, 201, "{}", metered.body);
+    let metered = metered.json()["key"].as_str().unwrap().to_owned();
+    let listed = call(&metered, "GET", "/v1/items", "").await;
+    assert_eq!(listed.status, 200);
+    assert!(
+        listed.head.contains("ratelimit: \"requests\";r=11;"),
+        "{}",
+        listed.head
+    );
+    assert!(
+        listed
+            .head
+            .contains("ratelimit-policy: \"requests\";q=12;w=3600"),
+        "{}",
+        listed.head
+    );
+    let posted = call(&metered, "POST", "/v1/items", r#"{"name":"y"}"#).await;
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    assert!(
+        posted.head.contains("ratelimit: \"requests\";r=6;"),
+        "{}",
+        posted.head
+    );
+    // 6 credits spent, 4 left: another POST would take the balance below zero.
+    let refused = call(&metered, "POST", "/v1/items", r#"{"name":"z"}"#).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (402, "credits_exhausted".into())
+    );
+    let last = call(&metered, "GET", "/v1/items", "").await;
+    assert!(
+        last.head.contains("ratelimit: \"requests\";r=5;"),
+        "the refused POST spent nothing: {}",
+        last.head
+    );
+    for _ in 0..3 {
+        assert_eq!(call(&metered, "GET", "/v1/items", "").await.status, 200);
+    }
+    let spent = call(&metered, "GET", "/v1/whoami", "").await;
+    assert_eq!(
+        (spent.status, spent.code()),
+        (402, "credits_exhausted".into())
+    );
+
     // A restart prints fresh credentials and revokes the previous ones; other keys stay.
     let mut server = server.restart().await;
     let new_admin = server.credential("ADMIN_KEY");
@@ -72,7 +126,7 @@ async fn the_readme_quickstart_works() {
         .await;
     assert_eq!(
         list.json()["data"].as_array().unwrap().len(),
-        3,
+        4,
         "{}",
         list.body
     );

@@ -6,9 +6,11 @@
 use std::error::Error;
 use std::time::Duration;
 
-use tower_api_keys::CachedVerifier;
+use tower_api_keys::key::KeyFormat;
+use tower_api_keys::limit::redis::RedisLimiter;
 use tower_api_keys::store::SqlStore;
 use tower_api_keys::usage::UsageRecorder;
+use tower_api_keys::{ApiKeyLayer, CachedVerifier};
 
 pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -17,6 +19,10 @@ pub(crate) struct Backend {
     pub(crate) store: SqlStore,
     pub(crate) cache: CachedVerifier<SqlStore>,
     pub(crate) usage: UsageRecorder,
+    /// Rate limits shared through Redis when `REDIS_URL` is set.
+    redis: Option<RedisLimiter>,
+    /// The layers made here, whose leased credits go back on close.
+    layers: std::sync::Mutex<Vec<ApiKeyLayer<SqlStore>>>,
     flusher: tokio::task::JoinHandle<()>,
     #[cfg(feature = "postgres")]
     _revocations: Option<tower_api_keys::store::RevocationListener>,
@@ -31,7 +37,13 @@ impl Backend {
         let cache = CachedVerifier::new(store.clone());
         let usage = UsageRecorder::new();
         let flusher = usage.spawn_flusher(store.clone(), Duration::from_secs(1));
+        let redis = match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(RedisLimiter::new(&url)?),
+            _ => None,
+        };
         Ok(Backend {
+            redis,
+            layers: std::sync::Mutex::default(),
             #[cfg(feature = "postgres")]
             _revocations: store.listen_for_revocations(cache.clone()),
             store,
@@ -41,10 +53,26 @@ impl Backend {
         })
     }
 
-    /// Stops the flusher and writes the last usage stamps.
+    /// The key layer for keys of `format`: usage recorded, rate limits shared through
+    /// Redis when `REDIS_URL` is set; its leased credits are returned on close.
+    pub(crate) fn layer(&self, format: KeyFormat) -> ApiKeyLayer<SqlStore> {
+        let mut layer =
+            ApiKeyLayer::new(format, self.cache.clone()).record_usage(self.usage.clone());
+        if let Some(redis) = &self.redis {
+            layer = layer.shared_limits(redis.clone());
+        }
+        self.layers.lock().unwrap().push(layer.clone());
+        layer
+    }
+
+    /// Stops the flusher, writes the last usage stamps and returns leased credits.
     pub(crate) async fn close(self) -> Result<(), BoxError> {
         self.flusher.abort();
         self.usage.flush(&self.store).await?;
+        let layers = std::mem::take(&mut *self.layers.lock().unwrap());
+        for layer in layers {
+            layer.return_credits().await;
+        }
         Ok(())
     }
 }
