@@ -21,6 +21,7 @@ use http::{HeaderValue, Request};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_keys::key::{Environment, KeyFormat};
 use tower_api_keys::limit::RateLimit;
+use tower_api_keys::limit::credits::{Credits, MAX_CREDITS};
 use tower_api_keys::manage::NewKey;
 use tower_api_keys::scope::{Scope, Write};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier, RequireScope};
@@ -80,6 +81,19 @@ fn main() {
         ))
         .unwrap()
         .key;
+    // A second key with a balance the bench never spends (leased once, then in memory).
+    let metered = runtime
+        .block_on(
+            manager.create_for_account(
+                "acct",
+                Environment::LIVE,
+                NewKey::named("metered")
+                    .scopes([Scope::Write])
+                    .credits(Credits::new(MAX_CREDITS)),
+            ),
+        )
+        .unwrap()
+        .key;
     let cache = CachedVerifier::builder(store)
         .negative_ttl(Duration::from_secs(3600))
         .build();
@@ -87,6 +101,7 @@ fn main() {
 
     let header = |value: String| HeaderValue::from_str(&value).unwrap();
     let hit = header(format!("Bearer {}", key.expose_secret()));
+    let metered = header(format!("Bearer {}", metered.expose_secret()));
     let unknown = header(format!(
         "Bearer {}",
         format.generate(&Environment::LIVE).expose_secret()
@@ -139,17 +154,25 @@ fn main() {
         (&around_key, &unknown, 401),
         (&around_key, &malformed, 401),
         (&around_limited, &hit, 200),
+        (&around_key, &metered, 200),
     ] {
         let response = runtime
             .block_on(service.clone().oneshot(support::request(auth)))
             .unwrap();
         assert_eq!(response.status(), status);
     }
-    assert_eq!(cache.stats().verifier_calls, 2);
+    assert_eq!(cache.stats().verifier_calls, 3);
 
     let m = |service: &'static str| -> Measure<'_> {
-        let (runtime, hit, unknown, malformed, jwt, static_token) =
-            (&runtime, &hit, &unknown, &malformed, &jwt, &static_token);
+        let (runtime, hit, unknown, malformed, jwt, static_token, metered) = (
+            &runtime,
+            &hit,
+            &unknown,
+            &malformed,
+            &jwt,
+            &static_token,
+            &metered,
+        );
         let (bare, around_static, around_jwt, around_key, around_scope) = (
             &bare,
             &around_static,
@@ -167,6 +190,7 @@ fn main() {
             "api_key_hit" => Box::new(move || batch(runtime, around_key, hit)),
             "api_key_hit_scope" => Box::new(move || batch(runtime, around_scope, hit)),
             "api_key_hit_rate_limit" => Box::new(move || batch(runtime, around_limited, hit)),
+            "api_key_hit_credits" => Box::new(move || batch(runtime, around_key, metered)),
             "api_key_malformed" => Box::new(move || batch(runtime, around_key, malformed)),
             "api_key_unknown_cached" => Box::new(move || batch(runtime, around_key, unknown)),
             "static_bearer (Router::layer)" => {
@@ -209,6 +233,16 @@ fn main() {
         (
             "api_key_hit_rate_limit / bare (around router)",
             "api_key_hit_rate_limit",
+            "bare",
+        ),
+        (
+            "api_key_hit_credits / api_key_hit",
+            "api_key_hit_credits",
+            "api_key_hit",
+        ),
+        (
+            "api_key_hit_credits / bare (around router)",
+            "api_key_hit_credits",
             "bare",
         ),
         (

@@ -170,6 +170,7 @@ impl fmt::Debug for Meter {
 }
 
 /// One limit a request spends, with where it lives.
+#[derive(Clone, Copy)]
 struct Check<'r> {
     space: u8,
     subject: &'r str,
@@ -202,7 +203,9 @@ impl Meter {
         }
     }
 
-    fn checks<'r>(&'r self, record: &'r KeyRecord) -> Vec<Check<'r>> {
+    /// The limits `record` spends, in order: the layer's, then the key's own and its
+    /// account's (no allocation: the hit path walks them).
+    fn checks<'r>(&'r self, record: &'r KeyRecord) -> impl Iterator<Item = Check<'r>> + Clone {
         let layer = self.slots.iter().enumerate().map(|(at, slot)| {
             let (space, subject) = match slot.per {
                 Per::Key => (LAYER_KEY, record.id.as_str()),
@@ -235,7 +238,7 @@ impl Meter {
                     own: true,
                 }
             });
-        layer.chain(own).collect()
+        layer.chain(own)
     }
 
     fn slot_ref(&self, record: &Arc<KeyRecord>, check: &Check<'_>) -> SlotRef {
@@ -258,7 +261,7 @@ impl Meter {
             return Spent::Now(Ok(None));
         }
         #[cfg(feature = "redis")]
-        if self.redis.is_some() && !self.checks(record).is_empty() {
+        if self.redis.is_some() && self.checks(record).next().is_some() {
             let (meter, record) = (Arc::clone(self), Arc::clone(record));
             return Spent::Later(Box::pin(async move {
                 let quota = meter.spend_shared(&record, cost, refund).await?;
@@ -305,9 +308,8 @@ impl Meter {
     async fn unspend(&self, record: &Arc<KeyRecord>, cost: u32) {
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
-            let checks = self.checks(record);
-            let shared: Vec<_> = checks
-                .iter()
+            let shared: Vec<_> = self
+                .checks(record)
                 .map(|check| (check.space, check.subject, check.limit))
                 .collect();
             if redis.check(&shared, 0, cost).await.is_some() {
@@ -328,7 +330,7 @@ impl Meter {
         let Some(redis) = &self.redis else {
             return self.spend_local(record, cost, refund);
         };
-        let checks = self.checks(record);
+        let checks: Vec<Check<'_>> = self.checks(record).collect();
         let shared: Vec<_> = checks
             .iter()
             .map(|check| (check.space, check.subject, check.limit))
@@ -359,30 +361,33 @@ impl Meter {
     ) -> Result<Option<Quota>, AuthError> {
         let checks = self.checks(record);
         if refund > 0 {
-            for check in &checks {
+            for check in checks.clone() {
                 self.limiter
                     .refund_in(check.space, check.subject, check.limit, refund);
             }
         }
-        let mut closest: Option<(&Check<'_>, Decision)> = None;
-        for (index, check) in checks.iter().enumerate() {
+        let mut closest: Option<(Check<'_>, Decision)> = None;
+        for (index, check) in checks.clone().enumerate() {
             let decision = self
                 .limiter
                 .check_in(check.space, check.subject, check.limit, cost);
             if !decision.allowed {
-                for spent in &checks[..index] {
+                for spent in checks.take(index) {
                     self.limiter
                         .refund_in(spent.space, spent.subject, spent.limit, cost);
                 }
                 let refusal = Refusal::new(check.limit.clone(), decision);
                 return Err(AuthError::RateLimited(Box::new(refusal)));
             }
-            if closest.is_none_or(|(_, seen)| decision.remaining < seen.remaining) {
+            if closest
+                .as_ref()
+                .is_none_or(|(_, seen)| decision.remaining < seen.remaining)
+            {
                 closest = Some((check, decision));
             }
         }
         Ok(closest.map(|(check, decision)| Quota {
-            slot: self.slot_ref(record, check),
+            slot: self.slot_ref(record, &check),
             decision,
         }))
     }
