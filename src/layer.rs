@@ -68,7 +68,12 @@ struct Shared<V> {
     usage: Option<UsageRecorder>,
     /// Rate limits and credits.
     meter: Arc<Meter>,
+    /// Costs known before routing (else [`DEFAULT_COST`], until a route's `Cost`).
+    costs: Option<Arc<RouteCosts>>,
 }
+
+/// What [`ApiKeyLayer::route_costs`] takes.
+type RouteCosts = dyn Fn(&http::Method, &str) -> Option<u32> + Send + Sync;
 
 impl<V> Clone for Shared<V> {
     fn clone(&self) -> Self {
@@ -82,6 +87,7 @@ impl<V> Clone for Shared<V> {
             custom_responses: self.custom_responses,
             usage: self.usage.clone(),
             meter: Arc::clone(&self.meter),
+            costs: self.costs.clone(),
         }
     }
 }
@@ -132,7 +138,8 @@ impl<V: KeyVerifier> Shared<V> {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
                 self.policy.check(&record, request)?;
-                let spent = match self.meter.spend(&record, DEFAULT_COST, 0) {
+                let cost = self.cost_of(request);
+                let spent = match self.meter.spend(&record, cost, 0) {
                     Spent::Now(Err(error)) => return Err(error),
                     spent => spent,
                 };
@@ -144,13 +151,21 @@ impl<V: KeyVerifier> Shared<V> {
         }
     }
 
+    /// What `request` costs before routing: its cost by
+    /// [`route_costs`](ApiKeyLayer::route_costs), else the default.
+    fn cost_of(&self, request: &RequestView<'_>) -> u32 {
+        match &self.costs {
+            Some(costs) => costs(request.method, request.uri.path()).unwrap_or(DEFAULT_COST),
+            None => DEFAULT_COST,
+        }
+    }
+
     /// Puts the principal (and, when the key spends anything, the ticket a route's
     /// `Cost` adjusts) into the request.
     fn admit<B>(&self, request: &mut Request<B>, principal: Principal) {
         if self.meter.applies(principal.record()) {
-            request
-                .extensions_mut()
-                .insert(self.meter.ticket(DEFAULT_COST));
+            let cost = self.cost_of(&RequestView::of(request));
+            request.extensions_mut().insert(self.meter.ticket(cost));
         }
         request.extensions_mut().insert(principal);
     }
@@ -207,6 +222,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
                 custom_responses: false,
                 usage: None,
                 meter: Arc::new(Meter::new(cache.verifier().credit_store())),
+                costs: None,
                 cache,
             }),
         }
@@ -374,6 +390,32 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     #[must_use]
     pub fn shared_limits(self, redis: crate::limit::redis::RedisLimiter) -> Self {
         self.with_shared(|shared| shared.meter_mut().redis = Some(redis))
+    }
+
+    /// Costs that are known before routing: `costs(method, path)` is the cost of a
+    /// request (`None`: the default, 1). A route's [`Cost`](crate::meter::Cost) layer
+    /// still has the last word, but it runs after the layer has spent the cost known
+    /// here: so a route that must pass when a key's limits or credits are spent (cost
+    /// 0: a status or billing page) is declared here, and so is a costly route whose
+    /// refusals should say when its whole cost fits (`Retry-After`).
+    ///
+    /// ```
+    /// use tower_api_keys::{ApiKeyLayer, CachedVerifier, KeyFormat, MemoryStore};
+    ///
+    /// let layer = ApiKeyLayer::new(KeyFormat::new("sk"), CachedVerifier::new(MemoryStore::new()))
+    ///     .route_costs(|method, path| match (method.as_str(), path) {
+    ///         (_, "/v1/usage") => Some(0),
+    ///         ("POST", "/v1/items") => Some(5),
+    ///         _ => None,
+    ///     });
+    /// ```
+    #[must_use]
+    pub fn route_costs(
+        self,
+        costs: impl Fn(&http::Method, &str) -> Option<u32> + Send + Sync + 'static,
+    ) -> Self {
+        let costs: Arc<RouteCosts> = Arc::new(costs);
+        self.with_shared(|shared| shared.costs = Some(costs))
     }
 
     /// How many credits an instance takes from the store at a time (default 100; at

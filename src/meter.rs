@@ -3,10 +3,14 @@
 //! and its account's, leased from the store), and [`Cost`], the per-route layer that
 //! says how much a route costs.
 //!
-//! The layer spends the default cost, 1, before the route is known. A route behind a
-//! [`Cost`] layer then spends its own cost instead: the default unit is given back and
-//! the route's cost spent in one step, so a refused request spends nothing, and a route
-//! of cost 0 spends nothing at all.
+//! The layer spends the default cost, 1 (or the cost
+//! [`ApiKeyLayer::route_costs`](crate::ApiKeyLayer::route_costs) gives), before the
+//! route is known. A route behind a [`Cost`] layer then spends its own cost instead:
+//! what the layer spent is given back and the route's cost spent in one step, so a
+//! refused request spends nothing, and a route of cost 0 spends nothing at all. A key
+//! without even the layer's unit left is refused before routing, though: a route that
+//! must pass then (cost 0) or whose refusals should tell when its whole cost fits
+//! (`Retry-After`) is declared on the layer with `route_costs`.
 //!
 //! ```
 //! # #[cfg(feature = "axum")] {
@@ -264,13 +268,24 @@ impl Meter {
         if self.redis.is_some() && self.checks(record).next().is_some() {
             let (meter, record) = (Arc::clone(self), Arc::clone(record));
             return Spent::Later(Box::pin(async move {
-                let quota = meter.spend_shared(&record, cost, refund).await?;
+                let quota = match meter.spend_shared(&record, cost, refund).await {
+                    Ok(quota) => quota,
+                    Err(error) => {
+                        // Refused: the request spends nothing, credits included.
+                        meter.ledger.give_back(&record, refund);
+                        return Err(error);
+                    }
+                };
                 meter.spend_credits(&record, cost, refund, quota).await
             }));
         }
         let quota = match self.spend_local(record, cost, refund) {
             Ok(quota) => quota,
-            Err(error) => return Spent::Now(Err(error)),
+            Err(error) => {
+                // Refused: the request spends nothing, credits included.
+                self.ledger.give_back(record, refund);
+                return Spent::Now(Err(error));
+            }
         };
         match self.ledger.spend_now(record, cost, refund) {
             Some(Ok(())) => Spent::Now(Ok(quota)),
@@ -404,7 +419,8 @@ impl Meter {
 pub(crate) struct Ledger {
     store: Option<Arc<dyn CreditStore>>,
     block: AtomicU64,
-    leases: RwLock<HashMap<(bool, String), Arc<Lease>>>,
+    /// Leases of keys' balances, then of accounts' (by id: a probe allocates nothing).
+    leases: [RwLock<HashMap<String, Arc<Lease>>>; 2],
 }
 
 /// Credits an instance holds of one balance.
@@ -463,7 +479,7 @@ struct Balance<'r> {
 }
 
 /// The balances `record` spends: its own, then its account's.
-fn balances(record: &KeyRecord) -> impl Iterator<Item = Balance<'_>> {
+fn balances(record: &KeyRecord) -> impl Iterator<Item = Balance<'_>> + Clone {
     let balance = |account, id, credits: &crate::limit::credits::Credits| Balance {
         account,
         id,
@@ -497,7 +513,7 @@ impl Ledger {
         Ledger {
             store,
             block: AtomicU64::new(100),
-            leases: RwLock::default(),
+            leases: Default::default(),
         }
     }
 
@@ -506,43 +522,56 @@ impl Ledger {
         self.block.store(block.max(1), Ordering::Relaxed);
     }
 
-    fn lease(&self, account: bool, id: &str) -> Arc<Lease> {
-        let key = (account, id.to_owned());
-        if let Some(lease) = self
-            .leases
+    fn lease(&self, balance: &Balance<'_>) -> Arc<Lease> {
+        let map = &self.leases[usize::from(balance.account)];
+        if let Some(lease) = map
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(balance.id)
         {
             return Arc::clone(lease);
         }
-        let mut leases = self.leases.write().unwrap_or_else(PoisonError::into_inner);
+        let mut leases = map.write().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
             leases
-                .entry(key)
+                .entry(balance.id.to_owned())
                 .or_insert_with(|| Arc::new(Lease::empty())),
         )
     }
 
-    /// Spends from the leases alone: `None` when one of them must go to the store.
+    /// Gives `units` back to every balance of `record` (a request refused after
+    /// spending them).
+    pub(crate) fn give_back(&self, record: &KeyRecord, units: u32) {
+        if units > 0 {
+            for balance in balances(record) {
+                self.lease(&balance).give(u64::from(units));
+            }
+        }
+    }
+
+    /// Spends from the leases alone: `None` when one of them must go to the store
+    /// (the refund is given back either way).
     fn spend_now(
         &self,
         record: &KeyRecord,
         cost: u32,
         refund: u32,
     ) -> Option<Result<(), AuthError>> {
+        self.give_back(record, refund);
+        if cost == 0 {
+            return Some(Ok(()));
+        }
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let mut taken: Vec<Arc<Lease>> = Vec::new();
-        for balance in balances(record) {
-            let lease = self.lease(balance.account, balance.id);
-            lease.give(u64::from(refund));
-            if cost > 0 && !lease.take(u64::from(cost), Some(balance.epoch), now) {
-                for lease in &taken {
+        let mut taken: [Option<Arc<Lease>>; 2] = [None, None];
+        for (at, balance) in balances(record).enumerate() {
+            let lease = self.lease(&balance);
+            if !lease.take(u64::from(cost), Some(balance.epoch), now) {
+                for lease in taken.iter().flatten() {
                     lease.give(u64::from(cost));
                 }
                 return None;
             }
-            taken.push(lease);
+            taken[at] = Some(lease);
         }
         Some(Ok(()))
     }
@@ -550,13 +579,16 @@ impl Ledger {
     /// Spends `cost` from every balance of `record` (taking blocks from the store as
     /// needed), or from none: 402 `credits_exhausted` when one has too little.
     async fn spend(&self, record: &KeyRecord, cost: u32, refund: u32) -> Result<(), AuthError> {
+        self.give_back(record, refund);
+        if cost == 0 {
+            return Ok(());
+        }
         let cost = u64::from(cost);
-        let mut taken: Vec<Arc<Lease>> = Vec::new();
+        let mut taken: Vec<Arc<Lease>> = Vec::with_capacity(2);
         let result = async {
             for balance in balances(record) {
-                let lease = self.lease(balance.account, balance.id);
-                lease.give(u64::from(refund));
-                if cost > 0 && !self.take(&lease, balance, cost).await? {
+                let lease = self.lease(&balance);
+                if !self.take(&lease, balance, cost).await? {
                     return Err(AuthError::CreditsExhausted);
                 }
                 taken.push(lease);
@@ -631,14 +663,15 @@ impl Ledger {
     /// Gives every lease back to the store (on shutdown).
     pub(crate) async fn return_all(&self) {
         let Some(store) = &self.store else { return };
-        let leases: Vec<((bool, String), Arc<Lease>)> = self
-            .leases
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(key, lease)| (key.clone(), Arc::clone(lease)))
-            .collect();
-        for ((account, id), lease) in leases {
+        let mut leases: Vec<(bool, String, Arc<Lease>)> = Vec::new();
+        for (account, map) in [false, true].into_iter().zip(&self.leases) {
+            let map = map.read().unwrap_or_else(PoisonError::into_inner);
+            leases.extend(
+                map.iter()
+                    .map(|(id, lease)| (account, id.clone(), Arc::clone(lease))),
+            );
+        }
+        for (account, id, lease) in leases {
             let _gate = lease.gate.lock().await;
             let units = lease.units.swap(0, Ordering::AcqRel);
             if units == 0 {
@@ -661,8 +694,10 @@ impl Ledger {
 
 /// The cost of a route: a layer put on the route where it is declared
 /// (`.route_layer(Cost::new(5))`). Requests of it spend `units` of every rate limit
-/// and balance of their key instead of the default 1; a cost of 0 spends nothing and
-/// passes even when the key's limits or credits are spent. Without an
+/// and balance of their key instead of the default 1 (a refused one spends nothing; a
+/// cost of 0 spends nothing). The layer in front has spent its unit before routing, so
+/// a key with nothing left is refused there: declare a route that must pass anyway
+/// with [`ApiKeyLayer::route_costs`](crate::ApiKeyLayer::route_costs). Without an
 /// [`ApiKeyLayer`](crate::ApiKeyLayer) in front (or with nothing to spend) it does
 /// nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! every limit or on none. So instances that share a Redis share each quota exactly,
 //! whatever their clocks say.
 //!
-//! If Redis fails or does not answer within the timeout (100 ms by default), the layer
+//! If Redis fails or does not answer within the timeout (250 ms by default), the layer
 //! falls back to its in-process limiter, says so once in the log (error level), and
 //! tries Redis again after a second; when Redis answers again it says so once more and
 //! uses it. A limiter fault never refuses a request by itself.
@@ -123,7 +123,7 @@ impl RedisLimiter {
             inner: Arc::new(Inner {
                 client,
                 prefix: "tower_api_keys".into(),
-                timeout: Duration::from_millis(100),
+                timeout: Duration::from_millis(250),
                 script: redis::Script::new(GCRA),
                 connection: Mutex::new(None),
                 epoch: Instant::now(),
@@ -163,7 +163,7 @@ impl RedisLimiter {
         self.with_inner(|inner| inner.prefix = prefix)
     }
 
-    /// How long a check waits for Redis before falling back (default 100 ms).
+    /// How long a check waits for Redis before falling back (default 250 ms).
     #[must_use]
     pub fn timeout(self, timeout: Duration) -> Self {
         self.with_inner(|inner| inner.timeout = timeout)

@@ -315,6 +315,10 @@ impl KeyVerifier for MemoryStore {
                 info.to_record().with_standing(standing).with_limits(limits)
             }))
     }
+
+    fn credit_store(&self) -> Option<Arc<dyn CreditStore>> {
+        Some(Arc::new(self.clone()))
+    }
 }
 
 #[cfg(test)]

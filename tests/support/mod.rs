@@ -4,6 +4,7 @@
 pub mod create;
 #[cfg(feature = "sqlite")]
 pub mod example_server;
+pub mod limits;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod raw_http;
