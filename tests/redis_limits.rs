@@ -122,7 +122,10 @@ async fn two_instances_share_one_quota_through_redis() {
     );
     // One quota, in Redis, under the test's prefix.
     let redis_key = format!("{prefix}:0:{id}:requests");
-    assert_eq!(redis_keys(&url, &prefix).await, [redis_key.clone()]);
+    assert_eq!(
+        redis_keys(&url, &prefix).await,
+        std::slice::from_ref(&redis_key)
+    );
     let spent = spent_in_redis(&url, &redis_key, &limit).await;
     assert!((199..=200).contains(&spent), "{spent}");
     redis_cleanup(&url, &prefix).await;
@@ -257,7 +260,10 @@ async fn a_redis_outage_falls_back_in_process_and_comes_back_to_the_shared_quota
         );
     }
     assert!(!limiter.is_down());
-    assert_eq!(redis_keys(&url, &prefix).await, [redis_key.clone()]);
+    assert_eq!(
+        redis_keys(&url, &prefix).await,
+        std::slice::from_ref(&redis_key)
+    );
     assert_eq!(spent_in_redis(&url, &redis_key, &limit).await, 3);
 
     // Redis gone: requests still pass, on the in-process fallback (its own quota).
