@@ -169,3 +169,88 @@ fn database_credentials_are_never_printed() {
     assert!(help.contains("DATABASE_URL"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
 }
+
+/// `apikeys account-limits`: an account's shared limits and balance, set by the
+/// operator, shown as JSON, refused with a clear message when malformed, and spent by
+/// the account's keys.
+#[tokio::test]
+async fn account_limits_are_set_shown_and_spent() {
+    let db = TempDb::new("cli-limits");
+    let (ok, out, err) = apikeys(
+        &db,
+        &[
+            "account-limits",
+            "--account",
+            "acct_1",
+            "--ratelimit",
+            "requests:100:60",
+            "--credits",
+            "2",
+            "--refill",
+            "monthly:50:31",
+        ],
+    );
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "ratelimits": [{"name": "requests", "limit": 100, "window_seconds": 60}],
+            "credits": {"remaining": 2, "refill": {"interval": "monthly", "amount": 50, "day": 31}}
+        })
+    );
+    for bad in [
+        &["--ratelimit", "requests:0:60"][..],
+        &["--ratelimit", "requests:ten:60"],
+        &["--ratelimit", "a:1:1", "--ratelimit", "a:2:2"],
+        &["--credits", "5", "--refill", "weekly:5"],
+        &["--credits", "5", "--refill", "monthly:5:32"],
+    ] {
+        let mut args = vec!["account-limits", "--account", "acct_1"];
+        args.extend_from_slice(bad);
+        let (ok, _, err) = apikeys(&db, &args);
+        assert!(!ok, "{bad:?} was accepted");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let (ok, out, _) = apikeys(&db, &["account-limits", "--account", "acct_1"]);
+    assert!(ok);
+    assert!(
+        out.contains(r#""remaining":2"#),
+        "unchanged by refusals: {out}"
+    );
+
+    let (ok, out, err) = apikeys(
+        &db,
+        &[
+            "create",
+            "--account",
+            "acct_1",
+            "--name",
+            "k",
+            "--scopes",
+            "read",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key = out
+        .lines()
+        .find_map(|line| line.strip_prefix("key="))
+        .unwrap()
+        .to_owned();
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let app = app(ApiKeyLayer::new(
+        KeyFormat::new("sk"),
+        CachedVerifier::new(store),
+    ));
+    let authorization = format!("Bearer {key}");
+    for _ in 0..2 {
+        let response = send(&app, get_with("/whoami", Some(&authorization))).await;
+        assert_eq!(response.status(), 200);
+    }
+    let spent = send(&app, get_with("/whoami", Some(&authorization))).await;
+    assert_eq!(code_of(spent).await, "credits_exhausted");
+
+    let (ok, out, _) = apikeys(&db, &["account-limits", "--account", "acct_1", "--clear"]);
+    assert!(ok);
+    assert_eq!(out.trim(), r#"{"ratelimits":[],"credits":null}"#);
+}

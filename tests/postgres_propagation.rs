@@ -15,8 +15,10 @@ use support::postgres::{pool_in, schema_pool, url};
 use support::{app, bearer, body_json, get_with, send};
 use time::OffsetDateTime;
 use tower_api_keys::key::{ApiKey, Environment, KeyFormat, KeyId};
+use tower_api_keys::limit::RateLimit;
+use tower_api_keys::limit::credits::Credits;
 use tower_api_keys::manage::{KeyManager, NewKey};
-use tower_api_keys::record::AccountStanding;
+use tower_api_keys::record::{AccountLimits, AccountStanding};
 use tower_api_keys::restriction::Restrictions;
 use tower_api_keys::scope::Scope;
 use tower_api_keys::store::RevocationListener;
@@ -285,4 +287,89 @@ async fn billing_standing_reaches_every_instance() {
         .await
         .unwrap();
     seen_within_a_second("standing restored", &b.app, &key, (200, "k")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_credits_reach_every_instance() {
+    let Some((a, b)) = pair("prop_limits").await else {
+        return;
+    };
+    let (key, id) = cached_on_both(&a, &b, NewKey::named("k")).await;
+    let hourly = RateLimit::new("requests", 1, Duration::from_secs(3_600)).unwrap();
+    a.manager
+        .update("acct", &id, KeyChanges::default().ratelimits(vec![hourly]))
+        .await
+        .unwrap();
+    seen_within_a_second("a rate limit", &b.app, &key, (429, "rate_limited")).await;
+    a.manager
+        .update(
+            "acct",
+            &id,
+            KeyChanges::default()
+                .ratelimits(Vec::new())
+                .credits(Some(Credits::new(0))),
+        )
+        .await
+        .unwrap();
+    seen_within_a_second("a balance", &b.app, &key, (402, "credits_exhausted")).await;
+    a.manager
+        .update("acct", &id, KeyChanges::default().credits(None))
+        .await
+        .unwrap();
+    seen_within_a_second("no balance", &b.app, &key, (200, "k")).await;
+
+    // An account's limits, set by the operator through A.
+    a.manager
+        .set_account_limits("acct", AccountLimits::none().credits(Credits::new(0)))
+        .await
+        .unwrap();
+    seen_within_a_second(
+        "an account balance",
+        &b.app,
+        &key,
+        (402, "credits_exhausted"),
+    )
+    .await;
+    a.manager
+        .set_account_limits("acct", AccountLimits::none())
+        .await
+        .unwrap();
+    seen_within_a_second("no account balance", &b.app, &key, (200, "k")).await;
+}
+
+/// A balance set by hand replaces what instances hold in leases of the old one: B
+/// leased some of 100 credits; A sets the balance to 3; B then passes exactly 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_set_by_hand_ends_the_leases_of_the_old_one() {
+    let Some((a, b)) = pair("prop_epoch").await else {
+        return;
+    };
+    let (key, id) = cached_on_both(&a, &b, NewKey::named("k").credits(Credits::new(100))).await;
+    assert_eq!(whoami(&b.app, &key).await.0, 200, "B holds a lease now");
+    a.manager
+        .update(
+            "acct",
+            &id,
+            KeyChanges::default().credits(Some(Credits::new(3))),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while b.cache.is_cached(&key.hash()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B dropped the key"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut passed = 0;
+    loop {
+        match whoami(&b.app, &key).await {
+            (200, _) => passed += 1,
+            (402, code) if code == "credits_exhausted" => break,
+            other => panic!("{other:?}"),
+        }
+        assert!(passed <= 3, "more than the new balance passed");
+    }
+    assert_eq!(passed, 3);
 }
