@@ -53,7 +53,8 @@
 //! | 403 | `project_forbidden` | a key locked to another project |
 //! | 403 | `ip_not_allowed` / `referrer_not_allowed` / `endpoint_not_allowed` | the key's restrictions |
 //! | 403 | `insufficient_scope` | a scope guard fails |
-//! | 429 | `rate_limited` | a rate limit of the layer ([`limit`]) is spent for the key |
+//! | 402 | `credits_exhausted` | the request's cost exceeds the key's or its account's credits ([`meter`]) |
+//! | 429 | `rate_limited` | a rate limit of the key, its account or the layer ([`limit`]) is spent |
 //! | 503 | `auth_unavailable` | the verifier failed and nothing was cached |
 //!
 //! The rules run in a fixed order; see [`policy`].
@@ -65,16 +66,18 @@
 //! | `axum` | yes | the extractors [`Principal`], `Option<Principal>` and [`RequireScope`]; the key-management routes (`manage::KeyRoutes`) |
 //! | `sqlite` | yes | `SqliteStore`, the embedded store (bundles SQLite), and [`SqlStore`] |
 //! | `postgres` | no | `PostgresStore` and its `RevocationListener` (`LISTEN/NOTIFY`), and [`SqlStore`] |
-//! | `cli` | no | the `apikeys` command-line tool (bootstrap keys, list, revoke, migrate) |
+//! | `redis` | no | `limit::redis::RedisLimiter`: rate limits shared by many instances through Redis |
+//! | `cli` | no | the `apikeys` command-line tool (bootstrap keys, list, revoke, account limits, migrate) |
 //!
 //! The core (keys, verifier, cache, layer, errors, memory store, [`KeyManager`]) builds
 //! with `--no-default-features`.
 //!
 //! # Modules
 //!
-//! Bottom-up (each uses only those before it; `tests/module_graph.rs` checks): [`key`]
-//! and [`scope`]; [`record`] and [`principal`]; [`verify`] and [`cache`]; [`policy`];
-//! [`error`]; [`layer`], `extract` and [`guard`]; [`store`]; [`usage`]; [`manage`].
+//! Bottom-up (each uses only those before it; `tests/module_graph.rs` checks): [`key`],
+//! [`scope`] and [`limit`] (rate limits, credits, Redis); [`record`] and [`principal`];
+//! [`verify`] and [`cache`]; [`policy`]; [`error`]; [`meter`] (what a request spends,
+//! route costs); [`layer`], `extract` and [`guard`]; [`store`]; [`usage`]; [`manage`].
 //!
 //! [tower]: https://docs.rs/tower
 //! [hyper]: https://docs.rs/hyper

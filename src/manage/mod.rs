@@ -5,10 +5,10 @@
 //!
 //! | route | does | answers (default `KeyRoutes`) |
 //! |---|---|---|
-//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?, "restrictions"?, "owner_id"?, "metadata"?}` | 201, the key once |
+//! | `POST /api-keys` | create, body `{"name", "scopes"?, "project_id"?, "expires_at"?, "restrictions"?, "owner_id"?, "metadata"?, "ratelimits"?, "credits"?}` | 201, the key once |
 //! | `GET /api-keys` | list the caller's active keys | 200 `{"data": [...]}` |
 //! | `GET /api-keys/{id}` | one key | 200 |
-//! | `PATCH /api-keys/{id}` | rename, restrict, set the end user or metadata, body `{"name"?, "restrictions"?, "owner_id"?, "metadata"?}` | 200 |
+//! | `PATCH /api-keys/{id}` | rename, restrict, set the end user, metadata, rate limits or credits, body `{"name"?, "restrictions"?, "owner_id"?, "metadata"?, "ratelimits"?, "credits"?}` | 200 |
 //! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
 //! | `POST /api-keys/{id}/rotate` | rotate, body `{"overlap_seconds"?}` (default 0) | 201, the new key once |
 //!
@@ -45,11 +45,21 @@
 //! `invalid_expiry` (not RFC 3339, not in the future, or past the caller's own expiry),
 //! `invalid_environment`, `invalid_restrictions` (unreadable, or differing from a
 //! restricted caller's own), `invalid_overlap`, `invalid_owner` (not a string of 1 to 200
-//! characters), `invalid_metadata` (not a JSON object, or over 4 KiB); 403 `insufficient_scope` (asking for a
+//! characters), `invalid_metadata` (not a JSON object, or over 4 KiB),
+//! `invalid_ratelimits` (not an array of `{"name", "limit", "window_seconds"}` with
+//! positive whole numbers, more than five, or a name twice), `invalid_credits` (not
+//! `{"remaining", "refill"?}`, a negative number, an unknown interval, a day outside
+//! 1–31); 403 `insufficient_scope` (asking for a
 //! scope the caller does not hold, or a caller without the router's scope); 403
 //! `key_exceeds_caller` (rotating a key broader than the calling key: see below); 404
 //! `api_key_not_found`; 409 `api_key_limit_reached` (the account's active keys in that
 //! environment); 503 `store_unavailable`. Nothing is written when a request is refused.
+//!
+//! **Limits too.** A key never mints, rotates or changes a key with a higher rate limit
+//! (same name, no larger quota, no higher rate), more credits, or no limit where it has
+//! one (403 `key_exceeds_caller`); without `ratelimits` or `credits` a new key gets its
+//! creator's. Rotation moves a balance to the new key. An account's limits are the
+//! operator's ([`KeyManager::set_account_limits`]), not its keys'.
 //!
 //! **Routes that return a secret obey the same rules.** Rotation hands out a new secret
 //! with the rotated key's scopes, expiry, restrictions and project. So an API key may
