@@ -368,7 +368,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
             if let Err(error) = RateLimit::check_all(&all) {
                 panic!("{error}");
             }
-            let slot = Slot::new(limit).expect("a checked name makes a valid header value");
+            let slot = Slot::new(limit);
             let mut slots: Vec<LayerSlot> = meter
                 .slots
                 .iter()

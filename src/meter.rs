@@ -303,7 +303,8 @@ impl Meter {
     }
 
     /// Credits through the store (the lease is short), after the rate limits; a
-    /// refusal gives the rate limits back.
+    /// refusal gives the rate limits back (a refused request spends nothing; an empty
+    /// balance is not asked again for a second, so refusals cost no store writes).
     async fn spend_credits(
         &self,
         record: &Arc<KeyRecord>,
@@ -419,6 +420,8 @@ impl Meter {
 pub(crate) struct Ledger {
     store: Option<Arc<dyn CreditStore>>,
     block: AtomicU64,
+    /// Whether the log said that there is no credit store.
+    warned: std::sync::atomic::AtomicBool,
     /// Leases of keys' balances, then of accounts' (by id: a probe allocates nothing).
     leases: [RwLock<HashMap<String, Arc<Lease>>>; 2],
 }
@@ -431,6 +434,9 @@ struct Lease {
     until: AtomicI64,
     /// What the balance held after the last take (`u64::MAX`: not known yet).
     seen: AtomicU64,
+    /// When the store was last asked (unix milliseconds): an empty balance is asked
+    /// again at most once a second (credits returned by another instance show then).
+    asked: AtomicI64,
     /// One take from the store at a time per balance.
     gate: tokio::sync::Mutex<()>,
 }
@@ -442,6 +448,7 @@ impl Lease {
             epoch: AtomicI64::new(i64::MIN),
             until: AtomicI64::new(i64::MAX),
             seen: AtomicU64::new(u64::MAX),
+            asked: AtomicI64::new(i64::MIN),
             gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -513,6 +520,7 @@ impl Ledger {
         Ledger {
             store,
             block: AtomicU64::new(100),
+            warned: std::sync::atomic::AtomicBool::new(false),
             leases: Default::default(),
         }
     }
@@ -619,11 +627,23 @@ impl Ledger {
             return Ok(true);
         }
         let Some(store) = &self.store else {
-            tracing::error!("a key carries credits but its verifier has no credit store");
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::error!("a key carries credits but its verifier has no credit store");
+            }
             return Err(AuthError::Unavailable);
         };
         // What the lease still holds counts if it is of the balance as it is now.
         let current = lease.epoch.load(Ordering::Acquire);
+        let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        let fresh = current == epoch && now.unix_timestamp() < lease.until.load(Ordering::Acquire);
+        if fresh
+            && lease.seen.load(Ordering::Acquire) == 0
+            && millis.saturating_sub(lease.asked.load(Ordering::Acquire)) < 1_000
+        {
+            // Empty a moment ago: refused without asking the store again.
+            return Ok(false);
+        }
+        lease.asked.store(millis, Ordering::Release);
         if current < epoch || now.unix_timestamp() >= lease.until.load(Ordering::Acquire) {
             lease.units.store(0, Ordering::Release);
         }
@@ -677,6 +697,8 @@ impl Ledger {
             if units == 0 {
                 continue;
             }
+            // The balance holds them again: ask the store next time.
+            lease.seen.store(u64::MAX, Ordering::Release);
             let until = lease.until.load(Ordering::Acquire);
             let until = (until != i64::MAX)
                 .then(|| OffsetDateTime::from_unix_timestamp(until).ok())

@@ -307,7 +307,7 @@ impl KeyLimits {
             let own = self.ratelimits.iter().map(|limit| (false, limit));
             let account = self.account.ratelimits.iter().map(|limit| (true, limit));
             own.chain(account)
-                .filter_map(|(shared, limit)| Some((shared, Slot::new(limit.clone())?)))
+                .map(|(shared, limit)| (shared, Slot::new(limit.clone())))
                 .collect()
         })
     }

@@ -254,3 +254,22 @@ async fn account_limits_are_set_shown_and_spent() {
     assert!(ok);
     assert_eq!(out.trim(), r#"{"ratelimits":[],"credits":null}"#);
 }
+
+/// Setting an account's rate limits keeps its balance, and the reverse.
+#[test]
+fn account_limits_keep_what_is_not_given() {
+    let db = TempDb::new("cli-limits-keep");
+    let set = |args: &[&str]| {
+        let mut all = vec!["account-limits", "--account", "acct_1"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = apikeys(&db, &all);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    set(&["--credits", "7"]);
+    let shown = set(&["--ratelimit", "requests:5:60"]);
+    assert_eq!(shown["credits"]["remaining"], 7, "{shown}");
+    let shown = set(&["--credits", "9"]);
+    assert_eq!(shown["ratelimits"][0]["limit"], 5, "{shown}");
+    assert_eq!(shown["credits"]["remaining"], 9, "{shown}");
+}

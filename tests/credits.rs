@@ -18,11 +18,15 @@ use support::limits::{
 use support::temp_db::TempDb;
 use time::OffsetDateTime;
 use tower_api_keys::key::KeyFormat;
+use tower_api_keys::key::KeyHash;
 use tower_api_keys::limit::RateLimit;
-use tower_api_keys::limit::credits::{CreditSubject, Credits, Refill};
-use tower_api_keys::record::AccountLimits;
+use tower_api_keys::limit::credits::{
+    CreditError, CreditGrant, CreditStore, CreditSubject, Credits, Refill,
+};
+use tower_api_keys::record::{AccountLimits, KeyRecord};
 use tower_api_keys::store::{KeyChanges, KeyStore, MemoryStore, SqliteStore};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
+use tower_api_keys::{KeyVerifier, VerifyError};
 
 async fn sqlite(name: &str) -> (SqliteStore, TempDb) {
     let db = TempDb::new(name);
@@ -605,4 +609,83 @@ async fn postgres_shares_an_accounts_stored_rate_limit() {
         return;
     };
     an_accounts_stored_limit(store).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. An empty balance costs the store nothing per request.
+
+/// The store's credit side, counting takes.
+struct CountingCredits {
+    inner: MemoryStore,
+    takes: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl CreditStore for CountingCredits {
+    async fn take_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        want: u64,
+        now: OffsetDateTime,
+    ) -> Result<CreditGrant, CreditError> {
+        self.takes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.take_credits(subject, want, now).await
+    }
+
+    async fn return_credits(
+        &self,
+        subject: CreditSubject<'_>,
+        units: u64,
+        epoch: i64,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(), CreditError> {
+        self.inner
+            .return_credits(subject, units, epoch, until)
+            .await
+    }
+}
+
+/// A verifier whose credit store counts.
+struct Counted(MemoryStore, std::sync::Arc<CountingCredits>);
+
+#[async_trait::async_trait]
+impl KeyVerifier for Counted {
+    async fn verify(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, VerifyError> {
+        self.0.verify(hash).await
+    }
+
+    fn credit_store(&self) -> Option<std::sync::Arc<dyn CreditStore>> {
+        Some(self.1.clone())
+    }
+}
+
+#[tokio::test]
+async fn refusals_of_an_empty_balance_do_not_ask_the_store_each_time() {
+    let store = MemoryStore::new();
+    let (id, key) = new_key(&store, "acct_empty", "empty").await;
+    change(
+        &store,
+        "acct_empty",
+        &id,
+        KeyChanges::default().credits(Some(Credits::new(3))),
+    )
+    .await;
+    let counting = std::sync::Arc::new(CountingCredits {
+        inner: store.clone(),
+        takes: Default::default(),
+    });
+    let layer = ApiKeyLayer::new(
+        KeyFormat::new("sk"),
+        CachedVerifier::new(Counted(store.clone(), counting.clone())),
+    );
+    let app = priced_routes().layer(layer);
+    let mut statuses = BTreeMap::new();
+    for _ in 0..200 {
+        let seen = call(&app, request("GET", "/cheap", &key)).await;
+        *statuses.entry(seen.status.as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, 3), (402, 197)]));
+    let takes = counting.takes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(takes <= 4, "{takes} takes for 3 credits and 197 refusals");
 }

@@ -13,7 +13,7 @@ use support::raw_http::{Client, serve};
 use support::temp_db::TempDb;
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
 use tower_api_keys::limit::RateLimit;
-use tower_api_keys::limit::credits::Credits;
+use tower_api_keys::limit::credits::{Credits, Refill};
 use tower_api_keys::manage::{self, KeyManager, NewKey};
 use tower_api_keys::scope::Scope;
 use tower_api_keys::store::{KeyStore, SqliteStore};
@@ -229,21 +229,77 @@ async fn a_key_never_mints_a_key_with_more_than_its_limits() {
     }
     assert_eq!(active_keys(&server).await, before, "nothing was created");
 
-    // Without limits given, the new key inherits the caller's (its balance as stored).
+    // Without limits given, the new key inherits the caller's rate limits; credits a key
+    // gives out of its own balance (a transfer: minting keys never multiplies it), so
+    // by default none.
+    let balance = |server: &Server, id: KeyId| {
+        let store = server.store.clone();
+        async move {
+            store
+                .get("acct_1", &id)
+                .await
+                .unwrap()
+                .credits
+                .unwrap()
+                .remaining
+        }
+    };
     let inherited = post(json!({"name": "child"})).await;
     assert_eq!(inherited.status, 201, "{}", inherited.body);
     let inherited = inherited.json();
     assert_eq!(inherited["ratelimits"], json!([limit(100, 60)]));
-    // Its balance as stored: the layer leased a few credits for the requests so far.
-    let inherited_credits = inherited["credits"]["remaining"].as_u64().unwrap();
-    assert!(
-        (80..=100).contains(&inherited_credits),
-        "{inherited_credits}"
+    assert_eq!(
+        inherited["credits"],
+        json!({"remaining": 0, "refill": null})
     );
+    let before = balance(&server, limited_id.clone()).await;
     let narrower =
-        post(json!({"name": "narrow", "ratelimits": [limit(5, 60)], "credits": {"remaining": 50}}))
+        post(json!({"name": "narrow", "ratelimits": [limit(5, 60)], "credits": {"remaining": 30}}))
             .await;
     assert_eq!(narrower.status, 201, "{}", narrower.body);
+    assert_eq!(narrower.json()["credits"]["remaining"], 30);
+    let after = balance(&server, limited_id.clone()).await;
+    assert!(
+        after + 30 <= before,
+        "the 30 came out of the creator's balance ({before} → {after})"
+    );
+    // Asking for more than the creator's balance still holds is refused, and nothing
+    // is taken from it.
+    let greedy = post(json!({"name": "greedy", "credits": {"remaining": after + 1}})).await;
+    assert_eq!(
+        (greedy.status, greedy.code()),
+        (403, "key_exceeds_caller".to_owned()),
+        "{}",
+        greedy.body
+    );
+    assert!(balance(&server, limited_id.clone()).await <= after);
+
+    // A key lowers balances, never raises one, its own included.
+    let narrow_id = narrower.json()["id"].as_str().unwrap().to_owned();
+    let narrow_path = format!("/v1/account/api-keys/{narrow_id}");
+    let raised = client
+        .send("PATCH", &narrow_path, r#"{"credits": {"remaining": 31}}"#)
+        .await;
+    assert_eq!(
+        (raised.status, raised.code()),
+        (403, "key_exceeds_caller".to_owned())
+    );
+    let raised = client
+        .send(
+            "PATCH",
+            &format!("/v1/account/api-keys/{limited_id}"),
+            r#"{"credits": {"remaining": 100}}"#,
+        )
+        .await;
+    assert_eq!(
+        (raised.status, raised.code()),
+        (403, "key_exceeds_caller".to_owned()),
+        "a key cannot refill itself"
+    );
+    let lowered = client
+        .send("PATCH", &narrow_path, r#"{"credits": {"remaining": 10}}"#)
+        .await;
+    assert_eq!(lowered.status, 200, "{}", lowered.body);
 
     // Nor lifts them through PATCH, nor obtains an unlimited key through rotation.
     let child = inherited["id"].as_str().unwrap();
@@ -287,14 +343,39 @@ async fn a_key_never_mints_a_key_with_more_than_its_limits() {
     assert_eq!(rotated.status, 201, "{}", rotated.body);
     let stored = server.store.get("acct_1", &limited_id).await;
     let moved = rotated.json()["credits"]["remaining"].as_u64().unwrap();
-    assert!((70..=100).contains(&moved), "{moved}");
+    assert!(moved <= after, "{moved}");
     let new_id = KeyId::new(rotated.json()["id"].as_str().unwrap());
     let new = server.store.get("acct_1", &new_id).await.unwrap();
     assert_eq!(new.credits.map(|c| c.remaining), Some(moved));
     let old = stored.unwrap();
     assert_eq!(
-        old.credits.map(|c| c.remaining),
-        Some(0),
-        "the old key keeps none"
+        old.credits,
+        Some(Credits::new(0)),
+        "the old key keeps none, and no refill"
     );
+}
+
+/// Rotating a key with a refill leaves the old key (working during the overlap) with
+/// no balance and no refill: the refill moves with the balance.
+#[tokio::test]
+async fn rotation_moves_the_refill_too() {
+    let server = server("limits-rotate-refill").await;
+    let (_, id) = key(
+        &server,
+        NewKey::named("refilled").credits(Credits::new(40).with_refill(Refill::daily(40))),
+    )
+    .await;
+    let rotated = server
+        .manager
+        .rotate("acct_1", &id, Duration::from_secs(3_600))
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated.info.credits,
+        Some(Credits::new(40).with_refill(Refill::daily(40)))
+    );
+    let old = server.store.get("acct_1", &id).await.unwrap();
+    assert_eq!(old.credits, Some(Credits::new(0)));
+    let new = server.store.get("acct_1", &rotated.info.id).await.unwrap();
+    assert_eq!(new.credits.map(|c| c.remaining), Some(40));
 }

@@ -76,8 +76,9 @@ enum Command {
         /// The key id (`ak_…`).
         id: String,
     },
-    /// Sets (or, with no limit given, shows) an account's rate limits and credit
-    /// balance, shared by all its keys. Setting replaces what the account had.
+    /// Sets (or, with nothing given, shows) an account's rate limits and credit
+    /// balance, shared by all its keys. `--ratelimit`s replace the account's rate
+    /// limits and `--credits` its balance; what is not given stays.
     AccountLimits {
         /// The account.
         #[arg(long)]
@@ -223,7 +224,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let manager = manager(&Environment::LIVE);
             if clear || !ratelimits.is_empty() || credits.is_some() {
-                let mut limits = AccountLimits::none();
+                // What is not given stays as it is; `--clear` removes everything.
+                let mut limits = if clear {
+                    AccountLimits::none()
+                } else {
+                    manager
+                        .account_limits(&account)
+                        .await
+                        .map_err(|e| e.to_string())?
+                };
+                if !ratelimits.is_empty() {
+                    limits.ratelimits = Vec::new();
+                }
                 for text in &ratelimits {
                     limits = limits.ratelimit(parse_ratelimit(text)?);
                 }

@@ -42,14 +42,9 @@ pub struct Refill {
     /// The balance after a refill.
     pub amount: u64,
     /// For monthly refills, the day of the month (1–31; 31, 30 and 29 mean the last
-    /// day of months that are shorter). Ignored for daily refills. Default 1.
-    #[serde(default = "first_day", skip_serializing_if = "Option::is_none")]
+    /// day of months that are shorter). Ignored for daily refills. `None`: the 1st.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub day: Option<u8>,
-}
-
-#[allow(clippy::unnecessary_wraps)]
-fn first_day() -> Option<u8> {
-    Some(1)
 }
 
 impl Refill {
@@ -326,7 +321,10 @@ pub(crate) fn may_return(
     until: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> bool {
-    credits.epoch == epoch && until.is_none_or(|until| now < until)
+    credits.epoch == epoch
+        && until.is_none_or(|until| {
+            now < until && credits.refilled_at.is_none_or(|refilled| refilled < until)
+        })
 }
 
 #[cfg(test)]
@@ -410,7 +408,7 @@ mod tests {
             r#"{"remaining": 10, "refill": {"interval": "monthly", "amount": 10}}"#,
         )
         .unwrap();
-        assert_eq!(monthly.refill.unwrap().day, Some(1));
+        assert_eq!(monthly.refill.unwrap().day, None, "the first of the month");
         assert!(Refill::monthly(1, 32).check().is_err());
         assert!(Credits::new(MAX_CREDITS + 1).check().is_err());
         let daily = Credits::new(10).with_refill(Refill::daily(10));

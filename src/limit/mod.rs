@@ -189,14 +189,28 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// The slot of a checked limit (`None` if its name cannot be a header value).
-    pub(crate) fn new(limit: RateLimit) -> Option<Self> {
-        let policy = http::HeaderValue::try_from(limit.policy_header()).ok()?;
-        Some(Slot {
-            state_prefix: format!("\"{}\";r=", limit.name).into(),
-            policy,
+    /// The slot of a limit. A name that [`RateLimit::check`] would refuse (from a
+    /// verifier of your own) is still enforced: its headers show it with `_` for each
+    /// character a header cannot quote.
+    pub(crate) fn new(limit: RateLimit) -> Self {
+        let shown: String = limit
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let policy = format!("\"{shown}\";q={};w={}", limit.limit, limit.window_seconds);
+        Slot {
+            state_prefix: format!("\"{shown}\";r=").into(),
+            policy: http::HeaderValue::try_from(policy)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("\"limit\"")),
             limit,
-        })
+        }
     }
 
     /// Puts this limit's `RateLimit` and `RateLimit-Policy` fields for `decision`

@@ -188,8 +188,21 @@ impl RedisLimiter {
         refund: u32,
     ) -> Option<Verdict> {
         let inner = &*self.inner;
-        if checks.is_empty() || self.now_ms() < inner.down_until.load(Ordering::Relaxed) {
+        if checks.is_empty() {
             return None;
+        }
+        if inner.down.load(Ordering::Relaxed) {
+            // Down: one request a second asks whether Redis is back, the others do not
+            // wait for it.
+            let (now, until) = (self.now_ms(), inner.down_until.load(Ordering::Relaxed));
+            if now < until
+                || inner
+                    .down_until
+                    .compare_exchange(until, now + 1_000, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                return None;
+            }
         }
         match tokio::time::timeout(inner.timeout, self.run(checks, cost, refund)).await {
             Ok(Ok(verdict)) => {

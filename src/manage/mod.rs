@@ -56,10 +56,13 @@
 //! environment); 503 `store_unavailable`. Nothing is written when a request is refused.
 //!
 //! **Limits too.** A key never mints, rotates or changes a key with a higher rate limit
-//! (same name, no larger quota, no higher rate), more credits, or no limit where it has
-//! one (403 `key_exceeds_caller`); without `ratelimits` or `credits` a new key gets its
-//! creator's. Rotation moves a balance to the new key. An account's limits are the
-//! operator's ([`KeyManager::set_account_limits`]), not its keys'.
+//! (same name, no larger quota, no higher rate) or no limit where it has one, and never
+//! makes credits: a key with a balance gives a new key credits out of its own (a
+//! transfer; none by default, no refill), lowers balances but never raises one, and
+//! rotation moves a balance and its refill to the new key (403 `key_exceeds_caller`
+//! otherwise). Without `ratelimits` a new key gets its creator's. An account's limits
+//! are the operator's ([`KeyManager::set_account_limits`]), not its keys'; they cap what
+//! all its keys spend together. A [`KeyOwner`] may give any limits, as any scope.
 //!
 //! **Routes that return a secret obey the same rules.** Rotation hands out a new secret
 //! with the rotated key's scopes, expiry, restrictions and project. So an API key may
@@ -91,12 +94,12 @@ use crate::cache::CachedVerifier;
 use crate::error::AuthError;
 use crate::key::{Environment, KeyFormat, KeyId};
 use crate::limit::RateLimit;
-use crate::limit::credits::Credits;
+use crate::limit::credits::{CreditSubject, Credits};
 use crate::principal::Principal;
 use crate::record::{AccountLimits, AccountStanding, MAX_METADATA_BYTES, Metadata};
 use crate::restriction::Restrictions;
 use crate::scope::{Scope, Scopes};
-use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore, Replacement, StoredKey};
+use crate::store::{CreatedKey, KeyChanges, KeyInfo, KeyStore, Replacement, StoreError, StoredKey};
 use crate::verify::KeyVerifier;
 
 /// The longest key name accepted.
@@ -600,21 +603,19 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             None => own.ratelimits.clone(),
         };
         check_credits(request.credits.as_ref())?;
-        let credits = match (request.credits, own.credits.is_some()) {
-            (Some(asked), _) => Some(asked),
-            // Its own balance as the store holds it now (the cached one may be older).
-            (None, true) => self
-                .parts
-                .store
-                .get(creator.account_id(), creator.key_id())
-                .await?
-                .credits
-                .map(|current| {
-                    let mut inherited = Credits::new(current.remaining);
-                    inherited.refill = current.refill;
-                    inherited
-                }),
-            (None, false) => None,
+        // A key with a balance gives a new key credits out of its own (a transfer, so
+        // that minting keys never multiplies a balance), and no refill; a key without
+        // one may give any.
+        let transfer = own.credits.is_some();
+        let credits = match request.credits {
+            Some(asked) if transfer && asked.refill.is_some() => {
+                return Err(ManageError::ExceedsCaller {
+                    what: "more credits",
+                });
+            }
+            Some(asked) => Some(asked),
+            None if transfer => Some(Credits::new(0)),
+            None => None,
         };
         limits_within(creator, &ratelimits, credits.as_ref())?;
         let spec = KeySpec {
@@ -631,7 +632,39 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             ratelimits,
             credits,
         };
-        self.insert(spec, None).await
+        let Some(given) = credits.filter(|_| transfer).map(|c| c.remaining) else {
+            return self.insert(spec, None).await;
+        };
+        let from = CreditSubject::Key(creator.key_id().as_str());
+        let taken = self
+            .parts
+            .store
+            .take_credits(from, given, OffsetDateTime::now_utc())
+            .await
+            .map_err(|error| ManageError::Unavailable(StoreError::Backend(error)))?;
+        let give_back = || async {
+            if taken.granted > 0 {
+                let back = self
+                    .parts
+                    .store
+                    .return_credits(from, taken.granted, taken.epoch, taken.until)
+                    .await;
+                if let Err(error) = back {
+                    tracing::error!(%error, "returning credits of a refused key failed");
+                }
+            }
+        };
+        if taken.limited && taken.granted < given {
+            give_back().await;
+            return Err(ManageError::ExceedsCaller {
+                what: "more credits",
+            });
+        }
+        let created = self.insert(spec, None).await;
+        if created.is_err() {
+            give_back().await;
+        }
+        created
     }
 
     /// Generates the key, stores it (ending the key it replaces, if any), and returns
@@ -826,6 +859,21 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
                 "expires_at must be in the future",
             ));
         }
+        // A key with a balance may lower balances, never raise one (its own included):
+        // a raise would mint credits.
+        if let (Some(new), Some(_)) = (&changes.credits, &caller.record().limits.credits) {
+            let lowered = match (new, &key.credits) {
+                (Some(new), Some(current)) => {
+                    new.within(current) && new.refill.is_none_or(|r| current.refill == Some(r))
+                }
+                _ => false,
+            };
+            if !lowered {
+                return Err(ManageError::ExceedsCaller {
+                    what: "more credits",
+                });
+            }
+        }
         changes.apply(&mut key);
         check_within(caller, &key)?;
         self.update(caller.account_id(), id, changes).await
@@ -900,7 +948,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
 
     /// Sets an account's rate limits and balance, shared by all its keys: for the
     /// operator (the CLI, your admin tools), never for the account's own keys.
-    /// Effective for the next request, on every instance.
+    /// Effective for the next request here, and on other instances through their
+    /// `RevocationListener` (PostgreSQL; on SQLite other processes see it after the
+    /// cache's TTL).
     pub async fn set_account_limits(
         &self,
         account_id: &str,

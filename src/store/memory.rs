@@ -45,11 +45,19 @@ impl Keys {
     }
 }
 
-/// A balance as stored anew: refilled from now, its epoch moved past `before`'s.
-fn set_balance(credits: Option<Credits>, before: Option<&Credits>) -> Option<Credits> {
+/// Epochs of balances, never reused (a balance removed and set again gets a new one,
+/// so leases of the old one never come back to life).
+static EPOCHS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+
+fn next_epoch() -> i64 {
+    EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A balance as stored anew: refilled from now, in a new epoch.
+fn set_balance(credits: Option<Credits>) -> Option<Credits> {
     credits.map(|mut credits| {
         credits.refilled_at = Some(OffsetDateTime::now_utc());
-        credits.epoch = before.map_or(0, |old| old.epoch + 1);
+        credits.epoch = next_epoch();
         credits
     })
 }
@@ -135,7 +143,7 @@ impl KeyStore for MemoryStore {
             return Err(StoreError::Backend("duplicate key hash or id".into()));
         }
         let mut info = key.info();
-        info.credits = set_balance(info.credits, None);
+        info.credits = set_balance(info.credits);
         if let Some(replacement) = &key.replaces {
             let old = keys.by_id.get_mut(&replacement.id).expect("checked above");
             if replacement.moves_credits {
@@ -143,7 +151,8 @@ impl KeyStore for MemoryStore {
                     new.remaining = old.remaining;
                     new.refilled_at = old.refilled_at;
                     old.remaining = 0;
-                    old.epoch += 1;
+                    old.refill = None;
+                    old.epoch = next_epoch();
                 }
             }
             if replacement.ends_at <= OffsetDateTime::now_utc() {
@@ -187,10 +196,9 @@ impl KeyStore for MemoryStore {
         if info.revoked_at.is_some() {
             return Err(StoreError::NotFound);
         }
-        let before = info.credits;
         changes.apply(info);
         if let Some(credits) = changes.credits {
-            info.credits = set_balance(credits, before.as_ref());
+            info.credits = set_balance(credits);
         }
         Ok(info.clone())
     }
@@ -253,9 +261,8 @@ impl KeyStore for MemoryStore {
         limits: &AccountLimits,
     ) -> Result<(), StoreError> {
         let mut keys = self.keys();
-        let before = keys.limits.get(account_id).and_then(|old| old.credits);
         let mut limits = limits.clone();
-        limits.credits = set_balance(limits.credits, before.as_ref());
+        limits.credits = set_balance(limits.credits);
         keys.limits.insert(account_id.to_owned(), limits);
         Ok(())
     }

@@ -444,7 +444,12 @@ where
     let Some(mut credits) = read_credits::<D>(row, 0)? else {
         return Ok(CreditGrant::unlimited());
     };
+    let refilled_before = credits.refilled_at;
     let grant = take_from(&mut credits, want, now);
+    if grant.granted == 0 && credits.refilled_at == refilled_before {
+        // Nothing taken, nothing refilled: nothing to write.
+        return Ok(grant);
+    }
     let update = format!("UPDATE {table} SET credits = $2, refilled_at = $3 WHERE id = $1");
     let query = D::bind_text(sqlx::query(&update), Some(id));
     let query = D::bind_opt_int(query, credits_int(Some(&credits)));
@@ -455,12 +460,14 @@ where
     Ok(grant)
 }
 
-/// Gives `units` back to `subject`'s balance if it is still in `epoch`.
+/// Gives `units` back to `subject`'s balance if it is still in `epoch` and was not
+/// refilled at or after `until` (a lease of one period never lands in the next).
 pub(crate) async fn return_credits<'e, D, E>(
     executor: E,
     subject: CreditSubject<'_>,
     units: u64,
     epoch: i64,
+    until: Option<OffsetDateTime>,
 ) -> Result<(), StoreError>
 where
     D: Dialect,
@@ -468,22 +475,30 @@ where
     for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
 {
     let (table, id) = credit_row(subject);
+    let period = if until.is_some() {
+        " AND (refilled_at IS NULL OR refilled_at < $4)"
+    } else {
+        ""
+    };
     let sql = format!(
         "UPDATE {table} SET credits = credits + $2 \
-         WHERE id = $1 AND credits IS NOT NULL AND credits_epoch = $3"
+         WHERE id = $1 AND credits IS NOT NULL AND credits_epoch = $3{period}"
     );
     let query = D::bind_text(sqlx::query(&sql), Some(id));
     let query = D::bind_int(query, i64::try_from(units).unwrap_or(i64::MAX));
-    D::bind_int(query, epoch)
-        .execute(executor)
-        .await
-        .map_err(backend)?;
+    let query = D::bind_int(query, epoch);
+    let query = if until.is_some() {
+        D::bind_time(query, until)
+    } else {
+        query
+    };
+    query.execute(executor).await.map_err(backend)?;
     Ok(())
 }
 
 /// Moves the credits of `old` to `new` (rotation), inside the insert transaction: the
 /// new key takes the old one's remaining balance and refill time, the old key keeps
-/// none (its epoch moves on, so leases of it are not returned).
+/// none and no refill (its epoch moves on, so leases of it are not returned).
 async fn move_credits<D>(
     conn: &mut <D::Db as Database>::Connection,
     old: &KeyId,
@@ -504,8 +519,11 @@ where
         .execute(&mut *conn)
         .await
         .map_err(backend)?;
-    let empty = "UPDATE api_keys SET credits = 0, credits_epoch = credits_epoch + 1 \
-         WHERE id = $1 AND credits IS NOT NULL";
+    // Nothing left, and no refill either: a refill would mint a second balance for as
+    // long as the old key overlaps the new one. (The replaced key's row is locked
+    // already: ending it was this transaction's first write to it.)
+    let empty = "UPDATE api_keys SET credits = 0, refill = NULL, \
+         credits_epoch = credits_epoch + 1 WHERE id = $1 AND credits IS NOT NULL";
     D::bind_text(sqlx::query(empty), Some(old.as_str()))
         .execute(&mut *conn)
         .await

@@ -358,7 +358,7 @@ impl CreditStore for SqliteStore {
         if until.is_some_and(|until| OffsetDateTime::now_utc() >= until) {
             return Ok(());
         }
-        super::return_credits::<SqliteDialect, _>(&self.pool, subject, units, epoch).await?;
+        super::return_credits::<SqliteDialect, _>(&self.pool, subject, units, epoch, until).await?;
         Ok(())
     }
 }

@@ -391,7 +391,8 @@ impl CreditStore for PostgresStore {
         if until.is_some_and(|until| OffsetDateTime::now_utc() >= until) {
             return Ok(());
         }
-        super::return_credits::<PostgresDialect, _>(&self.pool, subject, units, epoch).await?;
+        super::return_credits::<PostgresDialect, _>(&self.pool, subject, units, epoch, until)
+            .await?;
         Ok(())
     }
 }
