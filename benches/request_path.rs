@@ -1,6 +1,6 @@
 //! Per-request cost of each auth variant as a ratio to a baseline measured right before
 //! it, in alternation, over several runs. `cargo bench --bench request_path`
-//! (`RUNS=9` for more runs).
+//! (`RUNS=9` for more runs, `ONLY=credits` for the pairs whose label contains it).
 //!
 //! Every variant builds the same fresh request (with an `Authorization` header) and
 //! drives a clone of the service with `oneshot`, as a server does; routers are finished
@@ -292,6 +292,12 @@ fn main() {
             "bare",
         ),
     ];
+    // `ONLY=rate_limit` keeps the pairs whose label contains it.
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let pairs: Vec<_> = pairs
+        .iter()
+        .filter(|(label, _, _)| label.contains(only.as_str()))
+        .collect();
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
     let mut bare_ns = Vec::new();
     for run in 0..runs {

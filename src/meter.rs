@@ -468,6 +468,23 @@ impl Lease {
             .is_ok()
     }
 
+    /// [`take`](Self::take) of the hit path: the clock is read only for a lease that
+    /// ends (one of a refilled balance).
+    fn take_now(&self, cost: u64, epoch: i64) -> bool {
+        if epoch != self.epoch.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = self.until.load(Ordering::Acquire);
+        if until != i64::MAX && OffsetDateTime::now_utc().unix_timestamp() >= until {
+            return false;
+        }
+        self.units
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |units| {
+                units.checked_sub(cost)
+            })
+            .is_ok()
+    }
+
     fn give(&self, units: u64) {
         if units > 0 {
             self.units.fetch_add(units, Ordering::AcqRel);
@@ -551,9 +568,26 @@ impl Ledger {
     /// spending them).
     pub(crate) fn give_back(&self, record: &KeyRecord, units: u32) {
         if units > 0 {
-            for balance in balances(record) {
-                self.lease(&balance).give(u64::from(units));
+            for lease in self.leases_of(record).iter().flatten() {
+                lease.give(u64::from(units));
             }
+        }
+    }
+
+    /// The leases of `record`'s balances (its own, its account's), kept with the record
+    /// after the first lookup so that a hit looks nothing up.
+    fn leases_of(&self, record: &KeyRecord) -> [Option<Arc<Lease>>; 2] {
+        let owner = std::ptr::from_ref(self) as usize;
+        let lookup = || {
+            let mut leases: [Option<Arc<Lease>>; 2] = [None, None];
+            for (at, balance) in balances(record).enumerate() {
+                leases[at] = Some(self.lease(&balance));
+            }
+            leases
+        };
+        match record.limits.memo.get_or_init(owner, lookup) {
+            Some(leases) => leases.clone(),
+            None => lookup(),
         }
     }
 
@@ -565,15 +599,17 @@ impl Ledger {
         cost: u32,
         refund: u32,
     ) -> Option<Result<(), AuthError>> {
+        if record.limits.credits.is_none() && record.limits.account.credits.is_none() {
+            return Some(Ok(()));
+        }
         self.give_back(record, refund);
         if cost == 0 {
             return Some(Ok(()));
         }
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let mut taken: [Option<Arc<Lease>>; 2] = [None, None];
-        for (at, balance) in balances(record).enumerate() {
-            let lease = self.lease(&balance);
-            if !lease.take(u64::from(cost), Some(balance.epoch), now) {
+        let leases = self.leases_of(record);
+        let mut taken: [Option<&Lease>; 2] = [None, None];
+        for (at, (balance, lease)) in balances(record).zip(leases.iter().flatten()).enumerate() {
+            if !lease.take_now(u64::from(cost), balance.epoch) {
                 for lease in taken.iter().flatten() {
                     lease.give(u64::from(cost));
                 }
@@ -739,10 +775,22 @@ impl Cost {
     }
 }
 
+/// Whether any [`Cost`] layer was put on a route in this process: until then the
+/// layer hands requests no ticket (read-only after start: no shared writes per request).
+static COSTS_IN_USE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether requests need a ticket for a route's [`Cost`].
+pub(crate) fn costs_in_use() -> bool {
+    COSTS_IN_USE.load(Ordering::Relaxed)
+}
+
 impl<S> Layer<S> for Cost {
     type Service = CostService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        if !COSTS_IN_USE.load(Ordering::Relaxed) {
+            COSTS_IN_USE.store(true, Ordering::Relaxed);
+        }
         CostService {
             inner,
             cost: self.0,

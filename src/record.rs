@@ -1,6 +1,7 @@
 //! What a verifier returns for a known key.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
 use time::OffsetDateTime;
@@ -274,6 +275,9 @@ pub struct KeyLimits {
     pub account: AccountLimits,
     /// The key's then the account's limits as slots, made on first use.
     pub(crate) slots: LazySlots,
+    /// What the layer keeps per record on first use (its leases of the balances), so
+    /// that a hit looks nothing up.
+    pub(crate) memo: Memo,
 }
 
 impl KeyLimits {
@@ -289,6 +293,7 @@ impl KeyLimits {
             credits,
             account,
             slots: LazySlots::default(),
+            memo: Memo::default(),
         }
     }
 
@@ -310,6 +315,44 @@ impl KeyLimits {
                 .map(|(shared, limit)| (shared, Slot::new(limit.clone())))
                 .collect()
         })
+    }
+}
+
+/// A value made on first use by its owner (identified by an address), kept with a
+/// record; runtime state, ignored by `==`, reset by `clone`.
+#[derive(Default)]
+pub(crate) struct Memo(std::sync::OnceLock<(usize, Arc<dyn std::any::Any + Send + Sync>)>);
+
+impl Memo {
+    /// The value `owner` keeps here, made by `make` on first use; `None` if another
+    /// owner made it first (then `owner` keeps its own elsewhere).
+    pub(crate) fn get_or_init<T: Send + Sync + 'static>(
+        &self,
+        owner: usize,
+        make: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        let (made_by, value) = self.0.get_or_init(|| (owner, Arc::new(make())));
+        (*made_by == owner).then(|| value.downcast_ref()).flatten()
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Memo")
     }
 }
 
