@@ -1,6 +1,8 @@
 //! Per-request cost of each auth variant as a ratio to a baseline measured right before
 //! it, in alternation, over several runs. `cargo bench --bench request_path`
 //! (`RUNS=9` for more runs, `ONLY=credits` for the pairs whose label contains it).
+//! `ONLY=api_key_hit` includes the hit with usage recording and with metrics into a
+//! Prometheus recorder, and prints their overhead in units of the bare router.
 //!
 //! Every variant builds the same fresh request (with an `Authorization` header) and
 //! drives a clone of the service with `oneshot`, as a server does; routers are finished
@@ -24,6 +26,7 @@ use tower_api_keys::limit::RateLimit;
 use tower_api_keys::limit::credits::{Credits, MAX_CREDITS};
 use tower_api_keys::manage::NewKey;
 use tower_api_keys::scope::{Scope, Write};
+use tower_api_keys::usage::UsageRecorder;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier, RequireScope};
 use tower_api_keys::{KeyManager, MemoryStore};
 
@@ -94,10 +97,26 @@ fn main() {
         )
         .unwrap()
         .key;
-    let cache = CachedVerifier::builder(store)
+    let cache = CachedVerifier::builder(store.clone())
         .negative_ttl(Duration::from_secs(3600))
         .build();
     let layer = ApiKeyLayer::new(format.clone(), cache.clone()).environment(Environment::LIVE);
+    // The same with usage recording, and with it and metrics into a real recorder
+    // (Prometheus's: atomics behind handles registered when the cache and layer are
+    // built; a local recorder, so that the other variants keep the no-op one).
+    let usage = UsageRecorder::new();
+    let with_usage = ApiKeyLayer::new(format.clone(), cache.clone())
+        .environment(Environment::LIVE)
+        .record_usage(usage.clone());
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metered_layer = metrics::with_local_recorder(&prometheus, || {
+        let cache = CachedVerifier::builder(store.clone())
+            .negative_ttl(Duration::from_secs(3600))
+            .build();
+        ApiKeyLayer::new(format.clone(), cache)
+            .environment(Environment::LIVE)
+            .record_usage(usage.clone())
+    });
 
     let header = |value: String| HeaderValue::from_str(&value).unwrap();
     let hit = header(format!("Bearer {}", key.expose_secret()));
@@ -131,6 +150,12 @@ fn main() {
     let around_scope = ServiceBuilder::new()
         .layer(layer.clone())
         .service(scoped_router().with_state(()));
+    let around_usage = ServiceBuilder::new()
+        .layer(with_usage)
+        .service(bare.clone());
+    let around_metrics = ServiceBuilder::new()
+        .layer(metered_layer)
+        .service(bare.clone());
     // One in-process rate limit that the bench never exhausts.
     let unlimited = RateLimit::new("requests", u32::MAX, Duration::from_secs(1)).unwrap();
     let around_limited = ServiceBuilder::new()
@@ -155,6 +180,7 @@ fn main() {
         (&around_key, &malformed, 401),
         (&around_limited, &hit, 200),
         (&around_key, &metered, 200),
+        (&around_metrics, &hit, 200),
     ] {
         let response = runtime
             .block_on(service.clone().oneshot(support::request(auth)))
@@ -162,6 +188,13 @@ fn main() {
         assert_eq!(response.status(), status);
     }
     assert_eq!(cache.stats().verifier_calls, 3);
+    assert!(
+        prometheus
+            .handle()
+            .render()
+            .contains("tower_api_keys_verifications_total{outcome=\"accepted\"} 1"),
+        "the metrics variant records into its recorder"
+    );
 
     let m = |service: &'static str| -> Measure<'_> {
         let (runtime, hit, unknown, malformed, jwt, static_token, metered) = (
@@ -183,6 +216,7 @@ fn main() {
         let (inside_static, inside_jwt, inside_key, inside_scope) =
             (&inside_static, &inside_jwt, &inside_key, &inside_scope);
         let around_limited = &around_limited;
+        let (around_usage, around_metrics) = (&around_usage, &around_metrics);
         match service {
             "bare" => Box::new(move || batch(runtime, bare, hit)),
             "static_bearer" => Box::new(move || batch(runtime, around_static, static_token)),
@@ -191,6 +225,8 @@ fn main() {
             "api_key_hit_scope" => Box::new(move || batch(runtime, around_scope, hit)),
             "api_key_hit_rate_limit" => Box::new(move || batch(runtime, around_limited, hit)),
             "api_key_hit_credits" => Box::new(move || batch(runtime, around_key, metered)),
+            "api_key_hit_usage" => Box::new(move || batch(runtime, around_usage, hit)),
+            "api_key_hit_metrics" => Box::new(move || batch(runtime, around_metrics, hit)),
             "api_key_malformed" => Box::new(move || batch(runtime, around_key, malformed)),
             "api_key_unknown_cached" => Box::new(move || batch(runtime, around_key, unknown)),
             "static_bearer (Router::layer)" => {
@@ -243,6 +279,26 @@ fn main() {
         (
             "api_key_hit_credits / bare (around router)",
             "api_key_hit_credits",
+            "bare",
+        ),
+        (
+            "api_key_hit_usage / api_key_hit",
+            "api_key_hit_usage",
+            "api_key_hit",
+        ),
+        (
+            "api_key_hit_metrics / api_key_hit",
+            "api_key_hit_metrics",
+            "api_key_hit",
+        ),
+        (
+            "api_key_hit_metrics / api_key_hit_usage",
+            "api_key_hit_metrics",
+            "api_key_hit_usage",
+        ),
+        (
+            "api_key_hit_metrics / bare (around router)",
+            "api_key_hit_metrics",
             "bare",
         ),
         (
@@ -329,6 +385,22 @@ fn main() {
     println!();
     println!("| ratio | median | range over {runs} runs |");
     println!("|---|---|---|");
+    // Metrics and usage recording on a hit, in units of the bare router: per run,
+    // (metrics / hit − 1) × (hit / bare).
+    let at = |label: &str| pairs.iter().position(|(l, _, _)| *l == label);
+    let overhead: Option<Vec<f64>> = match (
+        at("api_key_hit_metrics / api_key_hit"),
+        at("api_key_hit / bare (around router)"),
+    ) {
+        (Some(metrics), Some(hit)) => Some(
+            ratios[metrics]
+                .iter()
+                .zip(&ratios[hit])
+                .map(|(metrics, hit)| (metrics - 1.0) * hit)
+                .collect(),
+        ),
+        _ => None,
+    };
     for (i, (label, _, _)) in pairs.iter().enumerate() {
         let values = &mut ratios[i];
         let mid = median(values);
@@ -336,6 +408,15 @@ fn main() {
             "| `{label}` | {mid:.2} | {:.2}–{:.2} |",
             values[0],
             values[values.len() - 1]
+        );
+    }
+    if let Some(mut overhead) = overhead {
+        let mid = median(&mut overhead);
+        println!();
+        println!(
+            "metrics + usage recording on a hit: {mid:+.3}× bare (median; range {:+.3} to {:+.3})",
+            overhead[0],
+            overhead[overhead.len() - 1]
         );
     }
 }

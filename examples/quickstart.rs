@@ -7,7 +7,8 @@
 //! then `READY`. Every request under `/v1/` costs 1 and `POST /v1/items` costs 5, on
 //! each rate limit and credit balance of the key (keys get them at creation:
 //! `"ratelimits"`, `"credits"`); with `REDIS_URL` set, instances share rate limits
-//! through Redis. Try:
+//! through Redis. `GET /metrics` (no key: it is merged outside the key layer) serves
+//! the crate's metrics in the Prometheus text format. Try:
 //!
 //! ```text
 //! curl -H "Authorization: Bearer $READ_KEY" localhost:3000/v1/whoami
@@ -15,6 +16,7 @@
 //! curl -H "Authorization: Bearer $READ_KEY" -d '{"name":"x"}' -H 'content-type: application/json' localhost:3000/v1/items   # 403
 //! curl -H "Authorization: Bearer $ADMIN_KEY" -d '{"name":"x"}' -H 'content-type: application/json' localhost:3000/v1/items  # 201
 //! curl -H "Authorization: Bearer $ADMIN_KEY" localhost:3000/v1/account/api-keys        # the keys
+//! curl localhost:3000/metrics                                                           # the metrics
 //! ```
 
 mod support;
@@ -62,6 +64,8 @@ const ACCOUNT: &str = "acct_quickstart";
 
 #[tokio::main]
 async fn main() -> Result<(), support::BoxError> {
+    // First: the cache and the layer register their metrics with it when built.
+    let metrics = support::prometheus()?;
     let backend = support::Backend::open("apikeys.db").await?;
     let format = KeyFormat::new("sk");
     let manager = KeyManager::new(backend.store.clone(), backend.cache.clone(), format.clone());
@@ -77,6 +81,7 @@ async fn main() -> Result<(), support::BoxError> {
         .route("/v1/items", post(create_item).route_layer(Cost::new(5)))
         .with_state(Items::default())
         .nest("/v1/account", manage::router(manager))
-        .layer(backend.layer(format).environment(Environment::LIVE));
+        .layer(backend.layer(format).environment(Environment::LIVE))
+        .merge(support::metrics_route(metrics));
     support::serve(app, 3000, backend).await
 }

@@ -44,6 +44,7 @@ use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
 use crate::key::{KeyHash, KeyId};
+use crate::metrics::{CacheMetrics, Incident};
 use crate::record::KeyRecord;
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
@@ -296,6 +297,10 @@ struct CacheCore<V> {
     stale_window: Duration,
     verify_timeout: Option<Duration>,
     stale_hits: AtomicU64,
+    /// Registered when the cache is built (see [`metrics`](crate::metrics)).
+    metrics: CacheMetrics,
+    /// Verifier failures, logged once per incident.
+    verifier_down: Incident,
 }
 
 impl<V> CacheCore<V> {
@@ -452,6 +457,8 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                 stale_window: self.stale_window,
                 verify_timeout: self.verify_timeout,
                 stale_hits: AtomicU64::new(0),
+                metrics: CacheMetrics::register(),
+                verifier_down: Incident::default(),
             }),
         }
     }
@@ -491,6 +498,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             if let Some(entry) = hot.entry.as_ref() {
                 if entry.hash == *hash && Instant::now() < entry.entry.deadline {
                     core.hits.fetch_add(1, Ordering::Relaxed);
+                    core.count_hit(&entry.entry.lookup);
                     return Some(entry.entry.lookup.clone());
                 }
             }
@@ -498,6 +506,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         }
         let Some(entry) = core.entries.get(hash) else {
             core.misses.fetch_add(1, Ordering::Relaxed);
+            core.metrics.miss.increment(1);
             return None;
         };
         core.hits.fetch_add(1, Ordering::Relaxed);
@@ -506,11 +515,13 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         if now >= entry.deadline {
             // Stale: served at once, re-verified in the background.
             core.stale_hits.fetch_add(1, Ordering::Relaxed);
+            core.metrics.stale.increment(1);
             if now >= entry.refresh_after {
                 self.refresh_in_background(*hash);
             }
             return Some(lookup);
         }
+        core.count_hit(&lookup);
         if let (Some(version), Ok(mut hot)) = (version, slot.try_write()) {
             if hot.version == version {
                 hot.entry = Some(HotEntry { hash: *hash, entry });
@@ -598,8 +609,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                 hash,
                 flight: &flight,
             };
+            // A failure is logged (once per incident) by `fly`.
             if let Err(error) = cache.fly(hash, &flight).await {
-                tracing::warn!(%error, "background re-verification of a cached API key failed");
+                tracing::debug!(%error, "background re-verification of a cached API key failed");
             }
         });
     }
@@ -611,14 +623,16 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             .answer
             .get_or_init(|| async {
                 core.verifier_calls.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
                 let verification = core.verifier.verify(&hash);
                 let answer = match core.verify_timeout {
                     Some(limit) => tokio::time::timeout(limit, verification)
                         .await
                         .unwrap_or_else(|_| Err(VerifyError::timeout())),
                     None => verification.await,
-                }
-                .map(|record| match record {
+                };
+                core.verified(started, answer.as_ref().err());
+                let answer = answer.map(|record| match record {
                     Some(record) => Lookup::Found(Arc::new(record)),
                     None => Lookup::Unknown,
                 });
@@ -672,6 +686,7 @@ impl<V> CachedVerifier<V> {
     /// Forgets the answer for one key hash.
     pub fn invalidate(&self, hash: &KeyHash) {
         let core = &*self.core;
+        core.metrics.invalidated_key.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Hash(*hash));
         core.remove(&mut ledger, hash);
@@ -682,6 +697,7 @@ impl<V> CachedVerifier<V> {
     /// the cache holds.
     pub fn invalidate_key_id(&self, id: &KeyId) {
         let core = &*self.core;
+        core.metrics.invalidated_key.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Id(id.clone()));
         for hash in ledger.hashes_of(id) {
@@ -693,6 +709,7 @@ impl<V> CachedVerifier<V> {
     /// another account-wide property changed). Touches that account's entries only.
     pub fn invalidate_account(&self, account_id: &str) {
         let core = &*self.core;
+        core.metrics.invalidated_account.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Account(account_id.to_owned()));
         let hashes = ledger.hashes_of_account(account_id);
@@ -705,6 +722,7 @@ impl<V> CachedVerifier<V> {
     /// missed notifications).
     pub fn invalidate_all(&self) {
         let core = &*self.core;
+        core.metrics.invalidated_all.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::All);
         // One by one: moka's `invalidate_all` applies lazily and, under concurrent
@@ -784,6 +802,40 @@ fn hot_index(hash: &KeyHash) -> usize {
 }
 
 impl<V> CacheCore<V> {
+    /// Counts a fresh hit: of a known key, or of an unknown one.
+    fn count_hit(&self, lookup: &Lookup) {
+        match lookup {
+            Lookup::Found(_) => self.metrics.hit.increment(1),
+            Lookup::Unknown => self.metrics.negative_hit.increment(1),
+        }
+    }
+
+    /// Records a verifier call that began at `started`: its latency, and a failure
+    /// (at error level for the first of an incident, at debug level for the others).
+    fn verified(&self, started: Instant, error: Option<&VerifyError>) {
+        let seconds = started.elapsed().as_secs_f64();
+        match error {
+            None => {
+                self.metrics.verifier_ok.record(seconds);
+                if self.verifier_down.succeed() {
+                    tracing::warn!("the API key verifier answers again");
+                }
+            }
+            Some(error) => {
+                self.metrics.verifier_error.record(seconds);
+                if self.verifier_down.fail() {
+                    tracing::error!(
+                        %error,
+                        "API key verifier failed; requests it must answer get 503 until it \
+                         answers again (further failures are logged at debug level)"
+                    );
+                } else {
+                    tracing::debug!(%error, "API key verifier failed");
+                }
+            }
+        }
+    }
+
     /// How long an answer stays fresh, and how long it may be served at all (fresh,
     /// then stale): the positive TTL and stale window, both capped by the key's expiry;
     /// the negative TTL, without a stale window, for unknown keys and keys already

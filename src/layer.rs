@@ -49,6 +49,7 @@ use crate::error::{AuthError, ErrorFormat, ErrorResponder};
 use crate::key::{Environment, KeyFormat, KeyHash};
 use crate::limit::{RateLimit, Slot};
 use crate::meter::{DEFAULT_COST, LayerSlot, Meter, Per, Quota, SpendFuture, Spent};
+use crate::metrics::Outcomes;
 use crate::policy::{EnvironmentResolver, Policy, ProjectResolver, RequestView};
 use crate::principal::{Anonymous, ForeignToken, Principal};
 use crate::usage::UsageRecorder;
@@ -70,6 +71,8 @@ struct Shared<V> {
     meter: Arc<Meter>,
     /// Costs known before routing (else [`DEFAULT_COST`], until a route's `Cost`).
     costs: Option<Arc<RouteCosts>>,
+    /// Verifications by outcome, registered when the layer is built.
+    outcomes: Arc<Outcomes>,
 }
 
 /// What [`ApiKeyLayer::route_costs`] takes.
@@ -88,6 +91,7 @@ impl<V> Clone for Shared<V> {
             usage: self.usage.clone(),
             meter: Arc::clone(&self.meter),
             costs: self.costs.clone(),
+            outcomes: Arc::clone(&self.outcomes),
         }
     }
 }
@@ -95,6 +99,7 @@ impl<V> Clone for Shared<V> {
 impl<V> Shared<V> {
     /// The response refusing a request, noted in its span.
     fn refuse(&self, span: &tracing::Span, error: &AuthError) -> Response<Bytes> {
+        self.outcomes.count(error.code());
         span.record("outcome", error.code());
         tracing::debug!(parent: span, code = error.code(), "API key rejected");
         self.responder.respond(error)
@@ -223,6 +228,7 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
                 usage: None,
                 meter: Arc::new(Meter::new(cache.verifier().credit_store())),
                 costs: None,
+                outcomes: Arc::new(Outcomes::verifications()),
                 cache,
             }),
         }
@@ -508,6 +514,7 @@ where
             Ok(Some(token)) => match shared.format.parse(token) {
                 Ok(parsed) => parsed.hash(),
                 Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
+                    shared.outcomes.count("foreign_token");
                     span.record("outcome", "foreign_token");
                     request.extensions_mut().insert(ForeignToken);
                     return self.call_inner(request);
@@ -518,6 +525,7 @@ where
                 }
             },
             Ok(None) if shared.optional => {
+                shared.outcomes.count("anonymous");
                 span.record("outcome", "anonymous");
                 request.extensions_mut().insert(Anonymous);
                 return self.call_inner(request);
@@ -529,7 +537,7 @@ where
         match shared.cache.get_cached(&hash) {
             Some(found) => match shared.decide(found, &RequestView::of(&request)) {
                 Ok((principal, Spent::Now(quota))) => {
-                    record_accepted(&span, &principal);
+                    record_accepted(shared, &span, &principal);
                     shared.admit(&mut request, principal);
                     self.call_limited(request, quota.ok().flatten())
                 }
@@ -573,7 +581,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
             match spending.await {
                 Ok(quota) => {
                     if let Some(principal) = request.extensions().get::<Principal>() {
-                        record_accepted(&span, principal);
+                        record_accepted(&shared, &span, principal);
                     }
                     shared.lend_responder(&mut request);
                     Verified(Outcome::Accepted(request, quota))
@@ -616,6 +624,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         ResBody: From<Bytes>,
     {
+        self.shared.outcomes.count(error.code());
         span.record("outcome", error.code());
         tracing::debug!(parent: span, code = error.code(), "API key rejected");
         ResponseFuture {
@@ -651,13 +660,14 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                     Err(error) => Err(error),
                 },
                 Err(error) => {
-                    tracing::error!(parent: &span, %error, "API key verifier failed");
+                    // At error level once per incident, by the cache.
+                    tracing::debug!(parent: &span, %error, "API key verifier failed");
                     Err(AuthError::Unavailable)
                 }
             };
             match decision {
                 Ok((principal, quota)) => {
-                    record_accepted(&span, &principal);
+                    record_accepted(&shared, &span, &principal);
                     shared.admit(&mut request, principal);
                     shared.lend_responder(&mut request);
                     Verified(Outcome::Accepted(request, quota))
@@ -674,7 +684,8 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
     }
 }
 
-fn record_accepted(span: &tracing::Span, principal: &Principal) {
+fn record_accepted<V>(shared: &Shared<V>, span: &tracing::Span, principal: &Principal) {
+    shared.outcomes.accepted();
     // Recording into a disabled span still builds its value set: skip it.
     if span.is_disabled() {
         return;

@@ -56,6 +56,7 @@ use crate::limit::credits::{CreditStore, CreditSubject};
 #[cfg(feature = "redis")]
 use crate::limit::redis::RedisLimiter;
 use crate::limit::{Decision, RATELIMIT, RateLimit, RateLimiter, Refusal, Slot};
+use crate::metrics::{Incident, Outcomes};
 use crate::principal::Principal;
 use crate::record::KeyRecord;
 
@@ -162,6 +163,8 @@ pub(crate) struct Meter {
     pub(crate) redis: Option<RedisLimiter>,
     /// Shared by every copy of the layer, so that returning credits reaches them all.
     pub(crate) ledger: Arc<Ledger>,
+    /// What routes' [`Cost`] layers refuse, by code.
+    pub(crate) refusals: Arc<Outcomes>,
 }
 
 impl fmt::Debug for Meter {
@@ -191,6 +194,7 @@ impl Meter {
             #[cfg(feature = "redis")]
             redis: None,
             ledger: Arc::new(Ledger::new(credits)),
+            refusals: Arc::new(Outcomes::cost_refusals()),
         }
     }
 
@@ -424,6 +428,8 @@ pub(crate) struct Ledger {
     warned: std::sync::atomic::AtomicBool,
     /// Leases of keys' balances, then of accounts' (by id: a probe allocates nothing).
     leases: [RwLock<HashMap<String, Arc<Lease>>>; 2],
+    /// Credit store failures, logged once per incident.
+    failing: Incident,
 }
 
 /// Credits an instance holds of one balance.
@@ -539,6 +545,7 @@ impl Ledger {
             block: AtomicU64::new(100),
             warned: std::sync::atomic::AtomicBool::new(false),
             leases: Default::default(),
+            failing: Incident::default(),
         }
     }
 
@@ -694,13 +701,16 @@ impl Ledger {
         let block = self.block.load(Ordering::Relaxed);
         let extra = block.saturating_sub(1).min(seen / 8);
         let want = cost.saturating_sub(held).saturating_add(extra);
-        let grant = store
-            .take_credits(subject, want, now)
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "credit store failed");
-                AuthError::Unavailable
-            })?;
+        let grant = match store.take_credits(subject, want, now).await {
+            Ok(grant) => {
+                self.store_answered();
+                grant
+            }
+            Err(error) => {
+                self.store_failed(&error);
+                return Err(AuthError::Unavailable);
+            }
+        };
         if !grant.limited {
             // The balance is gone from the store: nothing to spend.
             return Ok(true);
@@ -714,6 +724,26 @@ impl Ledger {
         lease.seen.store(grant.remaining, Ordering::Release);
         lease.give(grant.granted);
         Ok(lease.take(cost, None, now.unix_timestamp()))
+    }
+
+    /// Logs a credit store failure: at error level if it is the first of an incident.
+    fn store_failed(&self, error: &dyn fmt::Display) {
+        if self.failing.fail() {
+            tracing::error!(
+                %error,
+                "credit store failed; requests that need credits from it get 503 until it \
+                 answers again (further failures are logged at debug level)"
+            );
+        } else {
+            tracing::debug!(%error, "credit store failed");
+        }
+    }
+
+    /// The credit store answered: the end of an incident, if one was open.
+    fn store_answered(&self) {
+        if self.failing.succeed() {
+            tracing::warn!("the credit store answers again");
+        }
     }
 
     /// Gives every lease back to the store (on shutdown).
@@ -740,11 +770,12 @@ impl Ledger {
                 .then(|| OffsetDateTime::from_unix_timestamp(until).ok())
                 .flatten();
             let epoch = lease.epoch.load(Ordering::Acquire);
-            if let Err(error) = store
+            match store
                 .return_credits(subject(account, &id), units, epoch, until)
                 .await
             {
-                tracing::error!(%error, "returning leased credits failed");
+                Ok(()) => self.store_answered(),
+                Err(error) => self.store_failed(&error),
             }
         }
     }
@@ -844,7 +875,9 @@ where
             ticket.spent = cost;
         }
         let responder = ErrorResponder::in_extensions(request.extensions());
+        let refusals = Arc::clone(&meter.refusals);
         let refuse = move |error: AuthError| -> Response<ResBody> {
+            refusals.count(error.code());
             ErrorResponder::respond_with(responder.as_deref(), &error)
         };
         match meter.spend(&record, cost, spent) {

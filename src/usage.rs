@@ -27,6 +27,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::key::KeyId;
+use crate::metrics::{Incident, UsageMetrics};
 use crate::record::KeyRecord;
 use crate::store::{StoreError, TouchLastUsed};
 
@@ -41,6 +42,10 @@ pub struct UsageRecorder {
 struct UsageInner {
     pending: Mutex<Vec<(KeyId, OffsetDateTime)>>,
     writes: AtomicU64,
+    /// Registered when the recorder is built (see [`metrics`](crate::metrics)).
+    metrics: UsageMetrics,
+    /// Failed flushes, logged once per incident.
+    failing: Incident,
 }
 
 impl fmt::Debug for UsageRecorder {
@@ -100,9 +105,16 @@ impl UsageRecorder {
             recorder: self,
             batch: latest.into_iter().collect(),
         };
-        store.touch_last_used(&batch.batch).await?;
+        let metrics = &self.inner.metrics;
+        if let Err(error) = store.touch_last_used(&batch.batch).await {
+            metrics.failed.increment(1);
+            return Err(error);
+        }
         self.inner.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(std::mem::take(&mut batch.batch).len())
+        let rows = std::mem::take(&mut batch.batch).len();
+        metrics.flushed.increment(1);
+        metrics.rows.increment(rows as u64);
+        Ok(rows)
     }
 
     /// Flushes to `store` every `every`, in a background task (needs a Tokio runtime).
@@ -118,8 +130,21 @@ impl UsageRecorder {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                if let Err(error) = recorder.flush(&store).await {
-                    tracing::warn!(%error, "could not record API key usage; will retry");
+                match recorder.flush(&store).await {
+                    Ok(_) => {
+                        if recorder.inner.failing.succeed() {
+                            tracing::warn!("API key usage is recorded again");
+                        }
+                    }
+                    // Once per incident: the store is asked again every `every`.
+                    Err(error) if recorder.inner.failing.fail() => tracing::error!(
+                        %error,
+                        "could not record API key usage; will retry (further failures \
+                         are logged at debug level)"
+                    ),
+                    Err(error) => {
+                        tracing::debug!(%error, "could not record API key usage; will retry");
+                    }
                 }
             }
         })

@@ -77,6 +77,45 @@ impl Backend {
     }
 }
 
+/// Installs the Prometheus recorder (before the cache and the layer are built: their
+/// metrics register with the recorder in force then), describes the crate's metrics,
+/// and runs the exporter's upkeep every 5 s (needs a Tokio runtime).
+pub(crate) fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, BoxError> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    tower_api_keys::metrics::describe();
+    // The exporter leaves its upkeep (draining histogram samples) to the caller.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// `GET /metrics`: the metrics in the Prometheus text format. Merge it into the app
+/// after the key layer, so that it is served without a key (keep it off the public
+/// internet, or behind a guard of its own, in production).
+pub(crate) fn metrics_route(handle: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = handle.render();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    )
+}
+
 /// `127.0.0.1:$PORT`, `default_port` without `PORT`.
 pub(crate) async fn bind(default_port: u16) -> Result<tokio::net::TcpListener, BoxError> {
     let port = match std::env::var("PORT") {

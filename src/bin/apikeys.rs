@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tower_api_keys::audit::{Actor, verify_chain};
 use tower_api_keys::key::KeyId;
 use tower_api_keys::limit::RateLimit;
 use tower_api_keys::limit::credits::{Credits, Refill};
@@ -96,6 +97,28 @@ enum Command {
         #[arg(long, conflicts_with_all = ["ratelimits", "credits"])]
         clear: bool,
     },
+    /// The audit trail: verify its hash chains, or export an account's events.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walks the hash chain of each account (or one) and fails naming the first
+    /// broken event.
+    Verify {
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Prints an account's events, oldest first, one JSON object per line.
+    Export {
+        /// The account.
+        #[arg(long)]
+        account: String,
+    },
 }
 
 /// `name:limit:window_seconds`.
@@ -161,6 +184,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let manager = |environment: &Environment| {
         let format = format.clone().with_environment(environment.clone());
         KeyManager::new(store.clone(), CachedVerifier::new(store.clone()), format)
+            .acting(Actor::Cli, None)
     };
     match cli.command {
         Command::Migrate => println!("migrated"),
@@ -259,6 +283,42 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "{}",
                 serde_json::to_string(&limits).map_err(|e| e.to_string())?
             );
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { account },
+        } => {
+            let accounts = match account {
+                Some(account) => vec![account],
+                None => store.audited_accounts().await.map_err(|e| e.to_string())?,
+            };
+            let mut events = 0;
+            for account in &accounts {
+                let trail = store
+                    .audit_trail(account)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Err(broken) = verify_chain(&trail) {
+                    return Err(format!(
+                        "the audit trail of account {account} is broken at event {broken}"
+                    ));
+                }
+                events += trail.len();
+            }
+            println!("verified {events} events in {} accounts", accounts.len());
+        }
+        Command::Audit {
+            command: AuditCommand::Export { account },
+        } => {
+            let trail = store
+                .audit_trail(&account)
+                .await
+                .map_err(|e| e.to_string())?;
+            for event in trail {
+                println!(
+                    "{}",
+                    serde_json::to_string(&event).map_err(|e| e.to_string())?
+                );
+            }
         }
     }
     Ok(())

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 use super::{Decision, RateLimit};
+use crate::metrics::RedisMetrics;
 
 /// The script: `KEYS` one per limit; `ARGV` cost, refund, then per limit the interval
 /// and the window (microseconds). Returns `{allowed, index, remaining, reset, retry}`:
@@ -91,6 +92,8 @@ struct Inner {
     down_until: AtomicU64,
     /// Whether the log has said that Redis is down.
     down: AtomicBool,
+    /// Registered when the limiter is built (see [`metrics`](crate::metrics)).
+    metrics: RedisMetrics,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -129,6 +132,7 @@ impl RedisLimiter {
                 epoch: Instant::now(),
                 down_until: AtomicU64::new(0),
                 down: AtomicBool::new(false),
+                metrics: RedisMetrics::register(),
             }),
         })
     }
@@ -147,6 +151,7 @@ impl RedisLimiter {
                     epoch: Instant::now(),
                     down_until: AtomicU64::new(0),
                     down: AtomicBool::new(false),
+                    metrics: old.metrics.clone(),
                 };
                 change(&mut inner);
                 self.inner = Arc::new(inner);
@@ -204,18 +209,24 @@ impl RedisLimiter {
                 return None;
             }
         }
-        match tokio::time::timeout(inner.timeout, self.run(checks, cost, refund)).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(inner.timeout, self.run(checks, cost, refund)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match answer {
             Ok(Ok(verdict)) => {
+                inner.metrics.ok.record(seconds);
                 if inner.down.swap(false, Ordering::Relaxed) {
                     tracing::warn!("Redis rate limiter answers again; quotas are shared again");
                 }
                 Some(verdict)
             }
             Ok(Err(error)) => {
+                inner.metrics.error.record(seconds);
                 self.fail(&error.to_string());
                 None
             }
             Err(_) => {
+                inner.metrics.timeout.record(seconds);
                 self.fail("timed out");
                 None
             }
@@ -236,6 +247,8 @@ impl RedisLimiter {
                 error,
                 "Redis rate limiter failed; using in-process limits until it answers"
             );
+        } else {
+            tracing::debug!(error, "Redis rate limiter failed again");
         }
     }
 

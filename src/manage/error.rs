@@ -41,11 +41,13 @@ pub enum Invalid {
     /// `invalid_credits`: not `{"remaining", "refill"?}`, a negative or too large
     /// number, an unknown interval, or a day outside 1–31.
     Credits,
+    /// `invalid_query`: a query parameter that is unknown or malformed.
+    Query,
 }
 
 impl Invalid {
     /// Every rule, for documentation and tests.
-    pub const ALL: [Invalid; 13] = [
+    pub const ALL: [Invalid; 14] = [
         Invalid::Body,
         Invalid::Name,
         Invalid::RenameNotAllowed,
@@ -59,6 +61,7 @@ impl Invalid {
         Invalid::Metadata,
         Invalid::RateLimits,
         Invalid::Credits,
+        Invalid::Query,
     ];
 
     /// The stable code.
@@ -78,6 +81,7 @@ impl Invalid {
             Invalid::Metadata => "invalid_metadata",
             Invalid::RateLimits => "invalid_ratelimits",
             Invalid::Credits => "invalid_credits",
+            Invalid::Query => "invalid_query",
         }
     }
 }

@@ -85,11 +85,13 @@ pub use error::{Invalid, ManageError};
 pub use routes::{Ack, KeyRoutes, router, router_with_scope};
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::audit::{Action, Actor, Audit, AuditEvent, AuditPage, AuditQuery};
 use crate::cache::CachedVerifier;
 use crate::error::AuthError;
 use crate::key::{Environment, KeyFormat, KeyId};
@@ -159,6 +161,9 @@ pub struct KeyManager<S, V> {
     parts: Arc<Parts<S, V>>,
     scopes: Arc<[Scope]>,
     id_prefix: Arc<str>,
+    /// Who the audit trail names for changes made through this handle, and from where.
+    actor: Actor,
+    client_ip: Option<IpAddr>,
 }
 
 struct Parts<S, V> {
@@ -173,6 +178,8 @@ impl<S, V> Clone for KeyManager<S, V> {
             parts: Arc::clone(&self.parts),
             scopes: Arc::clone(&self.scopes),
             id_prefix: Arc::clone(&self.id_prefix),
+            actor: self.actor.clone(),
+            client_ip: self.client_ip,
         }
     }
 }
@@ -493,7 +500,29 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             }),
             scopes: Arc::new([Scope::Read, Scope::Write, Scope::Admin]),
             id_prefix: KeyId::DEFAULT_PREFIX.into(),
+            actor: Actor::Operator,
+            client_ip: None,
         }
+    }
+
+    /// A handle whose changes the audit trail records as made by `actor` from
+    /// `client_ip` (default: [`Actor::Operator`], no address). The methods that take a
+    /// calling key (`create`, `update_for`, `rotate_for`) or a [`KeyOwner`] record those
+    /// instead. The `apikeys` CLI acts as [`Actor::Cli`]; the routes as the caller, from
+    /// the peer address.
+    #[must_use]
+    pub fn acting(mut self, actor: Actor, client_ip: Option<IpAddr>) -> Self {
+        self.actor = actor;
+        self.client_ip = client_ip;
+        self
+    }
+
+    fn audit(&self, action: Action) -> Audit {
+        Audit::new(self.actor.clone(), action).from_ip(self.client_ip)
+    }
+
+    fn audit_by(&self, actor: Actor, action: Action) -> Audit {
+        Audit::new(actor, action).from_ip(self.client_ip)
     }
 
     /// Also lets new keys carry `scope` (a custom scope of your API).
@@ -632,8 +661,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             ratelimits,
             credits,
         };
+        let audit = self.audit_by(Actor::Key(creator.key_id().clone()), Action::Created);
         let Some(given) = credits.filter(|_| transfer).map(|c| c.remaining) else {
-            return self.insert(spec, None).await;
+            return self.insert(spec, None, &audit).await;
         };
         let from = CreditSubject::Key(creator.key_id().as_str());
         let taken = self
@@ -660,7 +690,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
                 what: "more credits",
             });
         }
-        let created = self.insert(spec, None).await;
+        let created = self.insert(spec, None, &audit).await;
         if created.is_err() {
             give_back().await;
         }
@@ -673,6 +703,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         &self,
         spec: KeySpec,
         replaces: Option<Replacement>,
+        audit: &Audit,
     ) -> Result<CreatedKey, ManageError> {
         let format = &self.parts.format;
         if !format.environments().contains(&spec.environment) {
@@ -697,7 +728,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         stored.ratelimits = spec.ratelimits;
         stored.credits = spec.credits;
         stored.replaces = replaces;
-        let info = self.parts.store.insert(stored).await?;
+        let info = self.parts.store.insert_audited(stored, audit).await?;
         Ok(CreatedKey::new(key, info))
     }
 
@@ -710,7 +741,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         request: NewKey,
     ) -> Result<CreatedKey, ManageError> {
         let spec = account_key(account_id, environment, request)?;
-        self.insert(spec, None).await
+        self.insert(spec, None, &self.audit(Action::Created)).await
     }
 
     /// Creates a key for a [`KeyOwner`] (a dashboard session, say): in its account and
@@ -736,7 +767,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         }
         let mut spec = account_key(&owner.account_id, owner.environment.clone(), request)?;
         spec.created_by.clone_from(&owner.user_id);
-        self.insert(spec, None).await
+        let audit = self.audit_by(Actor::User(owner.user_id.clone()), Action::Created);
+        self.insert(spec, None, &audit).await
     }
 
     /// Issues a key named like `request` afresh: the account's active key of that name
@@ -766,7 +798,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let replaces = previous
             .first()
             .map(|id| Replacement::new(id.clone(), OffsetDateTime::now_utc()));
-        let created = self.insert(spec, replaces).await?;
+        let created = self
+            .insert(spec, replaces, &self.audit(Action::Reissued))
+            .await?;
         if let Some((replaced, others)) = previous.split_first() {
             self.parts.cache.invalidate_key_id(replaced);
             for id in others {
@@ -802,7 +836,18 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         &self,
         account_id: &str,
         id: &KeyId,
+        changes: KeyChanges,
+    ) -> Result<KeyInfo, ManageError> {
+        let audit = self.audit(Action::Updated);
+        self.update_as(account_id, id, changes, &audit).await
+    }
+
+    async fn update_as(
+        &self,
+        account_id: &str,
+        id: &KeyId,
         mut changes: KeyChanges,
+        audit: &Audit,
     ) -> Result<KeyInfo, ManageError> {
         if let Some(name) = &changes.name {
             changes.name = Some(check_name(name)?);
@@ -822,7 +867,11 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         if let Some(credits) = &changes.credits {
             check_credits(credits.as_ref())?;
         }
-        let info = self.parts.store.update(account_id, id, &changes).await?;
+        let info = self
+            .parts
+            .store
+            .update_audited(account_id, id, &changes, audit)
+            .await?;
         // The cached record carries every field that can change.
         self.parts.cache.invalidate_key_id(id);
         Ok(info)
@@ -876,7 +925,9 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         }
         changes.apply(&mut key);
         check_within(caller, &key)?;
-        self.update(caller.account_id(), id, changes).await
+        let audit = self.audit_by(Actor::Key(caller.key_id().clone()), Action::Updated);
+        self.update_as(caller.account_id(), id, changes, &audit)
+            .await
     }
 
     /// Rotates a key: a new key with the same name, scopes, project, restrictions,
@@ -889,7 +940,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         id: &KeyId,
         overlap: Duration,
     ) -> Result<CreatedKey, ManageError> {
-        self.rotate_checked(account_id, id, overlap, |_| Ok(()))
+        let audit = self.audit(Action::Rotated);
+        self.rotate_checked(account_id, id, overlap, &audit, |_| Ok(()))
             .await
     }
 
@@ -902,7 +954,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         id: &KeyId,
         overlap: Duration,
     ) -> Result<CreatedKey, ManageError> {
-        self.rotate_checked(caller.account_id(), id, overlap, |old| {
+        let audit = self.audit_by(Actor::Key(caller.key_id().clone()), Action::Rotated);
+        self.rotate_checked(caller.account_id(), id, overlap, &audit, |old| {
             check_within(caller, old)
         })
         .await
@@ -913,6 +966,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         account_id: &str,
         id: &KeyId,
         overlap: Duration,
+        audit: &Audit,
         allowed: impl FnOnce(&KeyInfo) -> Result<(), ManageError>,
     ) -> Result<CreatedKey, ManageError> {
         let old = self.parts.store.get(account_id, id).await?;
@@ -926,6 +980,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             .insert(
                 KeySpec::of(old),
                 Some(Replacement::new(id.clone(), ends_at).moving_credits()),
+                audit,
             )
             .await?;
         self.parts.cache.invalidate_key_id(id);
@@ -936,9 +991,23 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
     /// instance whatever the cache TTL, and on others through their
     /// `RevocationListener`.
     pub async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, ManageError> {
-        let info = self.parts.store.revoke(account_id, id).await?;
+        let info = self
+            .parts
+            .store
+            .revoke_audited(account_id, id, &self.audit(Action::Revoked))
+            .await?;
         self.parts.cache.invalidate_key_id(id);
         Ok(info)
+    }
+
+    /// A page of an account's audit events, newest first.
+    pub async fn audit_events(&self, query: &AuditQuery) -> Result<AuditPage, ManageError> {
+        Ok(self.parts.store.audit_events(query).await?)
+    }
+
+    /// Every audit event of an account, oldest first.
+    pub async fn audit_trail(&self, account_id: &str) -> Result<Vec<AuditEvent>, ManageError> {
+        Ok(self.parts.store.audit_trail(account_id).await?)
     }
 
     /// An account's rate limits and balance (shared by all its keys).
@@ -960,7 +1029,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         check_credits(limits.credits.as_ref())?;
         self.parts
             .store
-            .set_account_limits(account_id, &limits)
+            .set_account_limits_audited(account_id, &limits, &self.audit(Action::LimitsChanged))
             .await?;
         self.parts.cache.invalidate_account(account_id);
         Ok(())
@@ -972,7 +1041,10 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         account_id: &str,
         standing: AccountStanding,
     ) -> Result<(), ManageError> {
-        self.parts.store.set_standing(account_id, standing).await?;
+        self.parts
+            .store
+            .set_standing_audited(account_id, standing, &self.audit(Action::StandingChanged))
+            .await?;
         self.parts.cache.invalidate_account(account_id);
         Ok(())
     }

@@ -2,12 +2,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, RawPathParams, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{Invalid, KeyManager, KeyOwner, ManageError, NewKey};
+use crate::audit::{Action, Actor, AuditQuery};
 use crate::error::{Envelope, ErrorResponder};
 use crate::key::{Environment, KeyId};
 use crate::limit::RateLimit;
@@ -215,7 +217,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
                 get(get_one::<S, V>)
                     .patch(update::<S, V>)
                     .delete(revoke::<S, V>),
-            );
+            )
+            .route("/audit-events", get(audit_events::<S, V>));
         let routes = if self.rotation {
             routes.route("/api-keys/{id}/rotate", post(rotate::<S, V>))
         } else {
@@ -263,6 +266,8 @@ type Routes<S, V> = State<Arc<KeyRoutes<S, V>>>;
 struct Caller {
     who: Who,
     responder: Option<Arc<ErrorResponder>>,
+    /// The peer address, for the audit trail.
+    ip: Option<IpAddr>,
 }
 
 enum Who {
@@ -271,6 +276,15 @@ enum Who {
 }
 
 impl Caller {
+    /// `manager`, acting for this caller (as the audit trail records it).
+    fn acting<S: KeyStore, V: KeyVerifier>(&self, manager: &KeyManager<S, V>) -> KeyManager<S, V> {
+        let actor = match &self.who {
+            Who::Key(principal) => Actor::Key(principal.key_id().clone()),
+            Who::Owner(owner) => Actor::User(owner.user_id.clone()),
+        };
+        manager.clone().acting(actor, self.ip)
+    }
+
     fn account_id(&self) -> &str {
         match &self.who {
             Who::Key(principal) => principal.account_id(),
@@ -311,10 +325,11 @@ impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Cal
         routes: &Arc<KeyRoutes<S, V>>,
     ) -> Result<Self, Self::Rejection> {
         let responder = ErrorResponder::in_extensions(&parts.extensions);
+        let ip = crate::client_ip::peer_ip(&parts.extensions);
         if parts.extensions.get::<Principal>().is_none() {
             if let Some(owner) = parts.extensions.get::<KeyOwner>() {
                 let who = Who::Owner(owner.clone());
-                return Ok(Caller { who, responder });
+                return Ok(Caller { who, responder, ip });
             }
         }
         let principal = require(&parts.extensions, routes.scope.as_ref())
@@ -322,6 +337,7 @@ impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Cal
         Ok(Caller {
             who: Who::Key(principal),
             responder,
+            ip,
         })
     }
 }
@@ -560,9 +576,10 @@ async fn create<S: KeyStore, V: KeyVerifier>(
 ) -> Response {
     let result = async {
         let request = create_request(&parse_body(&body)?)?;
+        let manager = caller.acting(&routes.manager);
         let created = match &caller.who {
-            Who::Key(principal) => routes.manager.create(principal, request).await?,
-            Who::Owner(owner) => routes.manager.create_for_owner(owner, request).await?,
+            Who::Key(principal) => manager.create(principal, request).await?,
+            Who::Owner(owner) => manager.create_for_owner(owner, request).await?,
         };
         Ok(routes.created(&created, None))
     };
@@ -637,16 +654,12 @@ async fn update<S: KeyStore, V: KeyVerifier>(
             ));
         }
         owned(&routes, &caller, &id).await?;
+        let manager = caller.acting(&routes.manager);
         let key = match &caller.who {
             // A key changes only keys it could have created itself (it could otherwise
             // lift the restrictions of a broader key).
-            Who::Key(principal) => routes.manager.update_for(principal, &id, changes).await?,
-            Who::Owner(owner) => {
-                routes
-                    .manager
-                    .update(&owner.account_id, &id, changes)
-                    .await?
-            }
+            Who::Key(principal) => manager.update_for(principal, &id, changes).await?,
+            Who::Owner(owner) => manager.update(&owner.account_id, &id, changes).await?,
         };
         Ok(routes.ack(&routes.updated, &key))
     };
@@ -677,14 +690,10 @@ async fn rotate<S: KeyStore, V: KeyVerifier>(
         };
         owned(&routes, &caller, &id).await?;
         let overlap = Duration::from_secs(overlap);
+        let manager = caller.acting(&routes.manager);
         let created = match &caller.who {
-            Who::Key(principal) => routes.manager.rotate_for(principal, &id, overlap).await?,
-            Who::Owner(_) => {
-                routes
-                    .manager
-                    .rotate(caller.account_id(), &id, overlap)
-                    .await?
-            }
+            Who::Key(principal) => manager.rotate_for(principal, &id, overlap).await?,
+            Who::Owner(_) => manager.rotate(caller.account_id(), &id, overlap).await?,
         };
         Ok(routes.created(&created, Some(&id)))
     };
@@ -698,7 +707,10 @@ async fn revoke<S: KeyStore, V: KeyVerifier>(
 ) -> Response {
     let result = async {
         owned(&routes, &caller, &id).await?;
-        let key = routes.manager.revoke(caller.account_id(), &id).await?;
+        let key = caller
+            .acting(&routes.manager)
+            .revoke(caller.account_id(), &id)
+            .await?;
         Ok(routes.ack(&routes.revoked, &key))
     };
     answer(&routes, &caller, result.await)
@@ -744,4 +756,92 @@ mod tests {
         assert_eq!(ok.scopes, Some(Scope::Read.into()));
         assert!(ok.expires_at.is_some());
     }
+}
+
+/// `GET /audit-events?key_id=&action=&from=&to=&cursor=&limit=`: the caller's account
+/// and environment (for a caller locked to a project: its keys' events only), newest
+/// first, `limit` (1–200, default 50) at a time; `next_cursor` continues.
+async fn audit_events<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let result = async {
+        let mut query = AuditQuery::account(caller.account_id());
+        query.environment = Some(caller.environment().as_str().to_owned());
+        let invalid = |what: &str| ManageError::invalid(Invalid::Query, what.to_owned());
+        for (name, value) in form_pairs(raw.as_deref().unwrap_or_default()) {
+            let time = |value: &str| {
+                OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| invalid(&format!("{name} must be an RFC 3339 time")))
+            };
+            match name.as_str() {
+                "key_id" => query.key_id = Some(value),
+                "action" => {
+                    query.action =
+                        Some(Action::parse(&value).ok_or_else(|| invalid("unknown action"))?);
+                }
+                "from" => query.from = Some(time(&value)?),
+                "to" => query.to = Some(time(&value)?),
+                "cursor" => {
+                    query.before = Some(
+                        value
+                            .parse::<i64>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| invalid("cursor is not one this route gave"))?,
+                    );
+                }
+                "limit" => {
+                    query.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=200).contains(n))
+                        .ok_or_else(|| invalid("limit must be 1 to 200"))?;
+                }
+                _ => return Err(invalid(&format!("unknown parameter {name:?}"))),
+            }
+        }
+        let page = routes.manager.audit_events(&query).await?;
+        let mut events = page.events;
+        if caller.project_id().is_some() {
+            // A caller locked to a project sees the events of the keys it manages.
+            let keys = routes.manager.list(caller.account_id()).await?;
+            let mine: Vec<String> = keys
+                .iter()
+                .filter(|key| caller.manages(key))
+                .map(|key| key.id.to_string())
+                .collect();
+            events.retain(|event| event.key_id.as_ref().is_some_and(|id| mine.contains(id)));
+        }
+        let items = events
+            .iter()
+            .map(|event| serde_json::to_value(event).unwrap_or_default())
+            .collect();
+        let mut body = routes.envelope.list(items);
+        if let Value::Object(fields) = &mut body {
+            fields.insert(
+                "next_cursor".into(),
+                page.next
+                    .map_or(Value::Null, |next| Value::String(next.to_string())),
+            );
+        }
+        Ok(axum::Json(body).into_response())
+    };
+    answer(&routes, &caller, result.await)
+}
+
+/// `name=value` pairs of a query string, percent-decoded.
+fn form_pairs(raw: &str) -> Vec<(String, String)> {
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |text: &str| {
+                let text = text.replace('+', " ");
+                crate::percent::decode(&text).map_or(text.clone(), |decoded| decoded.into_owned())
+            };
+            (decode(name), decode(value))
+        })
+        .collect()
 }

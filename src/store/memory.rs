@@ -5,7 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey};
+use super::{
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, key_event,
+    limits_event, standing_event,
+};
+use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery, Draft};
 use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{
     CreditError, CreditGrant, CreditStore, CreditSubject, Credits, may_return, take_from,
@@ -27,9 +31,25 @@ struct Keys {
     by_hash: HashMap<[u8; 32], KeyId>,
     standings: HashMap<String, AccountStanding>,
     limits: HashMap<String, AccountLimits>,
+    /// The audit trail, in order, with positions.
+    events: Vec<(i64, AuditEvent)>,
 }
 
 impl Keys {
+    /// Appends an event, chained after its account's last.
+    fn append(&mut self, draft: Draft) {
+        let account = draft.account_id().to_owned();
+        let previous = self
+            .events
+            .iter()
+            .rev()
+            .find(|(_, event)| event.account_id == account)
+            .map(|(_, event)| event.hash.clone());
+        let seq = self.events.last().map_or(1, |(seq, _)| seq + 1);
+        self.events
+            .push((seq, draft.seal_after(previous.as_deref())));
+    }
+
     /// The balance of `subject`, if it has one.
     fn credits(&mut self, subject: CreditSubject<'_>) -> Option<&mut Credits> {
         match subject {
@@ -113,9 +133,10 @@ impl fmt::Debug for MemoryStore {
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+    async fn insert_audited(&self, key: StoredKey, audit: &Audit) -> Result<KeyInfo, StoreError> {
         let mut keys = self.keys();
-        let replaced = key.replaces.as_ref().map(|r| &r.id);
+        let replaced = key.replaces.as_ref().map(|r| r.id.clone());
+        let replaced = replaced.as_ref();
         let replaceable = |keys: &Keys, id: &KeyId| {
             keys.by_id
                 .get(id)
@@ -166,6 +187,7 @@ impl KeyStore for MemoryStore {
         }
         keys.by_hash.insert(*key.hash.as_bytes(), key.id.clone());
         keys.by_id.insert(key.id, info.clone());
+        keys.append(key_event(audit, None, &info, replaced));
         Ok(info)
     }
 
@@ -185,29 +207,44 @@ impl KeyStore for MemoryStore {
         Self::owned(&mut self.keys(), account_id, id).map(|info| info.clone())
     }
 
-    async fn update(
+    async fn update_audited(
         &self,
         account_id: &str,
         id: &KeyId,
         changes: &KeyChanges,
+        audit: &Audit,
     ) -> Result<KeyInfo, StoreError> {
         let mut keys = self.keys();
         let info = Self::owned(&mut keys, account_id, id)?;
         if info.revoked_at.is_some() {
             return Err(StoreError::NotFound);
         }
+        let before = info.clone();
         changes.apply(info);
         if let Some(credits) = changes.credits {
             info.credits = set_balance(credits);
         }
-        Ok(info.clone())
+        let after = info.clone();
+        keys.append(key_event(audit, Some(&before), &after, None));
+        Ok(after)
     }
 
-    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+    async fn revoke_audited(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        audit: &Audit,
+    ) -> Result<KeyInfo, StoreError> {
         let mut keys = self.keys();
         let info = Self::owned(&mut keys, account_id, id)?;
-        info.revoked_at.get_or_insert_with(OffsetDateTime::now_utc);
-        Ok(info.clone())
+        if info.revoked_at.is_some() {
+            return Ok(info.clone());
+        }
+        let before = info.clone();
+        info.revoked_at = Some(super::now_in_millis());
+        let after = info.clone();
+        keys.append(key_event(audit, Some(&before), &after, None));
+        Ok(after)
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -235,14 +272,18 @@ impl KeyStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn set_standing(
+    async fn set_standing_audited(
         &self,
         account_id: &str,
         standing: AccountStanding,
+        audit: &Audit,
     ) -> Result<(), StoreError> {
-        self.keys()
+        let mut keys = self.keys();
+        let before = keys
             .standings
-            .insert(account_id.to_owned(), standing);
+            .insert(account_id.to_owned(), standing)
+            .unwrap_or_default();
+        keys.append(standing_event(audit, account_id, before, standing));
         Ok(())
     }
 
@@ -255,16 +296,62 @@ impl KeyStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn set_account_limits(
+    async fn set_account_limits_audited(
         &self,
         account_id: &str,
         limits: &AccountLimits,
+        audit: &Audit,
     ) -> Result<(), StoreError> {
         let mut keys = self.keys();
         let mut limits = limits.clone();
         limits.credits = set_balance(limits.credits);
-        keys.limits.insert(account_id.to_owned(), limits);
+        let before = keys
+            .limits
+            .insert(account_id.to_owned(), limits.clone())
+            .unwrap_or_default();
+        keys.append(limits_event(audit, account_id, &before, &limits));
         Ok(())
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let keys = self.keys();
+        let limit = query.limit.clamp(1, 200);
+        let mut events: Vec<(i64, AuditEvent)> = keys
+            .events
+            .iter()
+            .rev()
+            .filter(|(seq, event)| query.matches(*seq, event))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = (events.len() > limit).then(|| events[limit - 1].0);
+        events.truncate(limit);
+        Ok(AuditPage {
+            events: events.into_iter().map(|(_, event)| event).collect(),
+            next,
+        })
+    }
+
+    async fn audit_trail(&self, account_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        Ok(self
+            .keys()
+            .events
+            .iter()
+            .filter(|(_, event)| event.account_id == account_id)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+
+    async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {
+        let mut accounts: Vec<String> = self
+            .keys()
+            .events
+            .iter()
+            .map(|(_, event)| event.account_id.clone())
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        Ok(accounts)
     }
 }
 

@@ -40,9 +40,9 @@ macro_rules! forward_key_store {
     ([$($header:tt)*] |$this:ident| $target:expr) => {
         #[async_trait]
         $($header)* {
-            async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+            async fn insert_audited(&self, key: StoredKey, audit: &crate::audit::Audit) -> Result<KeyInfo, StoreError> {
                 let $this = self;
-                $target.insert(key).await
+                $target.insert_audited(key, audit).await
             }
             async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
                 let $this = self;
@@ -52,13 +52,13 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.get(account_id, id).await
             }
-            async fn update(&self, account_id: &str, id: &KeyId, changes: &KeyChanges) -> Result<KeyInfo, StoreError> {
+            async fn update_audited(&self, account_id: &str, id: &KeyId, changes: &KeyChanges, audit: &crate::audit::Audit) -> Result<KeyInfo, StoreError> {
                 let $this = self;
-                $target.update(account_id, id, changes).await
+                $target.update_audited(account_id, id, changes, audit).await
             }
-            async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+            async fn revoke_audited(&self, account_id: &str, id: &KeyId, audit: &crate::audit::Audit) -> Result<KeyInfo, StoreError> {
                 let $this = self;
-                $target.revoke(account_id, id).await
+                $target.revoke_audited(account_id, id, audit).await
             }
             async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
                 let $this = self;
@@ -72,17 +72,29 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.standing(account_id).await
             }
-            async fn set_standing(&self, account_id: &str, standing: AccountStanding) -> Result<(), StoreError> {
+            async fn set_standing_audited(&self, account_id: &str, standing: AccountStanding, audit: &crate::audit::Audit) -> Result<(), StoreError> {
                 let $this = self;
-                $target.set_standing(account_id, standing).await
+                $target.set_standing_audited(account_id, standing, audit).await
             }
             async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError> {
                 let $this = self;
                 $target.account_limits(account_id).await
             }
-            async fn set_account_limits(&self, account_id: &str, limits: &AccountLimits) -> Result<(), StoreError> {
+            async fn set_account_limits_audited(&self, account_id: &str, limits: &AccountLimits, audit: &crate::audit::Audit) -> Result<(), StoreError> {
                 let $this = self;
-                $target.set_account_limits(account_id, limits).await
+                $target.set_account_limits_audited(account_id, limits, audit).await
+            }
+            async fn audit_events(&self, query: &crate::audit::AuditQuery) -> Result<crate::audit::AuditPage, StoreError> {
+                let $this = self;
+                $target.audit_events(query).await
+            }
+            async fn audit_trail(&self, account_id: &str) -> Result<Vec<crate::audit::AuditEvent>, StoreError> {
+                let $this = self;
+                $target.audit_trail(account_id).await
+            }
+            async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {
+                let $this = self;
+                $target.audited_accounts().await
             }
         }
     };
@@ -109,6 +121,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::audit::{Action, Audit, AuditEvent, AuditPage, AuditQuery, Draft};
 use crate::key::{ApiKey, Environment, KeyFormat, KeyHash, KeyId};
 use crate::limit::RateLimit;
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject, Credits};
@@ -383,6 +396,52 @@ impl StoredKey {
     }
 }
 
+/// The audit event of a change to a key: the fields of `after` that differ from
+/// `before` (`None` for a new key), and the key a new one replaces.
+pub(crate) fn key_event(
+    audit: &Audit,
+    before: Option<&KeyInfo>,
+    after: &KeyInfo,
+    replaces: Option<&KeyId>,
+) -> Draft {
+    let before = before.map(|key| serde_json::to_value(key).unwrap_or_default());
+    let mut after_json = serde_json::to_value(after).unwrap_or_default();
+    if let (Some(old), Some(fields)) = (replaces, after_json.as_object_mut()) {
+        fields.insert("replaces".into(), old.as_str().into());
+    }
+    Draft::of(audit, &after.account_id)
+        .key(after.id.as_str())
+        .environment(after.environment.as_str())
+        .changes(before.as_ref(), &after_json, &["last_used_at"])
+}
+
+/// The audit event of an account's standing changing.
+pub(crate) fn standing_event(
+    audit: &Audit,
+    account_id: &str,
+    before: AccountStanding,
+    after: AccountStanding,
+) -> Draft {
+    let json = |standing: AccountStanding| {
+        serde_json::json!({
+            "past_due_since": standing.past_due_since.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()),
+            "grace_days": standing.grace_days,
+        })
+    };
+    Draft::of(audit, account_id).changes(Some(&json(before)), &json(after), &[])
+}
+
+/// The audit event of an account's limits changing.
+pub(crate) fn limits_event(
+    audit: &Audit,
+    account_id: &str,
+    before: &AccountLimits,
+    after: &AccountLimits,
+) -> Draft {
+    let json = |limits: &AccountLimits| serde_json::to_value(limits).unwrap_or_default();
+    Draft::of(audit, account_id).changes(Some(&json(before)), &json(after), &[])
+}
+
 /// Now, truncated to milliseconds: the precision every store keeps.
 pub(crate) fn now_in_millis() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
@@ -531,8 +590,20 @@ pub trait KeyStore: KeyVerifier + CreditStore {
     /// the key's environment ([`StoreError::LimitReached`]; keys revoked or past their
     /// expiry do not count, nor does the key it replaces). Checking and inserting (and
     /// ending the key it [replaces](StoredKey::replaces), which must be active: else
-    /// [`StoreError::NotFound`]) are one atomic step.
-    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError>;
+    /// [`StoreError::NotFound`]) and appending the audit event (`audit`: who, which
+    /// action, from where) are one atomic step.
+    async fn insert_audited(&self, key: StoredKey, audit: &Audit) -> Result<KeyInfo, StoreError>;
+
+    /// [`insert_audited`](Self::insert_audited) by an operator (`key.created`, or
+    /// `key.rotated` for a replacement).
+    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+        let action = if key.replaces.is_some() {
+            Action::Rotated
+        } else {
+            Action::Created
+        };
+        self.insert_audited(key, &Audit::operator(action)).await
+    }
 
     /// The account's active (not revoked) keys, oldest first.
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError>;
@@ -540,23 +611,48 @@ pub trait KeyStore: KeyVerifier + CreditStore {
     /// One key of the account, revoked or not.
     async fn get(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
 
-    /// Changes an active key's name, restrictions, scopes and/or expiry
-    /// ([`StoreError::NotFound`] for a revoked key, which stays as it was revoked).
+    /// Changes an active key's name, restrictions, scopes, expiry, end user, metadata,
+    /// rate limits and/or credits ([`StoreError::NotFound`] for a revoked key, which
+    /// stays as it was revoked), with its audit event (the fields before and after), in
+    /// one transaction.
+    async fn update_audited(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        changes: &KeyChanges,
+        audit: &Audit,
+    ) -> Result<KeyInfo, StoreError>;
+
+    /// [`update_audited`](Self::update_audited) by an operator.
     async fn update(
         &self,
         account_id: &str,
         id: &KeyId,
         changes: &KeyChanges,
-    ) -> Result<KeyInfo, StoreError>;
+    ) -> Result<KeyInfo, StoreError> {
+        let audit = Audit::operator(Action::Updated);
+        self.update_audited(account_id, id, changes, &audit).await
+    }
 
-    /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation
-    /// time.
+    /// Revokes a key. Revoking a revoked key succeeds, keeps the first revocation time
+    /// and writes no event.
     ///
     /// Stores shared by many instances publish every change that affects verification
-    /// (insert with a replacement, update, revoke, set_standing) in the same
-    /// transaction, so that every instance's cache drops it: see `PostgresStore`
-    /// (feature `postgres`).
-    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError>;
+    /// (insert with a replacement, update, revoke, set_standing, set_account_limits) in
+    /// the same transaction, so that every instance's cache drops it: see
+    /// `PostgresStore` (feature `postgres`).
+    async fn revoke_audited(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        audit: &Audit,
+    ) -> Result<KeyInfo, StoreError>;
+
+    /// [`revoke_audited`](Self::revoke_audited) by an operator.
+    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+        self.revoke_audited(account_id, id, &Audit::operator(Action::Revoked))
+            .await
+    }
 
     /// Records when keys were last used (a batch, from the usage recorder); one
     /// statement per batch in the SQL stores.
@@ -569,25 +665,59 @@ pub trait KeyStore: KeyVerifier + CreditStore {
     /// The account's billing standing (good standing if the account is not known).
     async fn standing(&self, account_id: &str) -> Result<AccountStanding, StoreError>;
 
-    /// Sets the account's billing standing. Keys already cached keep the old standing
-    /// until invalidated: [`KeyManager`](crate::manage::KeyManager) does that for you.
+    /// Sets the account's billing standing, with its audit event. Keys already cached
+    /// keep the old standing until invalidated: [`KeyManager`](crate::manage::KeyManager)
+    /// does that for you.
+    async fn set_standing_audited(
+        &self,
+        account_id: &str,
+        standing: AccountStanding,
+        audit: &Audit,
+    ) -> Result<(), StoreError>;
+
+    /// [`set_standing_audited`](Self::set_standing_audited) by an operator.
     async fn set_standing(
         &self,
         account_id: &str,
         standing: AccountStanding,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let audit = Audit::operator(Action::StandingChanged);
+        self.set_standing_audited(account_id, standing, &audit)
+            .await
+    }
 
     /// The account's rate limits and balance (none if the account is not known).
     async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError>;
 
     /// Sets the account's rate limits and balance (the balance's epoch moves on, so
-    /// credits leased before are not returned into it). Stores shared by many
-    /// instances publish the change per account.
+    /// credits leased before are not returned into it), with its audit event. Stores
+    /// shared by many instances publish the change per account.
+    async fn set_account_limits_audited(
+        &self,
+        account_id: &str,
+        limits: &AccountLimits,
+        audit: &Audit,
+    ) -> Result<(), StoreError>;
+
+    /// [`set_account_limits_audited`](Self::set_account_limits_audited) by an operator.
     async fn set_account_limits(
         &self,
         account_id: &str,
         limits: &AccountLimits,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let audit = Audit::operator(Action::LimitsChanged);
+        self.set_account_limits_audited(account_id, limits, &audit)
+            .await
+    }
+
+    /// A page of an account's audit events, newest first.
+    async fn audit_events(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+
+    /// Every event of an account, oldest first (to verify the chain or export it).
+    async fn audit_trail(&self, account_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// The accounts that have audit events.
+    async fn audited_accounts(&self) -> Result<Vec<String>, StoreError>;
 }
 
 #[async_trait]

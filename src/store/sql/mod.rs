@@ -22,11 +22,13 @@ use sqlx::Database;
 use time::OffsetDateTime;
 
 use super::{KeyInfo, StoreError, StoredKey};
+use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery, Draft};
 use crate::key::{Environment, KeyId};
 use crate::limit::RateLimit;
 use crate::limit::credits::{CreditGrant, CreditSubject, Credits, take_from};
 use crate::record::{AccountLimits, AccountStanding, Metadata};
 use crate::restriction::Restrictions;
+use crate::store::key_event;
 
 /// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
 /// them (`$alias` is the table alias with its dot, or nothing).
@@ -799,4 +801,287 @@ where
         move_credits::<D>(conn, &replacement.id, &key.id).await?;
     }
     Ok(())
+}
+
+/// The columns of `audit_events`, as [`read_event`] reads them.
+const AUDIT_COLUMNS: &str = "seq, id, at, account_id, environment, actor, action, key_id, \
+     CAST(changes AS TEXT), client_ip, prev_hash, hash";
+
+/// An event and its position in a row of [`AUDIT_COLUMNS`].
+pub(crate) fn read_event<D: Dialect>(
+    row: &<D::Db as Database>::Row,
+) -> Result<(i64, AuditEvent), StoreError> {
+    let text = |index, column| {
+        D::text(row, index)
+            .map_err(backend)?
+            .ok_or_else(|| corrupt_event(column))
+    };
+    let changes = text(8, "changes")?;
+    let event = AuditEvent {
+        id: text(1, "id")?,
+        at: D::time(row, 2)
+            .map_err(backend)?
+            .ok_or_else(|| corrupt_event("at"))?,
+        account_id: text(3, "account_id")?,
+        environment: D::text(row, 4).map_err(backend)?,
+        actor: text(5, "actor")?,
+        action: text(6, "action")?,
+        key_id: D::text(row, 7).map_err(backend)?,
+        changes: serde_json::from_str(&changes).map_err(|_| corrupt_event("changes"))?,
+        client_ip: D::text(row, 9).map_err(backend)?,
+        prev_hash: text(10, "prev_hash")?,
+        hash: text(11, "hash")?,
+    };
+    Ok((D::int(row, 0).map_err(backend)?, event))
+}
+
+fn corrupt_event(column: &str) -> StoreError {
+    StoreError::Backend(format!("audit_events.{column} holds an unreadable value").into())
+}
+
+/// Makes sure the account row exists and locks it until the transaction ends (where
+/// the dialect must: SQLite's write transaction holds the database already), so that
+/// changes of one account, and their events, queue.
+pub(crate) async fn lock_account<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    account_id: &str,
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    D::bind_text(sqlx::query(ENSURE_ACCOUNT), Some(account_id))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    if let Some(lock) = D::LOCK_ACCOUNT {
+        D::bind_text(sqlx::query(lock), Some(account_id))
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Appends `draft` to its account's chain on `conn`, inside the caller's transaction:
+/// the account row (locked where the dialect must, so that concurrent changes of one
+/// account chain one after the other), the account's last hash, the sealed event.
+pub(crate) async fn append_event<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    draft: Draft,
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let account = Some(draft.account_id().to_owned());
+    lock_account::<D>(conn, draft.account_id()).await?;
+    let last = D::bind_text(
+        sqlx::query(
+            "SELECT hash FROM audit_events WHERE account_id = $1 ORDER BY seq DESC LIMIT 1",
+        ),
+        account.as_deref(),
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(backend)?;
+    let previous = match last.first() {
+        Some(row) => D::text(row, 0).map_err(backend)?,
+        None => None,
+    };
+    let event = draft.seal_after(previous.as_deref());
+    let changes = event.changes.to_string();
+    let insert = format!(
+        "INSERT INTO audit_events (id, at, account_id, environment, actor, action, key_id, \
+         changes, client_ip, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, {}, $9, \
+         $10, $11)",
+        D::JSON_PARAM.replace("$n", "$8")
+    );
+    let query = D::bind_text(sqlx::query(&insert), Some(&event.id));
+    let query = D::bind_time(query, Some(event.at));
+    let query = D::bind_text(query, Some(&event.account_id));
+    let query = D::bind_text(query, event.environment.as_deref());
+    let query = D::bind_text(query, Some(&event.actor));
+    let query = D::bind_text(query, Some(&event.action));
+    let query = D::bind_text(query, event.key_id.as_deref());
+    let query = D::bind_text(query, Some(&changes));
+    let query = D::bind_text(query, event.client_ip.as_deref());
+    let query = D::bind_text(query, Some(&event.prev_hash));
+    D::bind_text(query, Some(&event.hash))
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// A page of events for `query`, newest first.
+pub(crate) async fn audit_events<'e, D, E>(
+    executor: E,
+    query: &AuditQuery,
+) -> Result<AuditPage, StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    let limit = query.limit.clamp(1, 200);
+    let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE account_id = $1");
+    let mut n = 1;
+    let mut param = |sql: &mut String, condition: &str| {
+        n += 1;
+        sql.push_str(&condition.replace("$n", &format!("${n}")));
+    };
+    if query.environment.is_some() {
+        param(&mut sql, " AND (environment IS NULL OR environment = $n)");
+    }
+    if query.key_id.is_some() {
+        param(&mut sql, " AND key_id = $n");
+    }
+    if query.action.is_some() {
+        param(&mut sql, " AND action = $n");
+    }
+    if query.from.is_some() {
+        param(&mut sql, " AND at >= $n");
+    }
+    if query.to.is_some() {
+        param(&mut sql, " AND at < $n");
+    }
+    if query.before.is_some() {
+        param(&mut sql, " AND seq < $n");
+    }
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", limit + 1));
+    let mut bound = D::bind_text(sqlx::query(&sql), Some(&query.account_id));
+    if let Some(environment) = &query.environment {
+        bound = D::bind_text(bound, Some(environment));
+    }
+    if let Some(key_id) = &query.key_id {
+        bound = D::bind_text(bound, Some(key_id));
+    }
+    if let Some(action) = query.action {
+        bound = D::bind_text(bound, Some(action.as_str()));
+    }
+    if let Some(from) = query.from {
+        bound = D::bind_time(bound, Some(from));
+    }
+    if let Some(to) = query.to {
+        bound = D::bind_time(bound, Some(to));
+    }
+    if let Some(before) = query.before {
+        bound = D::bind_int(bound, before);
+    }
+    let rows = bound.fetch_all(executor).await.map_err(backend)?;
+    let mut events = rows
+        .iter()
+        .map(read_event::<D>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = (events.len() > limit).then(|| events[limit - 1].0);
+    events.truncate(limit);
+    Ok(AuditPage {
+        events: events.into_iter().map(|(_, event)| event).collect(),
+        next,
+    })
+}
+
+/// Every event of an account, oldest first.
+pub(crate) async fn audit_trail<'e, D, E>(
+    executor: E,
+    account_id: &str,
+) -> Result<Vec<AuditEvent>, StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    let sql =
+        format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE account_id = $1 ORDER BY seq");
+    let rows = D::bind_text(sqlx::query(&sql), Some(account_id))
+        .fetch_all(executor)
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|row| read_event::<D>(row).map(|(_, event)| event))
+        .collect()
+}
+
+/// The accounts with events.
+pub(crate) async fn audited_accounts<'e, D, E>(executor: E) -> Result<Vec<String>, StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    let rows = sqlx::query("SELECT DISTINCT account_id FROM audit_events ORDER BY account_id")
+        .fetch_all(executor)
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|row| required(D::text(row, 0), "account_id"))
+        .collect()
+}
+
+/// [`insert_key`] and its audit event, inside the caller's transaction.
+pub(crate) async fn insert_audited<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    key: &StoredKey,
+    limit: usize,
+    audit: &Audit,
+) -> Result<KeyInfo, StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    insert_key::<D>(conn, key, limit).await?;
+    let info = key.info();
+    let replaced = key.replaces.as_ref().map(|r| &r.id);
+    append_event::<D>(conn, key_event(audit, None, &info, replaced)).await?;
+    Ok(info)
+}
+
+/// A key's update and its audit event (the fields before and after), inside the
+/// caller's transaction.
+pub(crate) async fn update_audited<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    account_id: &str,
+    id: &KeyId,
+    changes: &crate::store::KeyChanges,
+    audit: &Audit,
+) -> Result<KeyInfo, StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    lock_account::<D>(conn, account_id).await?;
+    let before = fetch_key::<D, _>(&mut *conn, get_key::<D>(account_id, id)).await?;
+    let (sql, stored) = (update_key_sql::<D>(), StoredChanges::of(changes));
+    let query = update_key::<D>(&sql, account_id, id, &stored);
+    let after = fetch_key::<D, _>(&mut *conn, query).await?;
+    append_event::<D>(conn, key_event(audit, Some(&before), &after, None)).await?;
+    Ok(after)
+}
+
+/// A key's revocation and its audit event, inside the caller's transaction; a key
+/// revoked before is returned as it is, with no event. `Ok(None)` when nothing changed.
+pub(crate) async fn revoke_audited<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    account_id: &str,
+    id: &KeyId,
+    audit: &Audit,
+) -> Result<(KeyInfo, bool), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    lock_account::<D>(conn, account_id).await?;
+    let before = fetch_key::<D, _>(&mut *conn, get_key::<D>(account_id, id)).await?;
+    if before.revoked_at.is_some() {
+        return Ok((before, false));
+    }
+    let after = fetch_key::<D, _>(&mut *conn, revoke_key::<D>(account_id, id)).await?;
+    append_event::<D>(conn, key_event(audit, Some(&before), &after, None)).await?;
+    Ok((after, true))
 }

@@ -15,16 +15,17 @@ use time::OffsetDateTime;
 
 use super::{
     AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
-    SET_STANDING, StoredChanges, account_refill_json, backend, fetch_key, fetch_keys,
-    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits, read_key,
-    read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
-    update_key_sql,
+    SET_STANDING, account_refill_json, append_event, backend, fetch_key, fetch_keys,
+    find_key_by_id, get_key, list_keys, ratelimits_json, read_account_limits, read_key,
+    read_standing, set_account_limits, set_account_limits_sql,
 };
+use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery};
 use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
 use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, limits_event,
+    standing_event,
 };
 use crate::verify::{KeyVerifier, VerifyError};
 
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/sqlite/0003_limits.sql"),
     ),
+    (4, include_str!("../../../migrations/sqlite/0004_audit.sql")),
 ];
 
 /// The embedded store: one SQLite file (WAL mode), for one process. Keys survive
@@ -210,11 +212,11 @@ impl SqliteStore {
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+    async fn insert_audited(&self, key: StoredKey, audit: &Audit) -> Result<KeyInfo, StoreError> {
         let mut tx = self.write_transaction().await?;
-        insert_key::<SqliteDialect>(&mut tx, &key, self.limit).await?;
+        let info = super::insert_audited::<SqliteDialect>(&mut tx, &key, self.limit, audit).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(key.info())
+        Ok(info)
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
@@ -225,11 +227,12 @@ impl KeyStore for SqliteStore {
         fetch_key::<SqliteDialect, _>(&self.pool, get_key::<SqliteDialect>(account_id, id)).await
     }
 
-    async fn update(
+    async fn update_audited(
         &self,
         account_id: &str,
         id: &KeyId,
         changes: &KeyChanges,
+        audit: &Audit,
     ) -> Result<KeyInfo, StoreError> {
         // Every statement is stepped to completion (`fetch_all`, never
         // `fetch_optional`): one that is not keeps its transaction open on the pooled
@@ -237,17 +240,24 @@ impl KeyStore for SqliteStore {
         // returns, and a `SELECT` would keep a read snapshot that later queries on that
         // connection share (the soak test caught revoked keys accepted for
         // milliseconds).
-        let (sql, changes) = (
-            update_key_sql::<SqliteDialect>(),
-            StoredChanges::of(changes),
-        );
-        let query = update_key::<SqliteDialect>(&sql, account_id, id, &changes);
-        fetch_key::<SqliteDialect, _>(&self.pool, query).await
+        let mut tx = self.write_transaction().await?;
+        let key =
+            super::update_audited::<SqliteDialect>(&mut tx, account_id, id, changes, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(key)
     }
 
-    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
-        let query = revoke_key::<SqliteDialect>(account_id, id);
-        fetch_key::<SqliteDialect, _>(&self.pool, query).await
+    async fn revoke_audited(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        audit: &Audit,
+    ) -> Result<KeyInfo, StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let (key, _) =
+            super::revoke_audited::<SqliteDialect>(&mut tx, account_id, id, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(key)
     }
 
     async fn touch(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -289,19 +299,32 @@ impl KeyStore for SqliteStore {
         }
     }
 
-    async fn set_standing(
+    async fn set_standing_audited(
         &self,
         account_id: &str,
         standing: AccountStanding,
+        audit: &Audit,
     ) -> Result<(), StoreError> {
+        let mut tx = self.write_transaction().await?;
+        let rows = sqlx::query(GET_STANDING)
+            .bind(account_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let before = match rows.first() {
+            Some(row) => read_standing::<SqliteDialect>(row, 0)?,
+            None => AccountStanding::default(),
+        };
         sqlx::query(SET_STANDING)
             .bind(account_id)
             .bind(standing.past_due_since.map(to_ms))
             .bind(i64::from(standing.grace_days))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(())
+        let event = standing_event(audit, account_id, before, standing);
+        append_event::<SqliteDialect>(&mut tx, event).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn account_limits(&self, account_id: &str) -> Result<AccountLimits, StoreError> {
@@ -316,21 +339,46 @@ impl KeyStore for SqliteStore {
         }
     }
 
-    async fn set_account_limits(
+    async fn set_account_limits_audited(
         &self,
         account_id: &str,
         limits: &AccountLimits,
+        audit: &Audit,
     ) -> Result<(), StoreError> {
         let (sql, ratelimits) = (
             set_account_limits_sql::<SqliteDialect>(),
             ratelimits_json(&limits.ratelimits),
         );
         let refill = account_refill_json(limits);
-        set_account_limits::<SqliteDialect>(&sql, account_id, &ratelimits, limits, &refill)
-            .execute(&self.pool)
+        let mut tx = self.write_transaction().await?;
+        let rows = sqlx::query(GET_ACCOUNT_LIMITS)
+            .bind(account_id)
+            .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
-        Ok(())
+        let before = match rows.first() {
+            Some(row) => read_account_limits::<SqliteDialect>(row, 0)?,
+            None => AccountLimits::none(),
+        };
+        set_account_limits::<SqliteDialect>(&sql, account_id, &ratelimits, limits, &refill)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let event = limits_event(audit, account_id, &before, limits);
+        append_event::<SqliteDialect>(&mut tx, event).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        super::audit_events::<SqliteDialect, _>(&self.pool, query).await
+    }
+
+    async fn audit_trail(&self, account_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        super::audit_trail::<SqliteDialect, _>(&self.pool, account_id).await
+    }
+
+    async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {
+        super::audited_accounts::<SqliteDialect, _>(&self.pool).await
     }
 }
 

@@ -17,16 +17,17 @@ use time::OffsetDateTime;
 use self::listener::Notice;
 use super::{
     AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
-    SET_STANDING, StoredChanges, account_refill_json, backend, fetch_key, fetch_keys,
-    find_key_by_id, get_key, insert_key, list_keys, ratelimits_json, read_account_limits, read_key,
-    read_standing, revoke_key, set_account_limits, set_account_limits_sql, update_key,
-    update_key_sql,
+    SET_STANDING, account_refill_json, append_event, backend, fetch_key, fetch_keys,
+    find_key_by_id, get_key, list_keys, lock_account, ratelimits_json, read_account_limits,
+    read_key, read_standing, set_account_limits, set_account_limits_sql,
 };
+use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery};
 use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
 use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, limits_event,
+    standing_event,
 };
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
@@ -43,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../../../migrations/postgres/0003_limits.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../../migrations/postgres/0004_audit.sql"),
     ),
 ];
 
@@ -231,15 +236,16 @@ impl PostgresStore {
 
 #[async_trait]
 impl KeyStore for PostgresStore {
-    async fn insert(&self, key: StoredKey) -> Result<KeyInfo, StoreError> {
+    async fn insert_audited(&self, key: StoredKey, audit: &Audit) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        insert_key::<PostgresDialect>(&mut tx, &key, self.limit).await?;
+        let info =
+            super::insert_audited::<PostgresDialect>(&mut tx, &key, self.limit, audit).await?;
         if let Some(replacement) = &key.replaces {
             self.notify(&mut tx, &Notice::Key(replacement.id.clone()))
                 .await?;
         }
         tx.commit().await.map_err(backend)?;
-        Ok(key.info())
+        Ok(info)
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
@@ -251,28 +257,30 @@ impl KeyStore for PostgresStore {
             .await
     }
 
-    async fn update(
+    async fn update_audited(
         &self,
         account_id: &str,
         id: &KeyId,
         changes: &KeyChanges,
+        audit: &Audit,
     ) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let (sql, changes) = (
-            update_key_sql::<PostgresDialect>(),
-            StoredChanges::of(changes),
-        );
-        let query = update_key::<PostgresDialect>(&sql, account_id, id, &changes);
-        let key = fetch_key::<PostgresDialect, _>(&mut *tx, query).await?;
+        let key = super::update_audited::<PostgresDialect>(&mut tx, account_id, id, changes, audit)
+            .await?;
         self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
         Ok(key)
     }
 
-    async fn revoke(&self, account_id: &str, id: &KeyId) -> Result<KeyInfo, StoreError> {
+    async fn revoke_audited(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        audit: &Audit,
+    ) -> Result<KeyInfo, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let query = revoke_key::<PostgresDialect>(account_id, id);
-        let key = fetch_key::<PostgresDialect, _>(&mut *tx, query).await?;
+        let (key, _) =
+            super::revoke_audited::<PostgresDialect>(&mut tx, account_id, id, audit).await?;
         self.notify(&mut tx, &Notice::Key(id.clone())).await?;
         tx.commit().await.map_err(backend)?;
         Ok(key)
@@ -316,12 +324,23 @@ impl KeyStore for PostgresStore {
         }
     }
 
-    async fn set_standing(
+    async fn set_standing_audited(
         &self,
         account_id: &str,
         standing: AccountStanding,
+        audit: &Audit,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        lock_account::<PostgresDialect>(&mut tx, account_id).await?;
+        let row = sqlx::query(GET_STANDING)
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let before = match row {
+            Some(row) => read_standing::<PostgresDialect>(&row, 0)?,
+            None => AccountStanding::default(),
+        };
         sqlx::query(SET_STANDING)
             .bind(account_id)
             .bind(standing.past_due_since)
@@ -329,6 +348,8 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        let event = standing_event(audit, account_id, before, standing);
+        append_event::<PostgresDialect>(&mut tx, event).await?;
         self.notify(&mut tx, &Notice::Account(account_id.to_owned()))
             .await?;
         tx.commit().await.map_err(backend)
@@ -346,10 +367,11 @@ impl KeyStore for PostgresStore {
         }
     }
 
-    async fn set_account_limits(
+    async fn set_account_limits_audited(
         &self,
         account_id: &str,
         limits: &AccountLimits,
+        audit: &Audit,
     ) -> Result<(), StoreError> {
         let (sql, ratelimits) = (
             set_account_limits_sql::<PostgresDialect>(),
@@ -357,13 +379,37 @@ impl KeyStore for PostgresStore {
         );
         let refill = account_refill_json(limits);
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        lock_account::<PostgresDialect>(&mut tx, account_id).await?;
+        let row = sqlx::query(GET_ACCOUNT_LIMITS)
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let before = match row {
+            Some(row) => read_account_limits::<PostgresDialect>(&row, 0)?,
+            None => AccountLimits::none(),
+        };
         set_account_limits::<PostgresDialect>(&sql, account_id, &ratelimits, limits, &refill)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        let event = limits_event(audit, account_id, &before, limits);
+        append_event::<PostgresDialect>(&mut tx, event).await?;
         self.notify(&mut tx, &Notice::Account(account_id.to_owned()))
             .await?;
         tx.commit().await.map_err(backend)
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        super::audit_events::<PostgresDialect, _>(&self.pool, query).await
+    }
+
+    async fn audit_trail(&self, account_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
+        super::audit_trail::<PostgresDialect, _>(&self.pool, account_id).await
+    }
+
+    async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {
+        super::audited_accounts::<PostgresDialect, _>(&self.pool).await
     }
 }
 
