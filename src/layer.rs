@@ -142,17 +142,37 @@ impl<V: KeyVerifier> Shared<V> {
         match found {
             Lookup::Unknown => Err(AuthError::InvalidKey),
             Lookup::Found(record) => {
-                self.policy.check(&record, request)?;
+                if let Err(error) = self.policy.check(&record, request) {
+                    self.count(&record, request, error.code());
+                    return Err(error);
+                }
                 let cost = self.cost_of(request);
                 let spent = match self.meter.spend(&record, cost, 0) {
-                    Spent::Now(Err(error)) => return Err(error),
+                    Spent::Now(Err(error)) => {
+                        self.count(&record, request, error.code());
+                        return Err(error);
+                    }
                     spent => spent,
                 };
-                if let Some(usage) = &self.usage {
-                    usage.record(&record, self.policy.now());
+                if matches!(spent, Spent::Now(_)) {
+                    self.count(&record, request, "accepted");
                 }
                 Ok((Principal::new(record), spent))
             }
+        }
+    }
+
+    /// Counts a request that reached `record`'s key, by outcome, for its hourly usage
+    /// (when the layer records usage).
+    fn count(
+        &self,
+        record: &Arc<crate::record::KeyRecord>,
+        request: &RequestView<'_>,
+        outcome: &'static str,
+    ) {
+        if let Some(usage) = &self.usage {
+            let ip = self.policy.client_ip_of(request);
+            usage.count(record, self.policy.now(), outcome, ip);
         }
     }
 
@@ -578,7 +598,14 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let verification: VerifyFuture<ReqBody> = Box::pin(async move {
-            match spending.await {
+            let outcome = spending.await;
+            if let Some(principal) = request.extensions().get::<Principal>() {
+                let code = outcome
+                    .as_ref()
+                    .map_or_else(AuthError::code, |_| "accepted");
+                shared.count(&principal.shared_record(), &RequestView::of(&request), code);
+            }
+            match outcome {
                 Ok(quota) => {
                     if let Some(principal) = request.extensions().get::<Principal>() {
                         record_accepted(&shared, &span, principal);
@@ -655,7 +682,13 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                 Ok(found) => match shared.decide(found, &RequestView::of(&request)) {
                     Ok((principal, Spent::Now(quota))) => quota.map(|quota| (principal, quota)),
                     Ok((principal, Spent::Later(spending))) => {
-                        spending.await.map(|quota| (principal, quota))
+                        let outcome = spending.await;
+                        let code = outcome
+                            .as_ref()
+                            .map_or_else(AuthError::code, |_| "accepted");
+                        let record = principal.shared_record();
+                        shared.count(&record, &RequestView::of(&request), code);
+                        outcome.map(|quota| (principal, quota))
                     }
                     Err(error) => Err(error),
                 },

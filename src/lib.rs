@@ -78,14 +78,14 @@
 //! [`scope`] and [`limit`] (rate limits, credits, Redis); [`record`] and [`principal`];
 //! [`verify`] and [`cache`]; [`policy`]; [`error`]; [`meter`] (what a request spends,
 //! route costs); [`layer`], `extract` and [`guard`]; [`store`]; [`usage`]; [`manage`].
-//! [`metrics`](crate::metrics) (the metric handles and the once-per-incident logging
+//! [`metrics`] (the metric handles and the once-per-incident logging
 //! of backend faults) is below them all.
 //!
 //! # Metrics and logs
 //!
 //! Verifications by outcome, cache hits and misses, invalidations, usage flushes, and
 //! the latency of the verifier and of Redis are recorded through the `metrics` facade
-//! (the application installs the exporter; see [`metrics`](crate::metrics) for the
+//! (the application installs the exporter; see [`metrics`] for the
 //! table of names and labels). Each request has one span at debug level; backend
 //! faults are logged at error level once per incident, not once per request.
 //!

@@ -182,11 +182,11 @@ impl Outcomes {
         self.counters[0].increment(1);
     }
 
-    /// Counts `outcome` (a value of the set; another is not counted).
+    /// Counts `outcome` (a value of the set; another is not counted: the unit tests
+    /// check that every code the layer refuses with is in [`OUTCOMES`]).
     pub(crate) fn count(&self, outcome: &str) {
-        match self.values.iter().position(|value| *value == outcome) {
-            Some(at) => self.counters[at].increment(1),
-            None => debug_assert!(false, "{outcome} is not a metrics outcome"),
+        if let Some(at) = self.values.iter().position(|value| *value == outcome) {
+            self.counters[at].increment(1);
         }
     }
 }

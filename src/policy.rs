@@ -423,6 +423,13 @@ impl Policy {
         self
     }
 
+    /// The client's address of `request`: the peer, or behind the trusted proxies the
+    /// right-most untrusted `X-Forwarded-For` entry (see [`client_ip`]).
+    #[must_use]
+    pub fn client_ip_of(&self, request: &RequestView<'_>) -> Option<std::net::IpAddr> {
+        client_ip(request.extensions, request.headers, &self.trusted_proxies)
+    }
+
     /// The current time by this policy's clock.
     #[must_use]
     pub fn now(&self) -> OffsetDateTime {

@@ -63,6 +63,9 @@ pub struct KeyRecord {
     /// When the usage recorder last noted this key (unix seconds); runtime state, not
     /// data: ignored by `==`, reset by `clone`.
     pub(crate) last_seen: LastSeen,
+    /// Requests of this record not yet flushed, by hour, outcome and client address;
+    /// runtime state like `last_seen`.
+    pub(crate) usage: UsageCell,
 }
 
 /// An account's billing standing: since when it is past due, and for how long it keeps
@@ -135,6 +138,7 @@ impl KeyRecord {
             metadata: Metadata::new(),
             limits: KeyLimits::default(),
             last_seen: LastSeen::default(),
+            usage: UsageCell::default(),
         }
     }
 
@@ -385,6 +389,94 @@ pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// The most bytes a key's metadata takes as JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// Requests of one record not yet flushed: per hour (unix seconds of its start), the
+/// outcomes and client addresses. One short lock per request, of this key's cell only.
+#[derive(Default)]
+pub(crate) struct UsageCell {
+    /// Whether the usage recorder holds this record for its next flush.
+    pub(crate) registered: std::sync::atomic::AtomicBool,
+    pub(crate) hours: std::sync::Mutex<Vec<HourTally>>,
+}
+
+/// One hour of one key's requests.
+#[derive(Debug, Default)]
+pub(crate) struct HourTally {
+    pub(crate) hour: i64,
+    pub(crate) outcomes: Vec<(&'static str, u64)>,
+    pub(crate) ips: Vec<(std::net::IpAddr, u64)>,
+    /// Requests from addresses beyond the most a bucket names, or unknown.
+    pub(crate) other: u64,
+}
+
+impl UsageCell {
+    /// Counts one request of `outcome` from `ip` in the hour starting at `hour`.
+    pub(crate) fn add(&self, hour: i64, outcome: &'static str, ip: Option<std::net::IpAddr>) {
+        let mut hours = self
+            .hours
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = match hours.iter().position(|tally| tally.hour == hour) {
+            Some(at) => at,
+            None => {
+                hours.push(HourTally {
+                    hour,
+                    ..HourTally::default()
+                });
+                hours.len() - 1
+            }
+        };
+        let tally = &mut hours[at];
+        match tally.outcomes.iter_mut().find(|(seen, _)| *seen == outcome) {
+            Some((_, count)) => *count += 1,
+            None => tally.outcomes.push((outcome, 1)),
+        }
+        match ip {
+            Some(ip) => {
+                if let Some((_, count)) = tally.ips.iter_mut().find(|(seen, _)| *seen == ip) {
+                    *count += 1;
+                } else if tally.ips.len() < 80 {
+                    // Beyond 4 × the named limit the rest is `other` already here (the
+                    // store keeps the most frequent 20 of what it is sent).
+                    tally.ips.push((ip, 1));
+                } else {
+                    tally.other += 1;
+                }
+            }
+            None => tally.other += 1,
+        }
+    }
+
+    /// Takes what was counted.
+    pub(crate) fn take(&self) -> Vec<HourTally> {
+        std::mem::take(
+            &mut *self
+                .hours
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl Clone for UsageCell {
+    fn clone(&self) -> Self {
+        UsageCell::default()
+    }
+}
+
+impl PartialEq for UsageCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for UsageCell {}
+
+impl fmt::Debug for UsageCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UsageCell")
+    }
+}
 
 /// The second (unix time) a cached record was last noted; part of [`KeyRecord`] so the
 /// hot path needs no map lookup.

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,7 +30,7 @@ use time::OffsetDateTime;
 use crate::key::KeyId;
 use crate::metrics::{Incident, UsageMetrics};
 use crate::record::KeyRecord;
-use crate::store::{StoreError, TouchLastUsed};
+use crate::store::{StoreError, TouchLastUsed, UsageBucket};
 
 /// Collects key uses in memory and flushes them to a store ([`TouchLastUsed`]: every [`KeyStore`](crate::store::KeyStore)) in batches. Cheap to
 /// clone; clones share the buffer.
@@ -41,6 +42,10 @@ pub struct UsageRecorder {
 #[derive(Default)]
 struct UsageInner {
     pending: Mutex<Vec<(KeyId, OffsetDateTime)>>,
+    /// Records with requests counted since the last flush.
+    counted: Mutex<Vec<Arc<KeyRecord>>>,
+    /// Buckets taken from records whose write failed, for the next flush.
+    unwritten: Mutex<Vec<UsageBucket>>,
     writes: AtomicU64,
     /// Registered when the recorder is built (see [`metrics`](crate::metrics)).
     metrics: UsageMetrics,
@@ -79,10 +84,92 @@ impl UsageRecorder {
             .push((record.id.clone(), now));
     }
 
+    /// Counts one request of `outcome` (`accepted`, or the code a request that reached
+    /// the key was refused with) from `ip` for the hourly usage of `record`'s key, and
+    /// notes an accepted use as its last use.
+    pub fn count(
+        &self,
+        record: &Arc<KeyRecord>,
+        now: OffsetDateTime,
+        outcome: &'static str,
+        ip: Option<IpAddr>,
+    ) {
+        if outcome == "accepted" {
+            self.record(record, now);
+        }
+        let hour = now.unix_timestamp().div_euclid(3_600) * 3_600;
+        record.usage.add(hour, outcome, ip);
+        if !record.usage.registered.load(Ordering::Relaxed)
+            && !record.usage.registered.swap(true, Ordering::AcqRel)
+        {
+            self.inner
+                .counted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(record));
+        }
+    }
+
+    /// The hourly buckets counted since the last flush (and any a failed flush left).
+    fn take_buckets(&self) -> Vec<UsageBucket> {
+        let records = std::mem::take(
+            &mut *self
+                .inner
+                .counted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut buckets = std::mem::take(
+            &mut *self
+                .inner
+                .unwritten
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for record in records {
+            // Unregistered first: a request counted after this registers it again.
+            record.usage.registered.store(false, Ordering::Release);
+            for tally in record.usage.take() {
+                let hour = OffsetDateTime::from_unix_timestamp(tally.hour)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                let mut bucket = UsageBucket::new(record.id.clone(), hour);
+                for (outcome, count) in tally.outcomes {
+                    bucket.outcomes.insert(outcome.to_owned(), count);
+                }
+                let mut ips: HashMap<String, u64> = tally
+                    .ips
+                    .into_iter()
+                    .map(|(ip, count)| (ip.to_string(), count))
+                    .collect();
+                if tally.other > 0 {
+                    ips.insert("other".to_owned(), tally.other);
+                }
+                bucket.ips = crate::store::top_ips(ips);
+                buckets.push(bucket);
+            }
+        }
+        buckets
+    }
+
     /// Writes the pending uses to `store` in one batch; returns how many keys it
     /// updated. On failure, or if the future is dropped before the store answers, the
     /// uses are kept for the next flush.
     pub async fn flush<S: TouchLastUsed + ?Sized>(&self, store: &S) -> Result<usize, StoreError> {
+        let buckets = self.take_buckets();
+        let wrote_usage = !buckets.is_empty();
+        if wrote_usage {
+            // Back for the next flush unless the store took them (an error, or this
+            // future dropped while the store works).
+            let mut unwritten = UnwrittenBuckets {
+                recorder: self,
+                buckets,
+            };
+            if let Err(error) = store.add_usage(&unwritten.buckets).await {
+                self.inner.metrics.failed.increment(1);
+                return Err(error);
+            }
+            unwritten.buckets.clear();
+        }
         let pending = std::mem::take(
             &mut *self
                 .inner
@@ -91,6 +178,10 @@ impl UsageRecorder {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         if pending.is_empty() {
+            if wrote_usage {
+                self.inner.writes.fetch_add(1, Ordering::Relaxed);
+                self.inner.metrics.flushed.increment(1);
+            }
             return Ok(0);
         }
         let mut latest: HashMap<KeyId, OffsetDateTime> = HashMap::with_capacity(pending.len());
@@ -154,6 +245,26 @@ impl UsageRecorder {
     #[must_use]
     pub fn writes(&self) -> u64 {
         self.inner.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// Usage buckets on their way to the store; back for the next flush unless they got
+/// there.
+struct UnwrittenBuckets<'r> {
+    recorder: &'r UsageRecorder,
+    buckets: Vec<UsageBucket>,
+}
+
+impl Drop for UnwrittenBuckets<'_> {
+    fn drop(&mut self) {
+        if !self.buckets.is_empty() {
+            self.recorder
+                .inner
+                .unwritten
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(self.buckets.drain(..));
+        }
     }
 }
 

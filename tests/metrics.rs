@@ -190,6 +190,33 @@ async fn verifications_cache_lookups_invalidations_and_flushes_are_counted_exact
     }
 }
 
+#[tokio::test]
+async fn a_stale_serve_counts_as_stale_and_its_refresh_as_a_verifier_call() {
+    use std::time::Duration;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let keys = keys().await;
+    let cache = CachedVerifier::builder(keys.store.clone())
+        .positive_ttl(Duration::from_millis(50))
+        .build();
+    let hash = keys.read.hash();
+    assert!(cache.lookup(&hash).await.unwrap().is_some(), "a miss");
+    assert!(cache.lookup(&hash).await.unwrap().is_some(), "a hit");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(cache.lookup(&hash).await.unwrap().is_some(), "served stale");
+    // A snapshot drains what it reads: the counters now, the refresh's call later.
+    let first = samples(&snapshotter);
+    let cached = |result| counter(&first, CACHE, Some(("result", result)));
+    assert_eq!([cached("miss"), cached("hit"), cached("stale")], [1, 1, 1]);
+    let mut timed = histogram_count(&first, VERIFIER_SECONDS, ("result", "ok"));
+    support::eventually("the refresh", Duration::from_secs(10), async || {
+        timed += histogram_count(&samples(&snapshotter), VERIFIER_SECONDS, ("result", "ok"));
+        timed == 2
+    })
+    .await;
+}
+
 /// A writer the test reads back: what a `fmt` subscriber printed.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -301,6 +328,80 @@ async fn metrics_without_a_recorder_are_no_ops() {
     let app = app(live_layer(&keys, CachedVerifier::new(keys.store.clone())));
     let response = send(&app, get_with("/whoami", Some(&bearer(&keys.read)))).await;
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_checks_are_timed_and_an_outage_logs_one_error_line() {
+    use std::time::Duration;
+    use tower_api_keys::limit::RateLimit;
+    use tower_api_keys::limit::redis::RedisLimiter;
+    use tower_api_keys::metrics::REDIS_SECONDS;
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .without_time()
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let keys = keys().await;
+    let read = bearer(&keys.read);
+    let hourly = RateLimit::new("requests", 1_000, Duration::from_secs(3_600)).unwrap();
+    let instance = |limiter: &RedisLimiter| {
+        let layer = live_layer(&keys, CachedVerifier::new(keys.store.clone()))
+            .rate_limit(hourly.clone())
+            .shared_limits(limiter.clone());
+        app(layer)
+    };
+
+    // Nothing listens on port 1: every check Redis is asked fails; the requests pass on
+    // the in-process limits. Redis is asked again once a second, not per request.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let down = metrics::with_local_recorder(&recorder, || {
+        RedisLimiter::new("redis://127.0.0.1:1")
+            .unwrap()
+            .prefix("tak_test_metrics_down")
+    });
+    let app_down = instance(&down);
+    for _ in 0..5 {
+        let response = send(&app_down, get_with("/whoami", Some(&read))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let all = samples(&snapshotter);
+    let failed = histogram_count(&all, REDIS_SECONDS, ("result", "error"))
+        + histogram_count(&all, REDIS_SECONDS, ("result", "timeout"));
+    assert!((1..=5).contains(&failed), "{failed} failed checks timed");
+    assert_eq!(histogram_count(&all, REDIS_SECONDS, ("result", "ok")), 0);
+    let errors = captured.at("ERROR");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("Redis rate limiter failed"),
+        "{errors:?}"
+    );
+
+    // A Redis that answers: one timed check per request.
+    let Some(url) = support::limits::redis_url("redis_checks_are_timed").await else {
+        return;
+    };
+    let prefix = support::limits::unique("metrics");
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let up = metrics::with_local_recorder(&recorder, || {
+        RedisLimiter::new(&url).unwrap().prefix(&prefix)
+    });
+    let app_up = instance(&up);
+    for _ in 0..3 {
+        let response = send(&app_up, get_with("/whoami", Some(&read))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    support::limits::redis_cleanup(&url, &prefix).await;
+    let all = samples(&snapshotter);
+    assert_eq!(histogram_count(&all, REDIS_SECONDS, ("result", "ok")), 3);
+    assert_eq!(histogram_count(&all, REDIS_SECONDS, ("result", "error")), 0);
 }
 
 #[cfg(all(feature = "axum", feature = "sqlite"))]

@@ -1000,6 +1000,31 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         Ok(info)
     }
 
+    /// A key's usage by hour from `from` to before `to` (`NotFound` for a key of
+    /// another account).
+    pub async fn usage(
+        &self,
+        account_id: &str,
+        id: &KeyId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<crate::store::UsageBucket>, ManageError> {
+        self.parts.store.get(account_id, id).await?;
+        let from = crate::store::hour_of(from);
+        Ok(self.parts.store.usage(id, from, to).await?)
+    }
+
+    /// Accepted requests since `since` per key of the account (keys without any are
+    /// left out), in one query.
+    pub async fn usage_totals(
+        &self,
+        account_id: &str,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(KeyId, u64)>, ManageError> {
+        let since = crate::store::hour_of(since);
+        Ok(self.parts.store.usage_totals(account_id, since).await?)
+    }
+
     /// A page of an account's audit events, newest first.
     pub async fn audit_events(&self, query: &AuditQuery) -> Result<AuditPage, ManageError> {
         Ok(self.parts.store.audit_events(query).await?)

@@ -218,6 +218,7 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
                     .patch(update::<S, V>)
                     .delete(revoke::<S, V>),
             )
+            .route("/api-keys/{id}/usage", get(usage::<S, V>))
             .route("/audit-events", get(audit_events::<S, V>));
         let routes = if self.rotation {
             routes.route("/api-keys/{id}/rotate", post(rotate::<S, V>))
@@ -589,13 +590,94 @@ async fn create<S: KeyStore, V: KeyVerifier>(
 async fn list<S: KeyStore, V: KeyVerifier>(
     State(routes): Routes<S, V>,
     caller: Caller,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let result = async {
+        // `?include=usage_24h`: each key's accepted requests of the last 24 hours, in
+        // one query for all of them.
+        // Other parameters are left alone, as the listing always did.
+        let with_usage = form_pairs(raw.as_deref().unwrap_or_default())
+            .iter()
+            .any(|(name, value)| name == "include" && value.split(',').any(|v| v == "usage_24h"));
         let keys = routes.manager.list(caller.account_id()).await?;
+        let totals: std::collections::HashMap<KeyId, u64> = if with_usage {
+            let since = OffsetDateTime::now_utc() - time::Duration::hours(24);
+            routes
+                .manager
+                .usage_totals(caller.account_id(), since)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            std::collections::HashMap::new()
+        };
         let items = keys
             .iter()
             .filter(|key| caller.manages(key))
-            .map(|key| (routes.key_view)(key))
+            .map(|key| {
+                let mut view = (routes.key_view)(key);
+                if let (true, Value::Object(fields)) = (with_usage, &mut view) {
+                    let count = totals.get(&key.id).copied().unwrap_or(0);
+                    fields.insert("usage_24h".into(), count.into());
+                }
+                view
+            })
+            .collect();
+        Ok(axum::Json(routes.envelope.list(items)).into_response())
+    };
+    answer(&routes, &caller, result.await)
+}
+
+/// `GET /api-keys/{id}/usage?from=&to=`: the key's requests by hour (default: the
+/// last 24 hours), by outcome and client address, oldest first.
+async fn usage<S: KeyStore, V: KeyVerifier>(
+    State(routes): Routes<S, V>,
+    caller: Caller,
+    KeyIdParam(id): KeyIdParam,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let result = async {
+        let now = OffsetDateTime::now_utc();
+        let (mut from, mut to) = (
+            now - time::Duration::hours(24),
+            now + time::Duration::hours(1),
+        );
+        for (name, value) in form_pairs(raw.as_deref().unwrap_or_default()) {
+            let at = OffsetDateTime::parse(&value, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    ManageError::invalid(Invalid::Query, format!("{name} must be an RFC 3339 time"))
+                });
+            match name.as_str() {
+                "from" => from = at?,
+                "to" => to = at?,
+                _ => {
+                    return Err(ManageError::invalid(
+                        Invalid::Query,
+                        format!("unknown parameter {name:?}"),
+                    ));
+                }
+            }
+        }
+        owned(&routes, &caller, &id).await?;
+        let buckets = routes
+            .manager
+            .usage(caller.account_id(), &id, from, to)
+            .await?;
+        let items = buckets
+            .iter()
+            .map(|bucket| {
+                let ips: Vec<Value> = bucket
+                    .ips
+                    .iter()
+                    .map(|(ip, count)| serde_json::json!({"ip": ip, "count": count}))
+                    .collect();
+                serde_json::json!({
+                    "hour": bucket.hour.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "requests": bucket.outcomes.values().sum::<u64>(),
+                    "outcomes": bucket.outcomes,
+                    "ips": ips,
+                })
+            })
             .collect();
         Ok(axum::Json(routes.envelope.list(items)).into_response())
     };

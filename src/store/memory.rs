@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, key_event,
-    limits_event, standing_event,
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, UsageBucket,
+    key_event, limits_event, standing_event,
 };
 use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery, Draft};
 use crate::key::{KeyHash, KeyId};
@@ -33,6 +33,8 @@ struct Keys {
     limits: HashMap<String, AccountLimits>,
     /// The audit trail, in order, with positions.
     events: Vec<(i64, AuditEvent)>,
+    /// Hourly usage by key and hour.
+    usage: HashMap<(KeyId, OffsetDateTime), UsageBucket>,
 }
 
 impl Keys {
@@ -340,6 +342,54 @@ impl KeyStore for MemoryStore {
             .filter(|(_, event)| event.account_id == account_id)
             .map(|(_, event)| event.clone())
             .collect())
+    }
+
+    async fn record_usage(&self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        let mut keys = self.keys();
+        for bucket in buckets {
+            keys.usage
+                .entry((bucket.key_id.clone(), bucket.hour))
+                .or_insert_with(|| UsageBucket::new(bucket.key_id.clone(), bucket.hour))
+                .merge(bucket);
+        }
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        let keys = self.keys();
+        let mut buckets: Vec<UsageBucket> = keys
+            .usage
+            .values()
+            .filter(|bucket| bucket.key_id == *id && bucket.hour >= from && bucket.hour < to)
+            .cloned()
+            .collect();
+        buckets.sort_by_key(|bucket| bucket.hour);
+        Ok(buckets)
+    }
+
+    async fn usage_totals(
+        &self,
+        account_id: &str,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        let keys = self.keys();
+        let mut totals: HashMap<KeyId, u64> = HashMap::new();
+        for bucket in keys.usage.values() {
+            let mine = keys
+                .by_id
+                .get(&bucket.key_id)
+                .is_some_and(|key| key.account_id == account_id);
+            if mine && bucket.hour >= since {
+                let accepted = bucket.outcomes.get("accepted").copied().unwrap_or(0);
+                *totals.entry(bucket.key_id.clone()).or_insert(0) += accepted;
+            }
+        }
+        Ok(totals.into_iter().collect())
     }
 
     async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {

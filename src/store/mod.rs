@@ -96,6 +96,18 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.audited_accounts().await
             }
+            async fn record_usage(&self, buckets: &[crate::store::UsageBucket]) -> Result<(), StoreError> {
+                let $this = self;
+                $target.record_usage(buckets).await
+            }
+            async fn usage(&self, id: &KeyId, from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<crate::store::UsageBucket>, StoreError> {
+                let $this = self;
+                $target.usage(id, from, to).await
+            }
+            async fn usage_totals(&self, account_id: &str, since: OffsetDateTime) -> Result<Vec<(KeyId, u64)>, StoreError> {
+                let $this = self;
+                $target.usage_totals(account_id, since).await
+            }
         }
     };
 }
@@ -561,18 +573,102 @@ pub enum StoreError {
     Backend(#[source] Box<dyn Error + Send + Sync>),
 }
 
-/// The one thing the [usage recorder](crate::usage::UsageRecorder) needs of a store:
-/// writing last-used times, a batch at a time. Every [`KeyStore`] is one.
+/// The most client addresses a usage bucket keeps by name (the rest are `other`).
+pub const MAX_USAGE_IPS: usize = 20;
+
+/// What one key did in one hour: requests by outcome (`accepted`, or the rejection
+/// code of a request that reached the key) and the client addresses that made them
+/// (the most frequent [`MAX_USAGE_IPS`], the rest counted under `other`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UsageBucket {
+    /// The key.
+    pub key_id: KeyId,
+    /// The hour's start (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub hour: OffsetDateTime,
+    /// Requests by outcome.
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Requests by client address, most first; `other` last if any.
+    pub ips: Vec<(String, u64)>,
+}
+
+impl UsageBucket {
+    /// An empty bucket of `key_id` for the hour that holds `at`.
+    #[must_use]
+    pub fn new(key_id: KeyId, at: OffsetDateTime) -> Self {
+        UsageBucket {
+            key_id,
+            hour: hour_of(at),
+            outcomes: std::collections::BTreeMap::new(),
+            ips: Vec::new(),
+        }
+    }
+
+    /// Adds `other`'s counts (same key and hour) to this one, keeping at most
+    /// [`MAX_USAGE_IPS`] addresses by name.
+    pub fn merge(&mut self, other: &UsageBucket) {
+        for (outcome, count) in &other.outcomes {
+            *self.outcomes.entry(outcome.clone()).or_insert(0) += count;
+        }
+        let mut ips: std::collections::HashMap<String, u64> = self.ips.drain(..).collect();
+        for (ip, count) in &other.ips {
+            *ips.entry(ip.clone()).or_insert(0) += count;
+        }
+        self.ips = top_ips(ips);
+    }
+}
+
+/// The start of the hour that holds `at`, in UTC.
+pub(crate) fn hour_of(at: OffsetDateTime) -> OffsetDateTime {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    at.replace_time(time::Time::from_hms(at.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
+}
+
+/// Counts by address, most first, at most [`MAX_USAGE_IPS`] by name and the rest (and
+/// any earlier `other`) as `other`, last.
+pub(crate) fn top_ips(ips: std::collections::HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut other = 0;
+    let mut named: Vec<(String, u64)> = Vec::with_capacity(ips.len());
+    for (ip, count) in ips {
+        if ip == "other" {
+            other += count;
+        } else {
+            named.push((ip, count));
+        }
+    }
+    named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (_, count) in named.drain(MAX_USAGE_IPS.min(named.len())..) {
+        other += count;
+    }
+    if other > 0 {
+        named.push(("other".to_owned(), other));
+    }
+    named
+}
+
+/// What the [usage recorder](crate::usage::UsageRecorder) needs of a store: writing
+/// last-used times and hourly usage, a batch at a time. Every [`KeyStore`] is one.
 #[async_trait]
 pub trait TouchLastUsed: Send + Sync + 'static {
     /// Records when keys were last used; a store keeps the later of two times.
     async fn touch_last_used(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// Adds hourly usage to what the store keeps (default: keeps none).
+    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        let _ = buckets;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl<S: KeyStore + ?Sized> TouchLastUsed for S {
     async fn touch_last_used(&self, used: &[(KeyId, OffsetDateTime)]) -> Result<(), StoreError> {
         self.touch(used).await
+    }
+
+    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        self.record_usage(buckets).await
     }
 }
 
@@ -718,6 +814,27 @@ pub trait KeyStore: KeyVerifier + CreditStore {
 
     /// The accounts that have audit events.
     async fn audited_accounts(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Adds hourly usage (from the usage recorder, a batch at a time, in one
+    /// transaction).
+    async fn record_usage(&self, buckets: &[UsageBucket]) -> Result<(), StoreError>;
+
+    /// A key's usage by hour from `from` to before `to`, oldest first (the route checks
+    /// the key's account first).
+    async fn usage(
+        &self,
+        id: &KeyId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<UsageBucket>, StoreError>;
+
+    /// Accepted requests since `since` for each key of an account that has any, in one
+    /// query.
+    async fn usage_totals(
+        &self,
+        account_id: &str,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError>;
 }
 
 #[async_trait]

@@ -28,7 +28,7 @@ use crate::limit::RateLimit;
 use crate::limit::credits::{CreditGrant, CreditSubject, Credits, take_from};
 use crate::record::{AccountLimits, AccountStanding, Metadata};
 use crate::restriction::Restrictions;
-use crate::store::key_event;
+use crate::store::{MAX_USAGE_IPS, UsageBucket, key_event, top_ips};
 
 /// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
 /// them (`$alias` is the table alias with its dot, or nothing).
@@ -1084,4 +1084,207 @@ where
     let after = fetch_key::<D, _>(&mut *conn, revoke_key::<D>(account_id, id)).await?;
     append_event::<D>(conn, key_event(audit, Some(&before), &after, None)).await?;
     Ok((after, true))
+}
+
+/// Rows per statement when adding usage.
+const USAGE_ROWS_PER_STATEMENT: usize = 200;
+
+/// Adds `buckets` on `conn`, inside the caller's transaction: outcomes and addresses
+/// upserted a few hundred rows per statement, then the key-hours that now name more
+/// than [`MAX_USAGE_IPS`] addresses folded down to the most frequent (one query finds
+/// them).
+pub(crate) async fn record_usage<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    buckets: &[UsageBucket],
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    type Row<'b> = (&'b str, OffsetDateTime, &'b str, u64);
+    let outcomes: Vec<Row<'_>> = buckets
+        .iter()
+        .flat_map(|b| {
+            b.outcomes
+                .iter()
+                .map(move |(outcome, count)| (b.key_id.as_str(), b.hour, outcome.as_str(), *count))
+        })
+        .collect();
+    let ips: Vec<Row<'_>> = buckets
+        .iter()
+        .flat_map(|b| {
+            b.ips
+                .iter()
+                .map(move |(ip, count)| (b.key_id.as_str(), b.hour, ip.as_str(), *count))
+        })
+        .collect();
+    for (table, column, rows) in [
+        ("key_usage", "outcome", &outcomes),
+        ("key_usage_ips", "ip", &ips),
+    ] {
+        for chunk in rows.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, ${})",
+                        4 * i + 1,
+                        4 * i + 2,
+                        4 * i + 3,
+                        4 * i + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} (key_id, hour, {column}, count) VALUES {} \
+                 ON CONFLICT (key_id, hour, {column}) DO UPDATE SET count = {table}.count + excluded.count",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (key, hour, name, count) in chunk {
+                query = D::bind_text(query, Some(key));
+                query = D::bind_time(query, Some(*hour));
+                query = D::bind_text(query, Some(name));
+                query = D::bind_int(query, i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+            query.execute(&mut *conn).await.map_err(backend)?;
+        }
+    }
+    // Key-hours over the limit of named addresses (rare: more than 20 clients an hour).
+    let Some(oldest) = buckets
+        .iter()
+        .filter(|b| !b.ips.is_empty())
+        .map(|b| b.hour)
+        .min()
+    else {
+        return Ok(());
+    };
+    let crowded = D::bind_time(
+        sqlx::query(&format!(
+            "SELECT key_id, hour FROM key_usage_ips WHERE hour >= $1 AND ip <> 'other' \
+             GROUP BY key_id, hour HAVING COUNT(*) > {MAX_USAGE_IPS}"
+        )),
+        Some(oldest),
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(backend)?;
+    for row in &crowded {
+        let key = required(D::text(row, 0), "key_id")?;
+        let hour = required(D::time(row, 1), "hour")?;
+        let query = D::bind_text(
+            sqlx::query("SELECT ip, count FROM key_usage_ips WHERE key_id = $1 AND hour = $2"),
+            Some(&key),
+        );
+        let rows = D::bind_time(query, Some(hour))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let mut counts = std::collections::HashMap::new();
+        for row in &rows {
+            let ip = required(D::text(row, 0), "ip")?;
+            let count = u64::try_from(D::int(row, 1).map_err(backend)?).unwrap_or(0);
+            *counts.entry(ip).or_insert(0) += count;
+        }
+        let query = D::bind_text(
+            sqlx::query("DELETE FROM key_usage_ips WHERE key_id = $1 AND hour = $2"),
+            Some(&key),
+        );
+        D::bind_time(query, Some(hour))
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        for (ip, count) in top_ips(counts) {
+            let query = D::bind_text(
+                sqlx::query(
+                    "INSERT INTO key_usage_ips (key_id, hour, ip, count) VALUES ($1, $2, $3, $4)",
+                ),
+                Some(&key),
+            );
+            let query = D::bind_text(D::bind_time(query, Some(hour)), Some(&ip));
+            D::bind_int(query, i64::try_from(count).unwrap_or(i64::MAX))
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+/// A key's buckets from `from` to before `to`, oldest first.
+pub(crate) async fn usage<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    id: &KeyId,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<Vec<UsageBucket>, StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let mut buckets: std::collections::BTreeMap<i128, UsageBucket> = Default::default();
+    for (table, column) in [("key_usage", "outcome"), ("key_usage_ips", "ip")] {
+        let sql = format!(
+            "SELECT hour, {column}, count FROM {table} WHERE key_id = $1 AND hour >= $2 AND hour < $3"
+        );
+        let query = D::bind_text(sqlx::query(&sql), Some(id.as_str()));
+        let rows = D::bind_time(D::bind_time(query, Some(from)), Some(to))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+        for row in &rows {
+            let hour = required(D::time(row, 0), "hour")?;
+            let name = required(D::text(row, 1), column)?;
+            let count = u64::try_from(D::int(row, 2).map_err(backend)?).unwrap_or(0);
+            let bucket = buckets
+                .entry(hour.unix_timestamp_nanos())
+                .or_insert_with(|| UsageBucket::new(id.clone(), hour));
+            if column == "ip" {
+                bucket.ips.push((name, count));
+            } else {
+                bucket.outcomes.insert(name, count);
+            }
+        }
+    }
+    Ok(buckets
+        .into_values()
+        .map(|mut bucket| {
+            bucket.ips = top_ips(bucket.ips.drain(..).collect());
+            bucket
+        })
+        .collect())
+}
+
+/// Accepted requests per key of an account since `since`, in one query.
+pub(crate) async fn usage_totals<'e, D, E>(
+    executor: E,
+    account_id: &str,
+    since: OffsetDateTime,
+) -> Result<Vec<(KeyId, u64)>, StoreError>
+where
+    D: Dialect,
+    E: sqlx::Executor<'e, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+{
+    let query = D::bind_text(
+        sqlx::query(
+            "SELECT u.key_id, CAST(SUM(u.count) AS BIGINT) FROM key_usage u \
+             JOIN api_keys k ON k.id = u.key_id \
+             WHERE k.account_id = $1 AND u.hour >= $2 AND u.outcome = 'accepted' \
+             GROUP BY u.key_id",
+        ),
+        Some(account_id),
+    );
+    let rows = D::bind_time(query, Some(since))
+        .fetch_all(executor)
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|row| {
+            let id = required(D::text(row, 0), "key_id")?;
+            let count = u64::try_from(D::int(row, 1).map_err(backend)?).unwrap_or(0);
+            Ok((KeyId::new(id), count))
+        })
+        .collect()
 }

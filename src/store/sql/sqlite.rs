@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../../migrations/sqlite/0003_limits.sql"),
     ),
     (4, include_str!("../../../migrations/sqlite/0004_audit.sql")),
+    (5, include_str!("../../../migrations/sqlite/0005_usage.sql")),
 ];
 
 /// The embedded store: one SQLite file (WAL mode), for one process. Keys survive
@@ -379,6 +380,33 @@ impl KeyStore for SqliteStore {
 
     async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {
         super::audited_accounts::<SqliteDialect, _>(&self.pool).await
+    }
+
+    async fn record_usage(&self, buckets: &[crate::store::UsageBucket]) -> Result<(), StoreError> {
+        if buckets.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_transaction().await?;
+        super::record_usage::<SqliteDialect>(&mut tx, buckets).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<crate::store::UsageBucket>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        super::usage::<SqliteDialect>(&mut conn, id, from, to).await
+    }
+
+    async fn usage_totals(
+        &self,
+        account_id: &str,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        super::usage_totals::<SqliteDialect, _>(&self.pool, account_id, since).await
     }
 }
 

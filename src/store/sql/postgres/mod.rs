@@ -49,6 +49,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../../migrations/postgres/0004_audit.sql"),
     ),
+    (
+        5,
+        include_str!("../../../../migrations/postgres/0005_usage.sql"),
+    ),
 ];
 
 /// The default LISTEN/NOTIFY channel for revocations.
@@ -410,6 +414,33 @@ impl KeyStore for PostgresStore {
 
     async fn audited_accounts(&self) -> Result<Vec<String>, StoreError> {
         super::audited_accounts::<PostgresDialect, _>(&self.pool).await
+    }
+
+    async fn record_usage(&self, buckets: &[crate::store::UsageBucket]) -> Result<(), StoreError> {
+        if buckets.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        super::record_usage::<PostgresDialect>(&mut tx, buckets).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn usage(
+        &self,
+        id: &KeyId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<crate::store::UsageBucket>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        super::usage::<PostgresDialect>(&mut conn, id, from, to).await
+    }
+
+    async fn usage_totals(
+        &self,
+        account_id: &str,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(KeyId, u64)>, StoreError> {
+        super::usage_totals::<PostgresDialect, _>(&self.pool, account_id, since).await
     }
 }
 
