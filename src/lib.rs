@@ -74,7 +74,8 @@
 //!
 //! # Modules
 //!
-//! Bottom-up (each uses only those before it; `tests/module_graph.rs` checks): [`key`],
+//! Bottom-up (each uses only those before it; `tests/module_graph.rs` checks): [`audit`]
+//! (the hash-chained events every store writes), [`key`],
 //! [`scope`] and [`limit`] (rate limits, credits, Redis); [`record`] and [`principal`];
 //! [`verify`] and [`cache`]; [`policy`]; [`error`]; [`meter`] (what a request spends,
 //! route costs); [`layer`], `extract` and [`guard`]; [`store`]; [`usage`]; [`manage`].

@@ -124,6 +124,9 @@ fn fields(event: &AuditEvent) -> Vec<String> {
     fields
 }
 
+/// (what, method, path, body, the action, the fields it changes)
+type Step<'a> = (&'a str, &'a str, String, &'a str, &'a str, Vec<&'a str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_and_command_writes_exactly_its_event() {
     let server = server("audit-table", 50).await;
@@ -162,7 +165,7 @@ async fn every_route_and_command_writes_exactly_its_event() {
     );
     assert!(event.changes.get("last_used_at").is_none());
 
-    let steps: Vec<(&str, &str, String, &str, &str, Vec<&str>)> = vec![
+    let steps: Vec<Step<'_>> = vec![
         (
             "rename",
             "PATCH",

@@ -11,6 +11,8 @@
 //! | `PATCH /api-keys/{id}` | rename, restrict, set the end user, metadata, rate limits or credits, body `{"name"?, "restrictions"?, "owner_id"?, "metadata"?, "ratelimits"?, "credits"?}` | 200 |
 //! | `DELETE /api-keys/{id}` | revoke (idempotent) | 204 |
 //! | `POST /api-keys/{id}/rotate` | rotate, body `{"overlap_seconds"?}` (default 0) | 201, the new key once |
+//! | `GET /api-keys/{id}/usage` | hourly usage, `?from=&to=` (default the last 24 h) | 200 `{"data": [{"hour", "requests", "outcomes", "ips"}]}` |
+//! | `GET /audit-events` | the audit trail, `?key_id=&action=&from=&to=&cursor=&limit=` | 200 `{"data": [...], "next_cursor"}` |
 //!
 //! The caller is the request's [`Principal`] (an API key, which by default needs the
 //! `admin` scope) or, for dashboards, a [`KeyOwner`] that your session middleware put

@@ -798,48 +798,6 @@ async fn revoke<S: KeyStore, V: KeyVerifier>(
     answer(&routes, &caller, result.await)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields(body: &str) -> serde_json::Map<String, Value> {
-        parse_body(&Bytes::from(body.to_owned())).unwrap()
-    }
-
-    #[test]
-    fn create_bodies_are_checked_field_by_field() {
-        assert!(matches!(
-            parse_body(&Bytes::from_static(b"{nope")),
-            Err(ManageError::InvalidJson)
-        ));
-        let code = |body: &str| create_request(&fields(body)).err().map(|e| e.code());
-        assert_eq!(code(r#"{}"#), Some("invalid_name"));
-        assert_eq!(code(r#"{"name": 3}"#), Some("invalid_name"));
-        assert_eq!(
-            code(r#"{"name": "a", "scopes": "read"}"#),
-            Some("invalid_scope")
-        );
-        assert_eq!(
-            code(r#"{"name": "a", "scopes": ["bad scope"]}"#),
-            Some("invalid_scope")
-        );
-        assert_eq!(
-            code(r#"{"name": "a", "scopes": []}"#),
-            Some("invalid_scope")
-        );
-        assert_eq!(
-            code(r#"{"name": "a", "expires_at": "tomorrow"}"#),
-            Some("invalid_expiry")
-        );
-        let ok = create_request(&fields(
-            r#"{"name": "a", "scopes": ["read"], "expires_at": "2030-01-01T00:00:00Z"}"#,
-        ))
-        .unwrap();
-        assert_eq!(ok.scopes, Some(Scope::Read.into()));
-        assert!(ok.expires_at.is_some());
-    }
-}
-
 /// `GET /audit-events?key_id=&action=&from=&to=&cursor=&limit=`: the caller's account
 /// and environment (for a caller locked to a project: its keys' events only), newest
 /// first, `limit` (1–200, default 50) at a time; `next_cursor` continues.
@@ -926,4 +884,46 @@ fn form_pairs(raw: &str) -> Vec<(String, String)> {
             (decode(name), decode(value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> serde_json::Map<String, Value> {
+        parse_body(&Bytes::from(body.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn create_bodies_are_checked_field_by_field() {
+        assert!(matches!(
+            parse_body(&Bytes::from_static(b"{nope")),
+            Err(ManageError::InvalidJson)
+        ));
+        let code = |body: &str| create_request(&fields(body)).err().map(|e| e.code());
+        assert_eq!(code(r#"{}"#), Some("invalid_name"));
+        assert_eq!(code(r#"{"name": 3}"#), Some("invalid_name"));
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": "read"}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": ["bad scope"]}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "scopes": []}"#),
+            Some("invalid_scope")
+        );
+        assert_eq!(
+            code(r#"{"name": "a", "expires_at": "tomorrow"}"#),
+            Some("invalid_expiry")
+        );
+        let ok = create_request(&fields(
+            r#"{"name": "a", "scopes": ["read"], "expires_at": "2030-01-01T00:00:00Z"}"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.scopes, Some(Scope::Read.into()));
+        assert!(ok.expires_at.is_some());
+    }
 }
