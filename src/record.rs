@@ -396,7 +396,27 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 pub(crate) struct UsageCell {
     /// Whether the usage recorder holds this record for its next flush.
     pub(crate) registered: std::sync::atomic::AtomicBool,
-    pub(crate) hours: std::sync::Mutex<Vec<HourTally>>,
+    /// The hot pair: a digest of the (hour, client address) of the last accepted
+    /// request counted under the lock (0: none), and accepted requests of that pair
+    /// since, counted without the lock. The common case, one client per key and hour,
+    /// costs one atomic add.
+    hot: std::sync::atomic::AtomicU64,
+    hot_count: std::sync::atomic::AtomicU64,
+    pub(crate) hours: std::sync::Mutex<Hours>,
+}
+
+/// The tallies of a cell, and the pair the hot count belongs to.
+#[derive(Debug, Default)]
+pub(crate) struct Hours {
+    tallies: Vec<HourTally>,
+    hot: Option<(i64, Option<std::net::IpAddr>)>,
+}
+
+fn pair_digest(hour: i64, ip: Option<std::net::IpAddr>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (hour, ip).hash(&mut hasher);
+    hasher.finish() | 1
 }
 
 /// One hour of one key's requests.
@@ -412,10 +432,46 @@ pub(crate) struct HourTally {
 impl UsageCell {
     /// Counts one request of `outcome` from `ip` in the hour starting at `hour`.
     pub(crate) fn add(&self, hour: i64, outcome: &'static str, ip: Option<std::net::IpAddr>) {
+        use std::sync::atomic::Ordering;
+        let accepted = outcome == "accepted";
+        let digest = if accepted { pair_digest(hour, ip) } else { 0 };
+        if accepted && self.hot.load(Ordering::Acquire) == digest {
+            self.hot_count.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
         let mut hours = self
             .hours
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if accepted {
+            // This pair becomes the hot one: the old pair's count goes to its tally.
+            Self::settle(
+                &mut hours,
+                self.hot_count.swap(0, Ordering::AcqRel),
+                (hour, ip),
+            );
+            hours.hot = Some((hour, ip));
+            self.hot.store(digest, Ordering::Release);
+        }
+        Self::tally(&mut hours.tallies, hour, outcome, ip, 1);
+    }
+
+    /// Adds the hot pair's `count` to its tally (to `fallback`'s when there is no hot
+    /// pair: requests counted just as a flush took the cell, never lost).
+    fn settle(hours: &mut Hours, count: u64, fallback: (i64, Option<std::net::IpAddr>)) {
+        if count > 0 {
+            let (hour, ip) = hours.hot.unwrap_or(fallback);
+            Self::tally(&mut hours.tallies, hour, "accepted", ip, count);
+        }
+    }
+
+    fn tally(
+        hours: &mut Vec<HourTally>,
+        hour: i64,
+        outcome: &'static str,
+        ip: Option<std::net::IpAddr>,
+        n: u64,
+    ) {
         let at = match hours.iter().position(|tally| tally.hour == hour) {
             Some(at) => at,
             None => {
@@ -428,33 +484,40 @@ impl UsageCell {
         };
         let tally = &mut hours[at];
         match tally.outcomes.iter_mut().find(|(seen, _)| *seen == outcome) {
-            Some((_, count)) => *count += 1,
-            None => tally.outcomes.push((outcome, 1)),
+            Some((_, count)) => *count += n,
+            None => tally.outcomes.push((outcome, n)),
         }
         match ip {
             Some(ip) => {
                 if let Some((_, count)) = tally.ips.iter_mut().find(|(seen, _)| *seen == ip) {
-                    *count += 1;
+                    *count += n;
                 } else if tally.ips.len() < 80 {
                     // Beyond 4 × the named limit the rest is `other` already here (the
                     // store keeps the most frequent 20 of what it is sent).
-                    tally.ips.push((ip, 1));
+                    tally.ips.push((ip, n));
                 } else {
-                    tally.other += 1;
+                    tally.other += n;
                 }
             }
-            None => tally.other += 1,
+            None => tally.other += n,
         }
     }
 
-    /// Takes what was counted.
+    /// Takes what was counted (the hot pair's count included; the next accepted
+    /// request starts a hot pair anew).
     pub(crate) fn take(&self) -> Vec<HourTally> {
-        std::mem::take(
-            &mut *self
-                .hours
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        use std::sync::atomic::Ordering;
+        let mut hours = self
+            .hours
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.hot.store(0, Ordering::Release);
+        if let Some(pair) = hours.hot.take() {
+            hours.hot = Some(pair);
+            Self::settle(&mut hours, self.hot_count.swap(0, Ordering::AcqRel), pair);
+            hours.hot = None;
+        }
+        std::mem::take(&mut hours.tallies)
     }
 }
 
@@ -507,5 +570,54 @@ impl Eq for LastSeen {}
 impl fmt::Debug for LastSeen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LastSeen")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hot and cold counts, taken while they grow: every request counted once.
+    #[test]
+    fn a_usage_cell_loses_no_request_while_it_is_taken() {
+        let cell = UsageCell::default();
+        let ips: [std::net::IpAddr; 2] = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        let taken = std::sync::Mutex::new(0u64);
+        let count = |tallies: Vec<HourTally>| -> u64 {
+            tallies
+                .iter()
+                .map(|t| t.outcomes.iter().map(|(_, n)| n).sum::<u64>())
+                .sum()
+        };
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let cell = &cell;
+                scope.spawn(move || {
+                    for i in 0..10_000u64 {
+                        // Mostly one client per thread, sometimes the other; a refusal now
+                        // and then.
+                        let ip = ips[usize::from(i % 97 == 0) ^ (thread % 2)];
+                        let outcome = if i % 501 == 0 {
+                            "rate_limited"
+                        } else {
+                            "accepted"
+                        };
+                        cell.add(3_600, outcome, Some(ip));
+                    }
+                });
+            }
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    *taken.lock().unwrap() += count(cell.take());
+                    std::thread::yield_now();
+                }
+            });
+        });
+        // What the last take missed is settled by the next request, or the next take.
+        cell.add(3_600, "rate_limited", None);
+        let total = *taken.lock().unwrap()
+            + count(cell.take())
+            + cell.hot_count.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(total, 40_001);
     }
 }
