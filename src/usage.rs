@@ -192,9 +192,12 @@ impl UsageRecorder {
         // Until the store confirms, the batch goes back to the pending uses when this
         // future ends in any other way: an error, or being dropped (an aborted flusher
         // at shutdown). Writing a use twice is harmless: stores keep the latest.
+        // Sorted: concurrent batches of several instances lock rows in one order.
+        let mut sorted: Vec<(KeyId, OffsetDateTime)> = latest.into_iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut batch = Unflushed {
             recorder: self,
-            batch: latest.into_iter().collect(),
+            batch: sorted,
         };
         let metrics = &self.inner.metrics;
         if let Err(error) = store.touch_last_used(&batch.batch).await {

@@ -94,3 +94,45 @@ async fn two_instances_write_one_chain() {
     let edited = a.audit_trail("acct").await.unwrap();
     assert_eq!(verify_chain(&edited), Err(trail[7].id.clone()));
 }
+
+/// Hourly usage on PostgreSQL: a batch holding two buckets of one key and hour (a key
+/// whose cached record was reloaded between flushes) is one row per outcome, summed.
+#[tokio::test]
+async fn usage_batches_with_repeated_buckets_add_up() {
+    let Some((pool, schema)) = schema_pool("usage_repeat").await else {
+        return;
+    };
+    let store = PostgresStore::from_pool(pool).with_revocation_channel(&schema);
+    store.migrate().await.unwrap();
+    let id = tower_api_keys::key::KeyId::new("ak_repeat");
+    let now = time::OffsetDateTime::now_utc();
+    let bucket = |n: u64, ip: &str| {
+        let mut bucket = tower_api_keys::store::UsageBucket::new(id.clone(), now);
+        bucket.outcomes.insert("accepted".into(), n);
+        bucket.ips = vec![(ip.to_owned(), n)];
+        bucket
+    };
+    store
+        .record_usage(&[
+            bucket(2, "10.0.0.1"),
+            bucket(3, "10.0.0.1"),
+            bucket(4, "10.0.0.2"),
+        ])
+        .await
+        .unwrap();
+    store.record_usage(&[bucket(1, "10.0.0.2")]).await.unwrap();
+    let buckets = store
+        .usage(
+            &id,
+            now - time::Duration::hours(2),
+            now + time::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(buckets.len(), 1);
+    assert_eq!(buckets[0].outcomes["accepted"], 10);
+    assert_eq!(
+        buckets[0].ips,
+        [("10.0.0.1".to_owned(), 5), ("10.0.0.2".to_owned(), 5)]
+    );
+}

@@ -1119,6 +1119,25 @@ where
                 .map(move |(ip, count)| (b.key_id.as_str(), b.hour, ip.as_str(), *count))
         })
         .collect();
+    // One row per key, hour and name (a batch may hold two buckets of one key-hour: a
+    // record reloaded into the cache counts apart from the one before), in one order
+    // for every instance: concurrent batches lock rows in the same order and queue
+    // instead of deadlocking.
+    let merge = |rows: Vec<Row<'_>>| -> Vec<(String, OffsetDateTime, String, u64)> {
+        let mut merged: std::collections::BTreeMap<(&str, i128, &str), (OffsetDateTime, u64)> =
+            std::collections::BTreeMap::new();
+        for (key, hour, name, count) in rows {
+            merged
+                .entry((key, hour.unix_timestamp_nanos(), name))
+                .or_insert((hour, 0))
+                .1 += count;
+        }
+        merged
+            .into_iter()
+            .map(|((key, _, name), (hour, count))| (key.to_owned(), hour, name.to_owned(), count))
+            .collect()
+    };
+    let (outcomes, ips) = (merge(outcomes), merge(ips));
     for (table, column, rows) in [
         ("key_usage", "outcome", &outcomes),
         ("key_usage_ips", "ip", &ips),
@@ -1142,9 +1161,9 @@ where
             );
             let mut query = sqlx::query(&sql);
             for (key, hour, name, count) in chunk {
-                query = D::bind_text(query, Some(key));
+                query = D::bind_text(query, Some(key.as_str()));
                 query = D::bind_time(query, Some(*hour));
-                query = D::bind_text(query, Some(name));
+                query = D::bind_text(query, Some(name.as_str()));
                 query = D::bind_int(query, i64::try_from(*count).unwrap_or(i64::MAX));
             }
             query.execute(&mut *conn).await.map_err(backend)?;
