@@ -410,6 +410,8 @@ pub(crate) struct UsageCell {
 pub(crate) struct Hours {
     tallies: Vec<HourTally>,
     hot: Option<(i64, Option<std::net::IpAddr>)>,
+    /// The hot pair before the last take.
+    last: Option<(i64, Option<std::net::IpAddr>)>,
 }
 
 fn pair_digest(hour: i64, ip: Option<std::net::IpAddr>) -> u64 {
@@ -512,11 +514,13 @@ impl UsageCell {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.hot.store(0, Ordering::Release);
-        if let Some(pair) = hours.hot.take() {
-            hours.hot = Some(pair);
-            Self::settle(&mut hours, self.hot_count.swap(0, Ordering::AcqRel), pair);
-            hours.hot = None;
+        // Always swapped: an add that read the hot pair before it was cleared lands
+        // here, and is booked to the last pair rather than lost.
+        let count = self.hot_count.swap(0, Ordering::AcqRel);
+        if let Some(pair) = hours.hot.or(hours.last) {
+            Self::settle(&mut hours, count, pair);
         }
+        hours.last = hours.hot.take().or(hours.last);
         std::mem::take(&mut hours.tallies)
     }
 }
@@ -615,9 +619,7 @@ mod tests {
         });
         // What the last take missed is settled by the next request, or the next take.
         cell.add(3_600, "rate_limited", None);
-        let total = *taken.lock().unwrap()
-            + count(cell.take())
-            + cell.hot_count.load(std::sync::atomic::Ordering::Relaxed);
+        let total = *taken.lock().unwrap() + count(cell.take());
         assert_eq!(total, 40_001);
     }
 }

@@ -126,6 +126,21 @@ impl UsageRecorder {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        // One bucket per key and hour (a failed flush's, and a reloaded record's, are
+        // merged), so a store outage grows this by keys × hours, not by flushes.
+        let mut merged: HashMap<(KeyId, i128), UsageBucket> = HashMap::new();
+        let mut add = |bucket: UsageBucket| {
+            let at = (bucket.key_id.clone(), bucket.hour.unix_timestamp_nanos());
+            match merged.get_mut(&at) {
+                Some(seen) => seen.merge(&bucket),
+                None => {
+                    merged.insert(at, bucket);
+                }
+            }
+        };
+        for bucket in buckets.drain(..) {
+            add(bucket);
+        }
         for record in records {
             // Unregistered first: a request counted after this registers it again.
             record.usage.registered.store(false, Ordering::Release);
@@ -144,11 +159,11 @@ impl UsageRecorder {
                 if tally.other > 0 {
                     ips.insert("other".to_owned(), tally.other);
                 }
-                bucket.ips = crate::store::top_ips(ips);
-                buckets.push(bucket);
+                bucket.ips = ips.into_iter().collect();
+                add(bucket);
             }
         }
-        buckets
+        merged.into_values().collect()
     }
 
     /// Writes the pending uses to `store` in one batch; returns how many keys it

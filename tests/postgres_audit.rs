@@ -136,3 +136,33 @@ async fn usage_batches_with_repeated_buckets_add_up() {
         [("10.0.0.1".to_owned(), 5), ("10.0.0.2".to_owned(), 5)]
     );
 }
+
+/// Events keep the exact JSON their hash covers: numbers PostgreSQL's jsonb would
+/// rewrite (1e16, -0.0) do not break the chain.
+#[tokio::test]
+async fn numbers_in_changes_survive_the_round_trip() {
+    let Some((pool, schema)) = schema_pool("audit_numbers").await else {
+        return;
+    };
+    let store = PostgresStore::from_pool(pool).with_revocation_channel(&schema);
+    store.migrate().await.unwrap();
+    let manager = KeyManager::new(
+        store.clone(),
+        CachedVerifier::new(store.clone()),
+        KeyFormat::new("sk"),
+    );
+    let mut metadata = tower_api_keys::record::Metadata::new();
+    metadata.insert("big".into(), serde_json::json!(1e16));
+    metadata.insert("negative_zero".into(), serde_json::json!(-0.0));
+    metadata.insert("text".into(), serde_json::json!("é \u{1F600} \"quoted\""));
+    manager
+        .create_for_account(
+            "acct",
+            Environment::LIVE,
+            NewKey::named("k").metadata(metadata),
+        )
+        .await
+        .unwrap();
+    let trail = store.audit_trail("acct").await.unwrap();
+    assert_eq!(verify_chain(&trail), Ok(()));
+}

@@ -1,5 +1,6 @@
 -- The audit trail: append-only, hash-chained per account (see src/audit.rs). `seq`
--- orders an account's events.
+-- orders an account's events. `changes` is TEXT, not JSONB: the exact JSON the hash
+-- covers (JSONB would rewrite numbers and break the chain).
 CREATE TABLE audit_events (
     seq         BIGSERIAL PRIMARY KEY,
     id          TEXT NOT NULL UNIQUE,
@@ -9,7 +10,7 @@ CREATE TABLE audit_events (
     actor       TEXT NOT NULL,
     action      TEXT NOT NULL,
     key_id      TEXT NULL,
-    changes     JSONB NOT NULL,
+    changes     TEXT NOT NULL,
     client_ip   TEXT NULL,
     prev_hash   TEXT NOT NULL,
     hash        TEXT NOT NULL

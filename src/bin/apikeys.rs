@@ -291,18 +291,25 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Some(account) => vec![account],
                 None => store.audited_accounts().await.map_err(|e| e.to_string())?,
             };
-            let mut events = 0;
+            // Every account is checked, whatever an earlier one showed; the error names
+            // each broken (or unreadable) one, on one line.
+            let (mut events, mut broken_accounts) = (0, Vec::new());
             for account in &accounts {
-                let trail = store
-                    .audit_trail(account)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Err(broken) = verify_chain(&trail) {
-                    return Err(format!(
-                        "the audit trail of account {account} is broken at event {broken}"
-                    ));
+                let problem = match store.audit_trail(account).await {
+                    Ok(trail) => {
+                        events += trail.len();
+                        verify_chain(&trail)
+                            .err()
+                            .map(|broken| format!("is broken at event {broken}"))
+                    }
+                    Err(error) => Some(format!("cannot be read: {error}")),
+                };
+                if let Some(problem) = problem {
+                    broken_accounts.push(format!("the audit trail of account {account} {problem}"));
                 }
-                events += trail.len();
+            }
+            if !broken_accounts.is_empty() {
+                return Err(broken_accounts.join("; "));
             }
             println!("verified {events} events in {} accounts", accounts.len());
         }

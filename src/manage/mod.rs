@@ -351,11 +351,22 @@ fn check_owner(owner_id: Option<&str>) -> Result<(), ManageError> {
 /// Metadata as given: at most [`MAX_METADATA_BYTES`] as JSON.
 fn check_metadata(metadata: &Metadata) -> Result<(), ManageError> {
     let json = serde_json::to_string(metadata).unwrap_or_default();
-    // PostgreSQL's jsonb holds no NUL character.
-    if json.len() > MAX_METADATA_BYTES || json.contains("\\u0000") {
+    // PostgreSQL's jsonb holds no NUL character; depth is bounded so that audit events
+    // (which nest metadata three levels deeper) stay readable.
+    fn depth(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let nested = metadata.values().map(depth).max().unwrap_or(0);
+    if json.len() > MAX_METADATA_BYTES || json.contains("\\u0000") || nested > 16 {
         return Err(ManageError::invalid(
             Invalid::Metadata,
-            format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, without NUL"),
+            format!(
+                "metadata must be at most {MAX_METADATA_BYTES} bytes of JSON, nested at most 16 levels, without NUL"
+            ),
         ));
     }
     Ok(())
@@ -1170,6 +1181,14 @@ mod tests {
         assert!(check_owner(Some("a\nb")).is_err());
         let mut metadata = Metadata::new();
         metadata.insert("k".into(), "nul \0 inside".into());
+        assert!(check_metadata(&metadata).is_err());
+        // Nested past 16 levels: refused (audit events nest it three levels deeper).
+        let mut deep = serde_json::json!(1);
+        for _ in 0..20 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut metadata = Metadata::new();
+        metadata.insert("deep".into(), deep);
         assert!(check_metadata(&metadata).is_err());
     }
 

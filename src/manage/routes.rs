@@ -659,6 +659,12 @@ async fn usage<S: KeyStore, V: KeyVerifier>(
             }
         }
         owned(&routes, &caller, &id).await?;
+        if to - from > time::Duration::days(31) || to <= from {
+            return Err(ManageError::invalid(
+                Invalid::Query,
+                "from must be before to, at most 31 days apart",
+            ));
+        }
         let buckets = routes
             .manager
             .usage(caller.account_id(), &id, from, to)

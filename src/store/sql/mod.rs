@@ -28,7 +28,7 @@ use crate::limit::RateLimit;
 use crate::limit::credits::{CreditGrant, CreditSubject, Credits, take_from};
 use crate::record::{AccountLimits, AccountStanding, Metadata};
 use crate::restriction::Restrictions;
-use crate::store::{MAX_USAGE_IPS, UsageBucket, key_event, top_ips};
+use crate::store::{UsageBucket, key_event, top_ips};
 
 /// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
 /// them (`$alias` is the table alias with its dot, or nothing).
@@ -893,13 +893,10 @@ where
     };
     let event = draft.seal_after(previous.as_deref());
     let changes = event.changes.to_string();
-    let insert = format!(
-        "INSERT INTO audit_events (id, at, account_id, environment, actor, action, key_id, \
-         changes, client_ip, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, {}, $9, \
-         $10, $11)",
-        D::JSON_PARAM.replace("$n", "$8")
-    );
-    let query = D::bind_text(sqlx::query(&insert), Some(&event.id));
+    let insert = "INSERT INTO audit_events (id, at, account_id, environment, actor, action, \
+         key_id, changes, client_ip, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+         $9, $10, $11)";
+    let query = D::bind_text(sqlx::query(insert), Some(&event.id));
     let query = D::bind_time(query, Some(event.at));
     let query = D::bind_text(query, Some(&event.account_id));
     let query = D::bind_text(query, event.environment.as_deref());
@@ -1090,9 +1087,9 @@ where
 const USAGE_ROWS_PER_STATEMENT: usize = 200;
 
 /// Adds `buckets` on `conn`, inside the caller's transaction: outcomes and addresses
-/// upserted a few hundred rows per statement, then the key-hours that now name more
-/// than [`MAX_USAGE_IPS`] addresses folded down to the most frequent (one query finds
-/// them).
+/// upserted a few hundred rows per statement. The table keeps every address a batch
+/// names (at most 80 per key and flush); [`usage`] answers the most frequent
+/// [`MAX_USAGE_IPS`](crate::store::MAX_USAGE_IPS) by name and the rest as `other`.
 pub(crate) async fn record_usage<D>(
     conn: &mut <D::Db as Database>::Connection,
     buckets: &[UsageBucket],
@@ -1167,64 +1164,6 @@ where
                 query = D::bind_int(query, i64::try_from(*count).unwrap_or(i64::MAX));
             }
             query.execute(&mut *conn).await.map_err(backend)?;
-        }
-    }
-    // Key-hours over the limit of named addresses (rare: more than 20 clients an hour).
-    let Some(oldest) = buckets
-        .iter()
-        .filter(|b| !b.ips.is_empty())
-        .map(|b| b.hour)
-        .min()
-    else {
-        return Ok(());
-    };
-    let crowded = D::bind_time(
-        sqlx::query(&format!(
-            "SELECT key_id, hour FROM key_usage_ips WHERE hour >= $1 AND ip <> 'other' \
-             GROUP BY key_id, hour HAVING COUNT(*) > {MAX_USAGE_IPS}"
-        )),
-        Some(oldest),
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(backend)?;
-    for row in &crowded {
-        let key = required(D::text(row, 0), "key_id")?;
-        let hour = required(D::time(row, 1), "hour")?;
-        let query = D::bind_text(
-            sqlx::query("SELECT ip, count FROM key_usage_ips WHERE key_id = $1 AND hour = $2"),
-            Some(&key),
-        );
-        let rows = D::bind_time(query, Some(hour))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
-        let mut counts = std::collections::HashMap::new();
-        for row in &rows {
-            let ip = required(D::text(row, 0), "ip")?;
-            let count = u64::try_from(D::int(row, 1).map_err(backend)?).unwrap_or(0);
-            *counts.entry(ip).or_insert(0) += count;
-        }
-        let query = D::bind_text(
-            sqlx::query("DELETE FROM key_usage_ips WHERE key_id = $1 AND hour = $2"),
-            Some(&key),
-        );
-        D::bind_time(query, Some(hour))
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        for (ip, count) in top_ips(counts) {
-            let query = D::bind_text(
-                sqlx::query(
-                    "INSERT INTO key_usage_ips (key_id, hour, ip, count) VALUES ($1, $2, $3, $4)",
-                ),
-                Some(&key),
-            );
-            let query = D::bind_text(D::bind_time(query, Some(hour)), Some(&ip));
-            D::bind_int(query, i64::try_from(count).unwrap_or(i64::MAX))
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
         }
     }
     Ok(())
