@@ -176,6 +176,20 @@ impl<V: KeyVerifier> Shared<V> {
         }
     }
 
+    /// [`count`](Self::count) for a spend that had to wait: `principal`'s request ended
+    /// as `outcome`.
+    fn count_spent<B, T>(
+        &self,
+        principal: &Principal,
+        request: &Request<B>,
+        outcome: &Result<T, AuthError>,
+    ) {
+        let code = outcome
+            .as_ref()
+            .map_or_else(AuthError::code, |_| "accepted");
+        self.count(&principal.shared_record(), &RequestView::of(request), code);
+    }
+
     /// What `request` costs before routing: its cost by
     /// [`route_costs`](ApiKeyLayer::route_costs), else the default.
     fn cost_of(&self, request: &RequestView<'_>) -> u32 {
@@ -583,6 +597,25 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         self.call_limited(request, None)
     }
 
+    /// The response future of a request decided by `verification`: the ready service
+    /// goes into the future, `self` keeps a fresh clone.
+    fn deferred<ReqBody>(
+        &mut self,
+        verification: VerifyFuture<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>> + Clone,
+    {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Verify {
+                fut: verification,
+                inner: Some(inner),
+            },
+        }
+    }
+
     /// The key is known but its spend waits for Redis or the credit store.
     fn spend_then_call<ReqBody, ResBody>(
         &mut self,
@@ -594,16 +627,11 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
         ReqBody: Send + 'static,
     {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let verification: VerifyFuture<ReqBody> = Box::pin(async move {
             let outcome = spending.await;
             if let Some(principal) = request.extensions().get::<Principal>() {
-                let code = outcome
-                    .as_ref()
-                    .map_or_else(AuthError::code, |_| "accepted");
-                shared.count(&principal.shared_record(), &RequestView::of(&request), code);
+                shared.count_spent(principal, &request, &outcome);
             }
             match outcome {
                 Ok(quota) => {
@@ -616,12 +644,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                 Err(error) => Verified(Outcome::Rejected(shared.refuse(&span, &error))),
             }
         });
-        ResponseFuture {
-            state: State::Verify {
-                fut: verification,
-                inner: Some(inner),
-            },
-        }
+        self.deferred(verification)
     }
 
     /// Calls the inner service; its response gets the `quota`'s headers.
@@ -672,9 +695,6 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
         ReqBody: Send + 'static,
     {
-        // The ready service goes into the future; `self` keeps a fresh clone.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let verification: VerifyFuture<ReqBody> = Box::pin(async move {
             let mut request = request;
@@ -683,11 +703,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                     Ok((principal, Spent::Now(quota))) => quota.map(|quota| (principal, quota)),
                     Ok((principal, Spent::Later(spending))) => {
                         let outcome = spending.await;
-                        let code = outcome
-                            .as_ref()
-                            .map_or_else(AuthError::code, |_| "accepted");
-                        let record = principal.shared_record();
-                        shared.count(&record, &RequestView::of(&request), code);
+                        shared.count_spent(&principal, &request, &outcome);
                         outcome.map(|quota| (principal, quota))
                     }
                     Err(error) => Err(error),
@@ -708,12 +724,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
                 Err(error) => Verified(Outcome::Rejected(shared.refuse(&span, &error))),
             }
         });
-        ResponseFuture {
-            state: State::Verify {
-                fut: verification,
-                inner: Some(inner),
-            },
-        }
+        self.deferred(verification)
     }
 }
 

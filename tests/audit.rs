@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::raw_http::Client;
+use support::raw_http::{Client, serve_with_peer};
 use support::temp_db::TempDb;
 use tower_api_keys::audit::{Action, AuditEvent, verify_chain};
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
@@ -22,21 +22,6 @@ use tower_api_keys::record::{AccountLimits, AccountStanding};
 use tower_api_keys::scope::Scope;
 use tower_api_keys::store::{KeyStore, SqliteStore};
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
-
-/// Serves `app` with the peer address (what the audit trail records).
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
-}
 
 struct Server {
     /// Keys manage at `/v1/account`, the signed-in user `usr_1` at `/dashboard`.
@@ -79,7 +64,7 @@ async fn server(name: &str, limit: usize) -> Server {
         .layer(ApiKeyLayer::new(format, cache))
         .nest("/dashboard", dashboard);
     Server {
-        addr: serve(app).await,
+        addr: serve_with_peer(app).await,
         admin: admin.key.expose_secret().to_owned(),
         admin_id: admin.info.id,
         store,

@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use support::raw_http::Client;
+use support::raw_http::{Client, serve_with_peer};
 use support::temp_db::TempDb;
 use time::OffsetDateTime;
 use tower_api_keys::key::{Environment, KeyFormat, KeyId};
@@ -19,20 +18,6 @@ use tower_api_keys::scope::Scope;
 use tower_api_keys::store::{KeyStore, SqliteStore, UsageBucket};
 use tower_api_keys::usage::UsageRecorder;
 use tower_api_keys::{ApiKeyLayer, CachedVerifier};
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hourly_buckets_by_outcome_and_address_after_known_traffic() {
@@ -67,7 +52,7 @@ async fn hourly_buckets_by_outcome_and_address_after_known_traffic() {
         .route("/v1/ping", axum::routing::get(|| async { "pong" }))
         .nest("/v1/account", manage::router(manager.clone()))
         .layer(ApiKeyLayer::new(format, cache).record_usage(usage.clone()));
-    let addr = serve(app).await;
+    let addr = serve_with_peer(app).await;
     let client = Client::new(addr, limited.key.expose_secret());
     let mut statuses = Vec::new();
     for _ in 0..7 {

@@ -13,6 +13,23 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
     addr
 }
 
+/// [`serve`], with each connection's peer address in the requests (what IP
+/// restrictions, the audit trail and usage per address read).
+#[allow(dead_code)]
+pub async fn serve_with_peer(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
 pub struct Reply {
     pub status: u16,
     /// The status line and headers, lowercased.

@@ -752,16 +752,7 @@ where
     for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
 {
     let account = Some(key.account_id.as_str());
-    D::bind_text(sqlx::query(ENSURE_ACCOUNT), account)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?;
-    if let Some(lock) = D::LOCK_ACCOUNT {
-        D::bind_text(sqlx::query(lock), account)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-    }
+    lock_account::<D>(conn, &key.account_id).await?;
     if let Some(replacement) = &key.replaces {
         let later;
         let sql = if replacement.ends_at <= OffsetDateTime::now_utc() {
