@@ -1237,3 +1237,38 @@ where
         })
         .collect()
 }
+
+/// An account's limits set, with its audit event (the limits before and after),
+/// inside the caller's transaction.
+pub(crate) async fn set_account_limits_audited<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    account_id: &str,
+    limits: &AccountLimits,
+    audit: &Audit,
+) -> Result<(), StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let (sql, ratelimits) = (
+        set_account_limits_sql::<D>(),
+        ratelimits_json(&limits.ratelimits),
+    );
+    let refill = account_refill_json(limits);
+    lock_account::<D>(conn, account_id).await?;
+    let rows = D::bind_text(sqlx::query(GET_ACCOUNT_LIMITS), Some(account_id))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let before = match rows.first() {
+        Some(row) => read_account_limits::<D>(row, 0)?,
+        None => AccountLimits::none(),
+    };
+    set_account_limits::<D>(&sql, account_id, &ratelimits, limits, &refill)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let event = crate::store::limits_event(audit, account_id, &before, limits);
+    append_event::<D>(conn, event).await
+}

@@ -15,17 +15,15 @@ use time::OffsetDateTime;
 
 use super::{
     AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
-    SET_STANDING, account_refill_json, append_event, backend, fetch_key, fetch_keys,
-    find_key_by_id, get_key, list_keys, ratelimits_json, read_account_limits, read_key,
-    read_standing, set_account_limits, set_account_limits_sql,
+    SET_STANDING, append_event, backend, fetch_key, fetch_keys, find_key_by_id, get_key, list_keys,
+    read_account_limits, read_key, read_standing,
 };
 use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery};
 use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
 use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, limits_event,
-    standing_event,
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, standing_event,
 };
 use crate::verify::{KeyVerifier, VerifyError};
 
@@ -346,27 +344,9 @@ impl KeyStore for SqliteStore {
         limits: &AccountLimits,
         audit: &Audit,
     ) -> Result<(), StoreError> {
-        let (sql, ratelimits) = (
-            set_account_limits_sql::<SqliteDialect>(),
-            ratelimits_json(&limits.ratelimits),
-        );
-        let refill = account_refill_json(limits);
         let mut tx = self.write_transaction().await?;
-        let rows = sqlx::query(GET_ACCOUNT_LIMITS)
-            .bind(account_id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let before = match rows.first() {
-            Some(row) => read_account_limits::<SqliteDialect>(row, 0)?,
-            None => AccountLimits::none(),
-        };
-        set_account_limits::<SqliteDialect>(&sql, account_id, &ratelimits, limits, &refill)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let event = limits_event(audit, account_id, &before, limits);
-        append_event::<SqliteDialect>(&mut tx, event).await?;
+        super::set_account_limits_audited::<SqliteDialect>(&mut tx, account_id, limits, audit)
+            .await?;
         tx.commit().await.map_err(backend)
     }
 

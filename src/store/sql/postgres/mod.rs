@@ -17,17 +17,15 @@ use time::OffsetDateTime;
 use self::listener::Notice;
 use super::{
     AFTER_KEY_COLUMNS, Dialect, FIND_KEY_BY_HASH, GET_ACCOUNT_LIMITS, GET_STANDING, Query,
-    SET_STANDING, account_refill_json, append_event, backend, fetch_key, fetch_keys,
-    find_key_by_id, get_key, list_keys, lock_account, ratelimits_json, read_account_limits,
-    read_key, read_standing, set_account_limits, set_account_limits_sql,
+    SET_STANDING, append_event, backend, fetch_key, fetch_keys, find_key_by_id, get_key, list_keys,
+    lock_account, read_account_limits, read_key, read_standing,
 };
 use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery};
 use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
 use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, limits_event,
-    standing_event,
+    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, standing_event,
 };
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
@@ -377,28 +375,9 @@ impl KeyStore for PostgresStore {
         limits: &AccountLimits,
         audit: &Audit,
     ) -> Result<(), StoreError> {
-        let (sql, ratelimits) = (
-            set_account_limits_sql::<PostgresDialect>(),
-            ratelimits_json(&limits.ratelimits),
-        );
-        let refill = account_refill_json(limits);
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        lock_account::<PostgresDialect>(&mut tx, account_id).await?;
-        let row = sqlx::query(GET_ACCOUNT_LIMITS)
-            .bind(account_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let before = match row {
-            Some(row) => read_account_limits::<PostgresDialect>(&row, 0)?,
-            None => AccountLimits::none(),
-        };
-        set_account_limits::<PostgresDialect>(&sql, account_id, &ratelimits, limits, &refill)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let event = limits_event(audit, account_id, &before, limits);
-        append_event::<PostgresDialect>(&mut tx, event).await?;
+        super::set_account_limits_audited::<PostgresDialect>(&mut tx, account_id, limits, audit)
+            .await?;
         self.notify(&mut tx, &Notice::Account(account_id.to_owned()))
             .await?;
         tx.commit().await.map_err(backend)
