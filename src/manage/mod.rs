@@ -78,6 +78,11 @@
 //! (a signed-in user) may rotate and change any key it manages.
 
 mod error;
+#[cfg(feature = "dashboard")]
+mod dashboard;
+#[cfg(feature = "openapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
+pub mod openapi;
 #[cfg(feature = "axum")]
 mod routes;
 
@@ -85,6 +90,9 @@ pub use error::{Invalid, ManageError};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use routes::{Ack, KeyRoutes, router, router_with_scope};
+#[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
+pub use dashboard::Dashboard;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -547,6 +555,12 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
             self.scopes = scopes.into();
         }
         self
+    }
+
+    /// The scopes new keys may carry.
+    #[must_use]
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
     }
 
     /// Gives new keys ids starting with `{prefix}_` instead of `ak_` (`key` or `key_`

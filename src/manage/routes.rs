@@ -207,6 +207,29 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
         self
     }
 
+    /// The key-management page for these routes, offering the manager's scopes (see
+    /// [`Dashboard`](super::Dashboard)). Serve it where the browser reaches it with
+    /// the same origin as these routes.
+    #[cfg(feature = "dashboard")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
+    #[must_use]
+    pub fn dashboard(&self) -> super::Dashboard {
+        super::Dashboard::new(self.manager.scopes().iter().cloned())
+    }
+
+    /// The OpenAPI description of these routes (their scope, whether they rotate and
+    /// rename), to set a [`prefix`](super::openapi::ManagementDoc::prefix) on and
+    /// merge into your document.
+    #[cfg(feature = "openapi")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
+    #[must_use]
+    pub fn openapi(&self) -> super::openapi::ManagementDoc {
+        super::openapi::ManagementDoc::new()
+            .scope(self.scope.clone())
+            .rotation(self.rotation)
+            .renames(self.renames)
+    }
+
     /// The routes, ready to [`nest`](Router::nest) under any prefix, including one with
     /// path parameters of its own (`/projects/{project_id}`).
     pub fn into_router(self) -> Router {

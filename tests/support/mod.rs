@@ -1,6 +1,8 @@
 //! Shared fixtures for the behaviour tests.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "dashboard")]
+pub mod browser;
 pub mod create;
 #[cfg(feature = "sqlite")]
 pub mod example_server;
