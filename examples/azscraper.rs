@@ -5,7 +5,10 @@
 //! token: the key layer hands tokens that are not keys on to the session check. A key
 //! authenticates as the user who created it but is locked to its project (another
 //! project: 403). Keys are managed at `/private/projects/{projectId}/api-keys` with the
-//! session JWT only (an API key there is 401). Prints `SESSION_TOKEN` (a JWT for the
+//! session JWT only (an API key there is 401), sent as the Bearer token or, from a
+//! browser, as the `azs_session` cookie (`POST /session` with the JWT as the Bearer
+//! token sets it, as a login page would); the key page is at
+//! `/private/projects/{projectId}/dashboard`, behind the same session. Prints `SESSION_TOKEN` (a JWT for the
 //! user who owns both projects, valid 12 hours), `PROJECT_ID` and `OTHER_PROJECT_ID`,
 //! `CREDITS_KEY` (Ada's key for `PROJECT_ID` in an account with a balance of 10
 //! credits, which every job spends: the 11th job is 402 `credits_exhausted`), then
@@ -26,7 +29,7 @@ use axum::extract::{FromRequestParts, Path, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -59,9 +62,13 @@ struct Sessions {
 }
 
 impl Sessions {
-    /// The user of a valid session JWT in the `Authorization` header, or 401.
+    /// The user of a valid session JWT in the `Authorization` header (or, from a
+    /// browser, in the `azs_session` cookie), or 401.
     fn user(&self, headers: &HeaderMap) -> Result<String, Refusal> {
-        let token = bearer_token(headers).ok().flatten();
+        let token = bearer_token(headers)
+            .ok()
+            .flatten()
+            .or_else(|| session_cookie(headers));
         let claims = token.and_then(|token| {
             jsonwebtoken::decode::<Claims>(
                 token,
@@ -95,6 +102,44 @@ impl Sessions {
             )),
             Some(_) => Ok(()),
         }
+    }
+}
+
+/// The `azs_session` cookie, as a login page would set it (`HttpOnly; SameSite=Strict`,
+/// so that no other site's request carries it).
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("azs_session="))
+}
+
+/// `POST /session` with the session JWT as the Bearer token: the same session as a
+/// cookie for the browser (`HttpOnly`, `SameSite=Strict`, as long as the JWT is valid),
+/// the way a login page would sign a user in to the key page.
+async fn sign_in(State(sessions): State<Arc<Sessions>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = sessions.user(&headers) {
+        return refused.into_response();
+    }
+    let Some(token) = bearer_token(&headers).ok().flatten() else {
+        return failure(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "send the session token",
+        )
+        .into_response();
+    };
+    let cookie = format!("azs_session={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
+    match HeaderValue::from_str(&cookie) {
+        Ok(cookie) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response(),
+        Err(_) => failure(
+            StatusCode::BAD_REQUEST,
+            "invalid_token",
+            "not a session token",
+        )
+        .into_response(),
     }
 }
 
@@ -244,7 +289,7 @@ async fn main() -> Result<(), support::BoxError> {
         owners: owners.into_iter().collect(),
     });
 
-    let keys = KeyRoutes::new(manager)
+    let routes = KeyRoutes::new(manager)
         .envelope(Envelope::Data)
         .rotation(false) // rotating is: create a new key, revoke the old
         .key_view(|key| {
@@ -260,10 +305,22 @@ async fn main() -> Result<(), support::BoxError> {
             json!({ "id": key.id, "name": key.name, "key": secret, "createdAt": timestamp(key.created_at) })
         })
         .updated(Ack::Done(None))
-        .revoked(Ack::Done(None))
+        .revoked(Ack::Done(None));
+    // The key page next to the routes, behind the same session check: a signed-in
+    // owner's browser manages the project's keys with its session cookie.
+    let page = routes
+        .dashboard()
+        .title("AzScraper API keys")
+        .router("/dashboard");
+    let keys = routes
         .into_router()
-        .route_layer(middleware::from_fn_with_state(sessions.clone(), require_session));
+        .merge(page)
+        .route_layer(middleware::from_fn_with_state(
+            sessions.clone(),
+            require_session,
+        ));
 
+    let sessions_for_sign_in = sessions.clone();
     let api = Router::new()
         .route("/projects/{projectId}/jobs", get(jobs))
         .with_state(sessions)
@@ -274,6 +331,8 @@ async fn main() -> Result<(), support::BoxError> {
                 .projects(ProjectFromPath::after("projects"))
                 .realm("azscraper"),
         );
-    let app = api.nest("/private/projects/{projectId}", keys);
+    let app = api
+        .nest("/private/projects/{projectId}", keys)
+        .route("/session", post(sign_in).with_state(sessions_for_sign_in));
     support::serve(app, 3400, backend).await
 }

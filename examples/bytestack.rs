@@ -11,7 +11,8 @@
 //! malformed or revoked key; 403: valid key without the scope; 402: the account's charge
 //! failed more than 7 days ago. Prints `ADMIN_KEY`, `WRITE_KEY`, `READ_KEY`,
 //! `PAST_DUE_KEY` (charge failed 8 days ago: 402) and `GRACE_KEY` (3 days ago: served),
-//! reissued on every start, then `READY`.
+//! reissued on every start, then `READY`. The key page is at `GET /dashboard` (paste
+//! `ADMIN_KEY` into its "API key" field).
 //!
 //! ```text
 //! curl -X POST localhost:3200/v1/queries -H "Authorization: Bearer $WRITE_KEY" \
@@ -211,6 +212,12 @@ async fn main() -> Result<(), support::BoxError> {
     }
 
     let keys = KeyRoutes::new(manager).renames(false).rotation(false); // admin scope by default
+    // The key page (no data of its own: outside the key layer); it asks for an admin key.
+    let page = keys
+        .dashboard()
+        .api_base("/v1")
+        .title("ByteStack API keys")
+        .router("/dashboard");
     let app = Router::new()
         .route("/v1/queries", post(submit_query))
         .route("/v1/queries/{id}", get(query_result))
@@ -220,6 +227,7 @@ async fn main() -> Result<(), support::BoxError> {
         .route("/v1/webhooks", post(configure_webhook))
         .with_state(Data::default())
         .nest("/v1", keys.into_router())
-        .layer(backend.layer(format).realm("bytestack"));
+        .layer(backend.layer(format).realm("bytestack"))
+        .merge(page);
     support::serve(app, 3200, backend).await
 }

@@ -132,3 +132,33 @@ async fn the_readme_quickstart_works() {
     );
     assert!(server.interrupt().success());
 }
+
+/// The key page, outside the key layer, with its security headers, calling the
+/// management routes where the quickstart mounts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_serves_the_key_page() {
+    let server = ExampleServer::start("quickstart").await;
+    let page = server.send("GET", "/dashboard", None, &[], "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.head.contains("content-type: text/html"));
+    assert!(
+        page.head
+            .contains("content-security-policy: default-src 'self'")
+    );
+    assert!(page.head.contains("x-frame-options: deny"));
+    assert!(
+        page.body
+            .contains(r#"<meta name="api-keys-base" content="/v1/account/">"#)
+    );
+    assert!(page.body.contains(r#"content="read write admin""#));
+    for asset in ["/dashboard/app.js", "/dashboard/style.css"] {
+        let reply = server.send("GET", asset, None, &[], "").await;
+        assert_eq!(reply.status, 200, "{asset}");
+        assert!(reply.head.contains("x-frame-options: deny"), "{asset}");
+    }
+    // The page holds no data: the routes it calls still need an admin key.
+    let keys = server
+        .send("GET", "/v1/account/api-keys", None, &[], "")
+        .await;
+    assert_eq!(keys.status, 401);
+}

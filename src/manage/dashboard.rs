@@ -140,7 +140,10 @@ fn asset(content_type: &'static str, body: Bytes) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
@@ -190,8 +193,16 @@ mod tests {
         ] {
             let (status, headers, _) = get(&router, path).await;
             assert_eq!(status, 200, "{path}");
-            assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with(kind));
-            assert_eq!(headers[header::CONTENT_SECURITY_POLICY], "default-src 'self'");
+            assert!(
+                headers[header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with(kind)
+            );
+            assert_eq!(
+                headers[header::CONTENT_SECURITY_POLICY],
+                "default-src 'self'"
+            );
             assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
             assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         }
@@ -219,9 +230,15 @@ mod tests {
         }
         for external in ["http://", "https://", "//cdn"] {
             assert!(!page.contains(external), "an external reference {external}");
-            assert!(!STYLE.contains(external), "an external reference {external}");
+            assert!(
+                !STYLE.contains(external),
+                "an external reference {external}"
+            );
         }
-        assert!(!SCRIPT.contains("innerHTML"), "API data must be written as text");
+        assert!(
+            !SCRIPT.contains("innerHTML"),
+            "API data must be written as text"
+        );
         assert!(!SCRIPT.contains("localStorage") && !SCRIPT.contains("sessionStorage"));
         assert!(!SCRIPT.contains("document.cookie"));
     }

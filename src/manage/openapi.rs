@@ -177,7 +177,11 @@ const ROUTES: &[Route] = &[
         id: "createApiKey",
         summary: "Create a key; the answer shows it once",
         body: Some("NewApiKey"),
-        success: (201, "The key, with its secret shown this once", Some("CreatedApiKey")),
+        success: (
+            201,
+            "The key, with its secret shown this once",
+            Some("CreatedApiKey"),
+        ),
         errors: &[
             (400, &["invalid_json"]),
             (
@@ -279,7 +283,10 @@ const ROUTES: &[Route] = &[
         errors: &[(422, &["invalid_query"]), (404, &["api_key_not_found"])],
         query: &[
             ("from", "RFC 3339; default 24 hours ago"),
-            ("to", "RFC 3339; default an hour from now; at most 31 days after from"),
+            (
+                "to",
+                "RFC 3339; default an hour from now; at most 31 days after from",
+            ),
         ],
     },
     Route {
@@ -501,12 +508,17 @@ fn error_response(status: u16, codes: &[&str], headers: &[&str]) -> Value {
             .iter()
             .map(|name| {
                 let text = match *name {
-                    "WWW-Authenticate" => "The RFC 6750 challenge: `Bearer realm=\"…\", error=\"…\"`",
+                    "WWW-Authenticate" => {
+                        "The RFC 6750 challenge: `Bearer realm=\"…\", error=\"…\"`"
+                    }
                     "Retry-After" => "Seconds until a retry can succeed",
                     "RateLimit" => "The closest limit: `\"name\";r=remaining;t=seconds`",
                     _ => "The limits: `\"name\";q=quota;w=window`",
                 };
-                ((*name).to_owned(), json!({"description": text, "schema": {"type": "string"}}))
+                (
+                    (*name).to_owned(),
+                    json!({"description": text, "schema": {"type": "string"}}),
+                )
             })
             .collect();
         response["headers"] = Value::Object(headers);
@@ -747,8 +759,14 @@ mod tests {
         let json = doc.json();
         let parsed = serde_json::to_value(doc.document()).unwrap();
         assert_eq!(parsed["openapi"], "3.1.0");
-        assert_eq!(parsed["paths"], json["paths"], "utoipa dropped a part of a path");
-        assert_eq!(parsed["components"]["responses"], json["components"]["responses"]);
+        assert_eq!(
+            parsed["paths"], json["paths"],
+            "utoipa dropped a part of a path"
+        );
+        assert_eq!(
+            parsed["components"]["responses"],
+            json["components"]["responses"]
+        );
         assert!(parsed["paths"]["/v1/account/api-keys/{id}/rotate"].is_object());
     }
 
@@ -762,10 +780,15 @@ mod tests {
         assert!(doc["paths"]["/api-keys/{id}/rotate"].is_null());
         let patch = &doc["paths"]["/api-keys/{id}"]["patch"];
         assert_eq!(patch["security"], json!([{"bearer": []}]));
-        let codes = &patch["responses"]["422"]["content"]["application/json"]["schema"]
-            ["properties"]["error"]["allOf"][1]["properties"]["code"]["enum"];
+        let codes = &patch["responses"]["422"]["content"]["application/json"]["schema"]["properties"]
+            ["error"]["allOf"][1]["properties"]["code"]["enum"];
         assert!(!codes.as_array().unwrap().contains(&json!("invalid_name")));
-        assert!(codes.as_array().unwrap().contains(&json!("rename_not_allowed")));
+        assert!(
+            codes
+                .as_array()
+                .unwrap()
+                .contains(&json!("rename_not_allowed"))
+        );
     }
 
     #[test]
