@@ -199,3 +199,43 @@ async fn azscraper_follows_its_document() {
 
     assert!(server.interrupt().success());
 }
+
+/// The session may be a cookie: a request another site makes the browser send (it says
+/// so in `Sec-Fetch-Site`) is refused, whatever it asks; the page's own calls pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azscraper_refuses_cross_site_requests_with_the_session_cookie() {
+    let server = ExampleServer::start("azscraper").await;
+    let [session, project] = ["SESSION_TOKEN", "PROJECT_ID"].map(|n| server.credential(n));
+    let signed_in = server
+        .send("POST", "/session", Some(&session), &[], "")
+        .await;
+    assert_eq!(signed_in.status, 204);
+    let cookie_line = signed_in
+        .head
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .expect("a session cookie");
+    assert!(cookie_line.contains("httponly") && cookie_line.contains("samesite=strict"));
+    let cookie = format!("Cookie: azs_session={session}");
+    let keys = format!("/private/projects/{project}/api-keys");
+    let body = r#"{"name": "from elsewhere"}"#;
+    for site in ["cross-site", "same-site"] {
+        let header = format!("Sec-Fetch-Site: {site}");
+        let refused = server
+            .send("POST", &keys, None, &[&cookie, &header], body)
+            .await;
+        assert_eq!(refused.status, 403, "{site}: {}", refused.body);
+        assert_eq!(refused.json()["error"]["code"], "cross_site_request");
+    }
+    let listed = server.send("GET", &keys, None, &[&cookie], "").await;
+    assert_eq!(listed.status, 200);
+    assert!(
+        !listed.body.contains("from elsewhere"),
+        "a refused request wrote"
+    );
+    let header = "Sec-Fetch-Site: same-origin";
+    let created = server
+        .send("POST", &keys, None, &[&cookie, header], body)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+}

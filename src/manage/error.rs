@@ -120,6 +120,11 @@ pub enum ManageError {
         /// `another end user`, `a higher rate limit` or `more credits`.
         what: &'static str,
     },
+    /// A signed-in user's request came from another site (403 `cross_site_request`):
+    /// the browser said so in `Sec-Fetch-Site`. A session cookie must not let another
+    /// site create, rotate or revoke keys.
+    #[error("requests from another site cannot manage keys with this session")]
+    CrossSite,
     /// The account has its maximum of active keys in the key's environment (409
     /// `api_key_limit_reached`).
     #[error(
@@ -161,7 +166,7 @@ impl ManageError {
             ManageError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ManageError::Auth(error) => error.status(),
             ManageError::NotFound => StatusCode::NOT_FOUND,
-            ManageError::ExceedsCaller { .. } => StatusCode::FORBIDDEN,
+            ManageError::ExceedsCaller { .. } | ManageError::CrossSite => StatusCode::FORBIDDEN,
             ManageError::LimitReached { .. } => StatusCode::CONFLICT,
             ManageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -176,6 +181,7 @@ impl ManageError {
             ManageError::Auth(error) => error.code(),
             ManageError::NotFound => "api_key_not_found",
             ManageError::ExceedsCaller { .. } => "key_exceeds_caller",
+            ManageError::CrossSite => "cross_site_request",
             ManageError::LimitReached { .. } => "api_key_limit_reached",
             ManageError::Unavailable(_) => "store_unavailable",
         }

@@ -53,7 +53,10 @@
 //! `{"remaining", "refill"?}`, a negative number, an unknown interval, a day outside
 //! 1–31); 403 `insufficient_scope` (asking for a
 //! scope the caller does not hold, or a caller without the router's scope); 403
-//! `key_exceeds_caller` (rotating a key broader than the calling key: see below); 404
+//! `key_exceeds_caller` (rotating a key broader than the calling key: see below); 403
+//! `cross_site_request` (a [`KeyOwner`]'s request that the browser marks as sent by
+//! another site, `Sec-Fetch-Site: cross-site` or `same-site`: a session cookie never
+//! lets another site manage keys); 404
 //! `api_key_not_found`; 409 `api_key_limit_reached` (the account's active keys in that
 //! environment); 503 `store_unavailable`. Nothing is written when a request is refused.
 //!
@@ -77,22 +80,22 @@
 //! Revocation does not: any key allowed to manage keys may revoke them. A [`KeyOwner`]
 //! (a signed-in user) may rotate and change any key it manages.
 
-mod error;
 #[cfg(feature = "dashboard")]
 mod dashboard;
+mod error;
 #[cfg(feature = "openapi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
 pub mod openapi;
 #[cfg(feature = "axum")]
 mod routes;
 
+#[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
+pub use dashboard::Dashboard;
 pub use error::{Invalid, ManageError};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use routes::{Ack, KeyRoutes, router, router_with_scope};
-#[cfg(feature = "dashboard")]
-#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
-pub use dashboard::Dashboard;
 
 use std::fmt;
 use std::net::IpAddr;

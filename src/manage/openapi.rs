@@ -433,6 +433,10 @@ impl ManagementDoc {
             if status == 503 {
                 codes.push("store_unavailable");
             }
+            if status == 403 {
+                // A signed-in user's request from another site.
+                codes.push("cross_site_request");
+            }
             if status == 422 && route.method == "patch" {
                 codes.extend(KEY_FIELDS_422);
             }

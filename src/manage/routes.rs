@@ -352,6 +352,12 @@ impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Cal
         let ip = crate::client_ip::peer_ip(&parts.extensions);
         if parts.extensions.get::<Principal>().is_none() {
             if let Some(owner) = parts.extensions.get::<KeyOwner>() {
+                // An owner is often a session cookie, which a browser also sends with
+                // requests that other sites make: those are refused.
+                let site = parts.headers.get("sec-fetch-site").map(|v| v.as_bytes());
+                if site.is_some_and(|site| site != b"same-origin" && site != b"none") {
+                    return Err(ManageError::CrossSite.into_response());
+                }
                 let who = Who::Owner(owner.clone());
                 return Ok(Caller { who, responder, ip });
             }
