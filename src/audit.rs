@@ -79,11 +79,14 @@ pub enum Action {
     StandingChanged,
     /// An account's rate limits or balance changed (`account.limits_changed`).
     LimitsChanged,
+    /// A key made elsewhere was imported by its hash (`key.imported`; see
+    /// [`KeyManager::import`](crate::manage::KeyManager::import)).
+    Imported,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Created,
         Action::Rotated,
         Action::Reissued,
@@ -91,6 +94,7 @@ impl Action {
         Action::Revoked,
         Action::StandingChanged,
         Action::LimitsChanged,
+        Action::Imported,
     ];
 
     /// The stable name.
@@ -104,6 +108,7 @@ impl Action {
             Action::Revoked => "key.revoked",
             Action::StandingChanged => "account.standing_changed",
             Action::LimitsChanged => "account.limits_changed",
+            Action::Imported => "key.imported",
         }
     }
 
@@ -478,6 +483,10 @@ mod tests {
         forged[1].hash = forged[1].expected_hash();
         assert_eq!(verify_chain(&forged), Err(events[2].id.clone()));
         assert_eq!(Action::parse("key.revoked"), Some(Action::Revoked));
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(Action::parse("key.imported"), Some(Action::Imported));
         assert_eq!(Actor::User(None).as_string(), "user");
     }
 }

@@ -54,7 +54,8 @@ const IS_BASE62: [bool; 256] = {
 /// Characters of random body in a generated key: 43 × log2(62) ≥ 256 bits.
 const DEFAULT_BODY_LEN: usize = 43;
 const CHECKSUM_LEN: usize = 6;
-/// Bounds for keys imported without a checksum (see [`KeyFormat::accept_unchecksummed`]).
+/// Bounds for keys imported without a checksum (see [`KeyFormat::accept_unchecksummed`]
+/// and [`KeyFormat::accept_legacy_prefix`]).
 const LEGACY_MIN_BODY: usize = 16;
 const LEGACY_MAX_BODY: usize = 256;
 /// Characters of random body in a [`KeyId`].
@@ -138,6 +139,8 @@ pub struct KeyFormat {
     environments: Arc<[Environment]>,
     body_len: usize,
     accept_unchecksummed: bool,
+    /// Other prefixes whose keys are accepted without a checksum.
+    legacy_prefixes: Arc<[Arc<str>]>,
 }
 
 impl fmt::Debug for KeyFormat {
@@ -147,6 +150,7 @@ impl fmt::Debug for KeyFormat {
             .field("environments", &self.environments)
             .field("body_len", &self.body_len)
             .field("accept_unchecksummed", &self.accept_unchecksummed)
+            .field("legacy_prefixes", &self.legacy_prefixes)
             .finish()
     }
 }
@@ -194,7 +198,8 @@ impl<'a> ParsedKey<'a> {
         self.environment
     }
 
-    /// Whether the key carried a valid checksum (false only for accepted legacy keys).
+    /// Whether the key carried a valid checksum (false only for accepted legacy keys:
+    /// see [`KeyFormat::accept_unchecksummed`] and [`KeyFormat::accept_legacy_prefix`]).
     #[must_use]
     pub fn is_checksummed(&self) -> bool {
         self.checksummed
@@ -232,6 +237,7 @@ impl KeyFormat {
             environments: Arc::new([Environment::LIVE, Environment::TEST]),
             body_len: DEFAULT_BODY_LEN,
             accept_unchecksummed: false,
+            legacy_prefixes: Arc::new([]),
         })
     }
 
@@ -257,6 +263,59 @@ impl KeyFormat {
     pub fn accept_unchecksummed(mut self) -> Self {
         self.accept_unchecksummed = true;
         self
+    }
+
+    /// Also accepts keys of another prefix, without a checksum: keys that an older
+    /// system issued and that were [imported](crate::manage::KeyManager::import), such
+    /// as `legacy_live_…` next to this format's `sk_live_…`. Such a key reads
+    /// `{prefix}_{env}_{body}`: `prefix` the one given here, `env` one of this format's
+    /// environment tags (the key's environment, as for keys of this format), `body` 16
+    /// to 256 base62 characters (hexadecimal keys are base62 too), of any length in that
+    /// range. Keys that differ in any other way (another separator, characters outside
+    /// base62, no environment tag) do not parse and are refused before any lookup.
+    ///
+    /// Call it once per prefix to accept several. The prefix of this format itself
+    /// means [`accept_unchecksummed`](Self::accept_unchecksummed) (keys of the
+    /// generated length are then still checksum-checked). Keys of an accepted prefix
+    /// count as keys for [`looks_like_key`](Self::looks_like_key), so a layer passing
+    /// foreign tokens on still answers them itself. As with `accept_unchecksummed`, a
+    /// made-up key of that shape reaches the cache (and, once per key and negative TTL,
+    /// the store).
+    ///
+    /// # Panics
+    /// If the prefix is not 1–16 ASCII letters or digits (configuration, written by the
+    /// developer).
+    ///
+    /// ```
+    /// use tower_api_keys::key::{Environment, KeyFormat};
+    ///
+    /// let format = KeyFormat::new("sk").accept_legacy_prefix("legacy");
+    /// let parsed = format.parse("legacy_live_0123456789abcdef0123456789abcdef").unwrap();
+    /// assert_eq!(parsed.environment(), &Environment::LIVE);
+    /// assert!(!parsed.is_checksummed());
+    /// assert!(format.parse("legacy_prod_0123456789abcdef0123456789abcdef").is_err());
+    /// ```
+    #[must_use]
+    pub fn accept_legacy_prefix(mut self, prefix: &str) -> Self {
+        assert!(
+            is_valid_tag(prefix, 16),
+            "legacy key prefix must be 1-16 ASCII letters or digits, got {prefix:?}"
+        );
+        if prefix == &*self.prefix {
+            return self.accept_unchecksummed();
+        }
+        if !self.legacy_prefixes.iter().any(|p| &**p == prefix) {
+            let mut all = self.legacy_prefixes.to_vec();
+            all.push(prefix.into());
+            self.legacy_prefixes = all.into();
+        }
+        self
+    }
+
+    /// The other prefixes accepted without a checksum
+    /// ([`accept_legacy_prefix`](Self::accept_legacy_prefix)).
+    pub fn legacy_prefixes(&self) -> impl Iterator<Item = &str> {
+        self.legacy_prefixes.iter().map(|prefix| &**prefix)
     }
 
     /// The prefix, without the trailing underscore.
@@ -302,28 +361,35 @@ impl KeyFormat {
         ApiKey { secret: key }
     }
 
-    /// Whether `token` claims to be a key of this format (it starts with `{prefix}_`),
-    /// valid or not. A token that does not is another kind of credential.
+    /// Whether `token` claims to be a key of this format (it starts with `{prefix}_`,
+    /// or with an [accepted legacy prefix](Self::accept_legacy_prefix) and `_`), valid
+    /// or not. A token that does not is another kind of credential.
     #[must_use]
     pub fn looks_like_key(&self, token: &str) -> bool {
-        token
-            .strip_prefix(&*self.prefix)
-            .is_some_and(|rest| rest.starts_with('_'))
+        after_prefix(token, &self.prefix).is_some()
+            || self
+                .legacy_prefixes
+                .iter()
+                .any(|prefix| after_prefix(token, prefix).is_some())
     }
 
-    /// Checks a presented key: prefix, environment tag, length, alphabet, checksum.
-    ///
-    /// Pure and allocation-free; a key that fails here never reaches a cache or a store.
-    pub fn parse<'k>(&'k self, key: &'k str) -> Result<ParsedKey<'k>, KeyFormatError> {
-        let bytes = key.as_bytes();
-        let max_len = self.prefix.len() + 2 + 16 + self.body_len.max(LEGACY_MAX_BODY) + 6;
-        if bytes.len() > max_len {
-            return Err(KeyFormatError::Length);
-        }
-        let rest = key
-            .strip_prefix(&*self.prefix)
-            .and_then(|r| r.strip_prefix('_'))
-            .ok_or(KeyFormatError::Prefix)?;
+    /// The longest key any accepted prefix may have.
+    fn max_len(&self) -> usize {
+        let ours = self.prefix.len() + 2 + 16 + self.body_len.max(LEGACY_MAX_BODY) + 6;
+        let legacy = self
+            .legacy_prefixes
+            .iter()
+            .map(|prefix| prefix.len() + 2 + 16 + LEGACY_MAX_BODY)
+            .max()
+            .unwrap_or(0);
+        ours.max(legacy)
+    }
+
+    /// The environment named by `rest` (`{env}_{body}`) and the body, in base62.
+    fn environment_and_body<'k>(
+        &'k self,
+        rest: &'k str,
+    ) -> Result<(&'k Environment, &'k str), KeyFormatError> {
         let (tag, body) = rest.split_once('_').ok_or(KeyFormatError::Environment)?;
         let environment = self
             .environments
@@ -333,6 +399,37 @@ impl KeyFormat {
         if !body.bytes().all(|b| IS_BASE62[b as usize]) {
             return Err(KeyFormatError::Alphabet);
         }
+        Ok((environment, body))
+    }
+
+    /// Checks a presented key: prefix, environment tag, length, alphabet, checksum (or,
+    /// for an [accepted legacy prefix](Self::accept_legacy_prefix), prefix, environment
+    /// tag, alphabet and a body of 16 to 256 characters).
+    ///
+    /// Pure and allocation-free; a key that fails here never reaches a cache or a store.
+    pub fn parse<'k>(&'k self, key: &'k str) -> Result<ParsedKey<'k>, KeyFormatError> {
+        let bytes = key.as_bytes();
+        if bytes.len() > self.max_len() {
+            return Err(KeyFormatError::Length);
+        }
+        let Some(rest) = after_prefix(key, &self.prefix) else {
+            // `{prefix}_` of two different prefixes without `_` never both start a key.
+            let rest = self
+                .legacy_prefixes
+                .iter()
+                .find_map(|prefix| after_prefix(key, prefix))
+                .ok_or(KeyFormatError::Prefix)?;
+            let (environment, body) = self.environment_and_body(rest)?;
+            if !(LEGACY_MIN_BODY..=LEGACY_MAX_BODY).contains(&body.len()) {
+                return Err(KeyFormatError::Length);
+            }
+            return Ok(ParsedKey {
+                key,
+                environment,
+                checksummed: false,
+            });
+        };
+        let (environment, body) = self.environment_and_body(rest)?;
         let checksummed = body.len() == self.body_len + CHECKSUM_LEN && {
             let split = key.len() - CHECKSUM_LEN;
             // CRC32 is public: comparing it in constant time would protect nothing.
@@ -362,6 +459,11 @@ impl KeyFormat {
             Err(KeyFormatError::Length)
         }
     }
+}
+
+/// What follows `{prefix}_` in `token`, if it starts so.
+fn after_prefix<'t>(token: &'t str, prefix: &str) -> Option<&'t str> {
+    token.strip_prefix(prefix)?.strip_prefix('_')
 }
 
 /// Appends `n` uniformly random base62 characters from the OS CSPRNG.
@@ -798,6 +900,106 @@ mod tests {
         // Generated keys are still checked, and still marked as checksummed.
         let key = format.generate(&Environment::TEST);
         assert!(format.parse(key.expose_secret()).unwrap().is_checksummed());
+    }
+
+    #[test]
+    fn legacy_prefixes_parse_without_checksum() {
+        let body = "0123456789abcdef0123456789abcdef";
+        let live = format!("legacy_live_{body}");
+        assert_eq!(
+            KeyFormat::new("sk").parse(&live).unwrap_err(),
+            KeyFormatError::Prefix
+        );
+        assert!(!KeyFormat::new("sk").looks_like_key(&live));
+        let format = KeyFormat::new("sk").accept_legacy_prefix("legacy");
+        let parsed = format.parse(&live).unwrap();
+        assert_eq!(parsed.environment(), &Environment::LIVE);
+        assert!(!parsed.is_checksummed());
+        assert_eq!(parsed.hash(), KeyHash::of(&live));
+        let test = format!("legacy_test_{body}");
+        assert_eq!(
+            format.parse(&test).unwrap().environment(),
+            &Environment::TEST
+        );
+        // Any body length from 16 to 256, and no other.
+        for len in [16, 43 + 6, 256] {
+            let key = format!("legacy_live_{}", "a".repeat(len));
+            assert!(format.parse(&key).is_ok(), "{len}");
+        }
+        for len in [0, 15, 257] {
+            let key = format!("legacy_live_{}", "a".repeat(len));
+            assert_eq!(format.parse(&key).unwrap_err(), KeyFormatError::Length);
+        }
+        let reason = |key: &str| format.parse(key).unwrap_err();
+        assert_eq!(
+            reason(&format!("legacy_prod_{body}")),
+            KeyFormatError::Environment
+        );
+        assert_eq!(reason("legacy_live"), KeyFormatError::Environment);
+        assert_eq!(
+            reason(&format!("legacy_live_{body}-")),
+            KeyFormatError::Alphabet
+        );
+        assert_eq!(
+            reason(&format!("legacyx_live_{body}")),
+            KeyFormatError::Prefix
+        );
+        assert_eq!(reason(&format!("legacy{body}")), KeyFormatError::Prefix);
+        assert!(format.looks_like_key("legacy_"));
+        assert!(format.looks_like_key("legacy_nonsense"));
+        assert!(!format.looks_like_key("legacy"));
+        assert!(!format.looks_like_key("legacyx_live"));
+        // Keys of the format itself are checked as before: a generated key parses with
+        // its checksum, a typo in it is refused, an unchecksummed one too.
+        let key = format.generate(&Environment::LIVE);
+        assert!(format.parse(key.expose_secret()).unwrap().is_checksummed());
+        let mut typo = key.expose_secret().to_owned();
+        typo.replace_range(9..10, if &typo[9..10] == "a" { "b" } else { "a" });
+        assert_eq!(format.parse(&typo).unwrap_err(), KeyFormatError::Checksum);
+        assert_eq!(
+            format.parse(&format!("sk_live_{body}")).unwrap_err(),
+            KeyFormatError::Length
+        );
+        assert!(format.looks_like_key("sk_live_nonsense"));
+    }
+
+    #[test]
+    fn legacy_prefixes_are_listed_once_and_the_own_prefix_means_unchecksummed() {
+        let format = KeyFormat::new("sk")
+            .accept_legacy_prefix("old")
+            .accept_legacy_prefix("py")
+            .accept_legacy_prefix("old");
+        assert_eq!(format.legacy_prefixes().collect::<Vec<_>>(), ["old", "py"]);
+        assert!(format.parse("py_test_abcdefghijklmnop").is_ok());
+        assert!(format!("{format:?}").contains("legacy_prefixes"));
+        let own = KeyFormat::new("sk").accept_legacy_prefix("sk");
+        assert_eq!(own.legacy_prefixes().count(), 0);
+        assert!(own.parse("sk_live_abcdefghijklmnop1234").is_ok());
+        // Still checksum-checked at the generated length.
+        let generated_length = format!("sk_live_{}", "a".repeat(43 + 6));
+        assert_eq!(
+            own.parse(&generated_length).unwrap_err(),
+            KeyFormatError::Checksum
+        );
+    }
+
+    #[test]
+    fn the_length_bound_admits_the_longest_legacy_key_and_no_more() {
+        let tag = "e".repeat(16);
+        let legacy = "p".repeat(16);
+        let format = KeyFormat::new("k")
+            .with_environment(Environment::new(tag.clone()))
+            .accept_legacy_prefix(&legacy);
+        let longest = format!("{legacy}_{tag}_{}", "a".repeat(LEGACY_MAX_BODY));
+        assert!(format.parse(&longest).is_ok());
+        let longer = format!("{longest}a");
+        assert_eq!(format.parse(&longer).unwrap_err(), KeyFormatError::Length);
+    }
+
+    #[test]
+    #[should_panic(expected = "legacy key prefix")]
+    fn a_legacy_prefix_is_letters_and_digits() {
+        let _ = KeyFormat::new("sk").accept_legacy_prefix("le_gacy");
     }
 
     #[test]

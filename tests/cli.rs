@@ -273,3 +273,130 @@ fn account_limits_keep_what_is_not_given() {
     assert_eq!(shown["ratelimits"][0]["limit"], 5, "{shown}");
     assert_eq!(shown["credits"]["remaining"], 9, "{shown}");
 }
+
+/// Runs the CLI with `input` on its standard input: (exit code, stdout, stderr).
+fn apikeys_with_input(db: &TempDb, args: &[&str], input: &str) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apikeys"))
+        .arg("--database-url")
+        .arg(db.path())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `apikeys import`: keys of another scheme, from NDJSON on stdin, imported once, all
+/// or nothing, then accepted by a server.
+#[tokio::test]
+async fn import_reads_ndjson_once_and_all_or_nothing() {
+    use sha2::{Digest, Sha256};
+    let sha256_hex = |text: &str| -> String {
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let db = TempDb::new("cli-import");
+    let legacy = format!("legacy_live_{}", &sha256_hex("one")[..32]);
+    let old = "sk_live_0123456789abcdefABCDEFgh".to_owned();
+    let line = |key: &str, name: &str, scopes: &str| {
+        format!(
+            r#"{{"key_hash": "{}", "name": "{name}", "org_id": "acct_1", "environment": "live", "scopes": {scopes}}}"#,
+            sha256_hex(key)
+        )
+    };
+    let ndjson = format!(
+        "{}\n{}\n",
+        line(&legacy, "legacy", r#"["read"]"#),
+        line(&old, "old", r#"["write"]"#)
+    );
+    let import = ["import", "--account-field", "org_id"];
+    let (code, out, err) = apikeys_with_input(&db, &import, &ndjson);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "imported 2 keys, skipped 0 already present");
+    let (code, out, _) = apikeys_with_input(&db, &import, &ndjson);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), "imported 0 keys, skipped 2 already present");
+
+    // A bad third line: exit code 1, the line named on one line, nothing written.
+    let third = line(
+        &format!("legacy_live_{}", &sha256_hex("two")[..32]),
+        "third",
+        r#"["billing"]"#,
+    );
+    let second = line(
+        &format!("legacy_live_{}", &sha256_hex("three")[..32]),
+        "second",
+        r#"["read"]"#,
+    );
+    let first = line(
+        &format!("legacy_live_{}", &sha256_hex("four")[..32]),
+        "first",
+        "[]",
+    );
+    let bad = format!("{first}\n{second}\n{third}\n");
+    let (code, out, err) = apikeys_with_input(&db, &import, &bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        err.trim(),
+        r#"apikeys: line 3: unknown scope "billing"; nothing was imported"#
+    );
+    assert!(out.is_empty(), "{out}");
+    // Without --account-field, `org_id` is an unknown field.
+    let (code, _, err) = apikeys_with_input(&db, &["import"], &ndjson);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        r#"apikeys: line 1: unknown field "org_id"; nothing was imported"#
+    );
+    let (ok, listed, _) = apikeys(&db, &["list", "--account", "acct_1"]);
+    assert!(ok);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains("legacy") && listed.contains("sk_live_…"),
+        "{listed}"
+    );
+    let (ok, events, _) = apikeys(&db, &["audit", "export", "--account", "acct_1"]);
+    assert!(ok);
+    let events: Vec<serde_json::Value> = events
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|event| event["action"] == "key.imported" && event["actor"] == "cli")
+    );
+    let (ok, verified, _) = apikeys(&db, &["audit", "verify"]);
+    assert!(ok);
+    assert_eq!(verified.trim(), "verified 2 events in 1 accounts");
+
+    // A server that knows the older shapes accepts both keys.
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let format = KeyFormat::new("sk")
+        .accept_unchecksummed()
+        .accept_legacy_prefix("legacy");
+    let server = app(ApiKeyLayer::new(format, CachedVerifier::new(store)));
+    for key in [&legacy, &old] {
+        let response = send(&server, get_with("/whoami", Some(&format!("Bearer {key}")))).await;
+        assert_eq!(response.status(), 200, "{key}");
+    }
+}

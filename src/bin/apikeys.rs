@@ -7,7 +7,15 @@
 //! apikeys --database-url apikeys.db revoke ak_…
 //! apikeys --database-url apikeys.db account-limits --account acct_1 \
 //!     --ratelimit requests:1000:60 --credits 10000 --refill monthly:10000:1
+//! apikeys --database-url apikeys.db import --account-field org_id < keys.ndjson
 //! ```
+//!
+//! `import` reads keys made elsewhere from standard input, one JSON object per line
+//! (`{"key_hash", "name", "account_id", "environment", "scopes", "prefix"?, "hint"?,
+//! "created_at"?, "expires_at"?, "project_id"?}`, the account field named by
+//! `--account-field`; see `KeyManager::import`), and stores them all or none: a bad
+//! line is named (`line 3: …`) and nothing is written; keys already present are
+//! skipped.
 //!
 //! `--database-url` (or `DATABASE_URL`) is a SQLite path or a `postgres://` URL.
 
@@ -19,9 +27,9 @@ use tower_api_keys::audit::{Actor, verify_chain};
 use tower_api_keys::key::KeyId;
 use tower_api_keys::limit::RateLimit;
 use tower_api_keys::limit::credits::{Credits, Refill};
-use tower_api_keys::manage::NewKey;
+use tower_api_keys::manage::{ImportError, NewKey};
 use tower_api_keys::record::AccountLimits;
-use tower_api_keys::scope::Scopes;
+use tower_api_keys::scope::{Scope, Scopes};
 use tower_api_keys::store::{KeyStore, StoreError};
 use tower_api_keys::{CachedVerifier, Environment, KeyFormat, KeyManager, SqlStore};
 
@@ -96,6 +104,21 @@ enum Command {
         /// Removes the account's limits and balance.
         #[arg(long, conflicts_with_all = ["ratelimits", "credits"])]
         clear: bool,
+    },
+    /// Imports keys made elsewhere, known by the SHA-256 of each key, from NDJSON on
+    /// standard input. All or nothing: a bad line is named and nothing is written;
+    /// keys already present are skipped.
+    Import {
+        /// The name of each line's account field (`org_id` for an export that calls it
+        /// so).
+        #[arg(long, default_value = "account_id")]
+        account_field: String,
+        /// Also accepts this custom scope (repeatable; read, write and admin always).
+        #[arg(long = "allow-scope")]
+        allow_scopes: Vec<String>,
+        /// Also accepts this environment tag (repeatable; live and test always).
+        #[arg(long = "allow-env")]
+        allow_environments: Vec<String>,
     },
     /// The audit trail: verify its hash chains, or export an account's events.
     Audit {
@@ -282,6 +305,37 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!(
                 "{}",
                 serde_json::to_string(&limits).map_err(|e| e.to_string())?
+            );
+        }
+        Command::Import {
+            account_field,
+            allow_scopes,
+            allow_environments,
+        } => {
+            let mut format = format.clone();
+            for tag in &allow_environments {
+                format = format.with_environment(environment_of(tag)?);
+            }
+            let mut manager =
+                KeyManager::new(store.clone(), CachedVerifier::new(store.clone()), format)
+                    .acting(Actor::Cli, None);
+            for name in &allow_scopes {
+                let scope: Scope = name.parse().map_err(|e| format!("--allow-scope: {e}"))?;
+                manager = manager.allow_scope(scope);
+            }
+            let input = std::io::read_to_string(std::io::stdin())
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            let report = manager
+                .import(&input, &account_field)
+                .await
+                .map_err(|e| match &e {
+                    ImportError::Store(cause) => format!("{e}: {cause}; nothing was imported"),
+                    _ => format!("{e}; nothing was imported"),
+                })?;
+            println!(
+                "imported {} keys, skipped {} already present",
+                report.imported.len(),
+                report.skipped
             );
         }
         Command::Audit {

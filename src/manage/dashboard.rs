@@ -91,7 +91,6 @@ impl Dashboard {
     /// # Panics
     /// If `path` does not start with `/` or its last segment is empty or a path
     /// parameter (the page finds its assets through that segment).
-    #[must_use]
     pub fn router(self, path: &str) -> Router {
         let last = path.rsplit('/').next().unwrap_or_default();
         assert!(

@@ -83,6 +83,7 @@
 #[cfg(feature = "dashboard")]
 mod dashboard;
 mod error;
+mod import;
 #[cfg(feature = "openapi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
 pub mod openapi;
@@ -93,6 +94,7 @@ mod routes;
 #[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
 pub use dashboard::Dashboard;
 pub use error::{Invalid, ManageError};
+pub use import::{ImportError, ImportReport};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use routes::{Ack, KeyRoutes, router, router_with_scope};

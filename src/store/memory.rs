@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, UsageBucket,
-    key_event, limits_event, standing_event,
+    DEFAULT_ACTIVE_KEY_LIMIT, ImportOutcome, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+    UsageBucket, check_importable, key_event, limits_event, standing_event,
 };
 use crate::audit::{Audit, AuditEvent, AuditPage, AuditQuery, Draft};
 use crate::key::{KeyHash, KeyId};
@@ -191,6 +191,38 @@ impl KeyStore for MemoryStore {
         keys.by_id.insert(key.id, info.clone());
         keys.append(key_event(audit, None, &info, replaced));
         Ok(info)
+    }
+
+    async fn import_audited(
+        &self,
+        keys: Vec<StoredKey>,
+        audit: &Audit,
+    ) -> Result<ImportOutcome, StoreError> {
+        check_importable(&keys)?;
+        let mut state = self.keys();
+        // Checked before anything changes: all or nothing.
+        let fresh_ids = {
+            let mut ids = HashSet::new();
+            keys.iter()
+                .all(|key| !state.by_id.contains_key(&key.id) && ids.insert(&key.id))
+        };
+        if !fresh_ids {
+            return Err(StoreError::Backend("duplicate key id".into()));
+        }
+        let mut outcome = ImportOutcome::default();
+        for key in keys {
+            if state.by_hash.contains_key(key.hash.as_bytes()) {
+                outcome.skipped += 1;
+                continue;
+            }
+            let mut info = key.info();
+            info.credits = set_balance(info.credits);
+            state.by_hash.insert(*key.hash.as_bytes(), key.id.clone());
+            state.by_id.insert(key.id, info.clone());
+            state.append(key_event(audit, None, &info, None));
+            outcome.imported.push(info);
+        }
+        Ok(outcome)
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {

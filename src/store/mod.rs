@@ -44,6 +44,10 @@ macro_rules! forward_key_store {
                 let $this = self;
                 $target.insert_audited(key, audit).await
             }
+            async fn import_audited(&self, keys: Vec<StoredKey>, audit: &crate::audit::Audit) -> Result<crate::store::ImportOutcome, StoreError> {
+                let $this = self;
+                $target.import_audited(keys, audit).await
+            }
             async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
                 let $this = self;
                 $target.list(account_id).await
@@ -554,6 +558,26 @@ impl CreatedKey {
     }
 }
 
+/// What [`KeyStore::import_audited`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportOutcome {
+    /// The keys stored, in the order given.
+    pub imported: Vec<KeyInfo>,
+    /// How many keys were skipped because their hash was stored already.
+    pub skipped: usize,
+}
+
+/// Refuses an import holding a key that replaces another (imports create keys only).
+pub(crate) fn check_importable(keys: &[StoredKey]) -> Result<(), StoreError> {
+    if keys.iter().any(|key| key.replaces.is_some()) {
+        return Err(StoreError::Backend(
+            "an imported key cannot replace another key".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -700,6 +724,26 @@ pub trait KeyStore: KeyVerifier + CreditStore {
         };
         self.insert_audited(key, &Audit::operator(action)).await
     }
+
+    /// Stores keys made elsewhere, known by their hash (an import: see
+    /// [`KeyManager::import`](crate::manage::KeyManager::import)), all in one
+    /// transaction. A key whose hash is stored already, or comes earlier in `keys`, is
+    /// skipped, so importing the same keys twice stores them once. Each key stored gets
+    /// its audit event (`audit`, normally [`Action::Imported`]), chained per account
+    /// like every event. The active-key limit does not apply: an import is the
+    /// operator's, and may bring an account more keys than the limit allows it to
+    /// create. A key that [replaces](StoredKey::replaces) another is refused
+    /// ([`StoreError::Backend`]), before anything is stored. All or nothing: on an
+    /// error, no key and no event is stored.
+    ///
+    /// Stores shared by many instances publish nothing: like a new key, an imported one
+    /// has no cached answer to drop except negative ones (an instance that was asked for
+    /// the key before it was imported), which end with the cache's negative TTL.
+    async fn import_audited(
+        &self,
+        keys: Vec<StoredKey>,
+        audit: &Audit,
+    ) -> Result<ImportOutcome, StoreError>;
 
     /// The account's active (not revoked) keys, oldest first.
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError>;

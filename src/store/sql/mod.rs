@@ -28,7 +28,7 @@ use crate::limit::RateLimit;
 use crate::limit::credits::{CreditGrant, CreditSubject, Credits, take_from};
 use crate::record::{AccountLimits, AccountStanding, Metadata};
 use crate::restriction::Restrictions;
-use crate::store::{UsageBucket, key_event, top_ips};
+use crate::store::{ImportOutcome, UsageBucket, key_event, top_ips};
 
 /// The columns of `api_keys` that make a [`KeyInfo`], in the order [`read_key`] reads
 /// them (`$alias` is the table alias with its dot, or nothing).
@@ -1026,6 +1026,57 @@ where
     let replaced = key.replaces.as_ref().map(|r| &r.id);
     append_event::<D>(conn, key_event(audit, None, &info, replaced)).await?;
     Ok(info)
+}
+
+/// Stores imported `keys` on `conn` with an audit event each, inside the caller's
+/// transaction: a key whose hash is stored already (or earlier in `keys`) is skipped
+/// (`ON CONFLICT DO NOTHING`, so an import racing another waits for it and then skips
+/// what it stored); no active-key limit. Accounts are locked in the order of their ids,
+/// so that concurrent imports queue instead of deadlocking; the events of one account
+/// keep the order of `keys`, and so does the answer.
+pub(crate) async fn import_audited<D>(
+    conn: &mut <D::Db as Database>::Connection,
+    keys: &[StoredKey],
+    audit: &Audit,
+) -> Result<ImportOutcome, StoreError>
+where
+    D: Dialect,
+    for<'q> <D::Db as Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Db>,
+    for<'c> &'c mut <D::Db as Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+{
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| keys[a].account_id.cmp(&keys[b].account_id));
+    let insert = format!(
+        "{} ON CONFLICT (key_hash) DO NOTHING",
+        insert_key_sql::<D>()
+    );
+    let mut imported = Vec::new();
+    let mut skipped = 0;
+    let mut locked: Option<&str> = None;
+    for index in order {
+        let key = &keys[index];
+        if locked != Some(key.account_id.as_str()) {
+            lock_account::<D>(conn, &key.account_id).await?;
+            locked = Some(&key.account_id);
+        }
+        let text = NewKeyText::of(key);
+        let done = bind_new_key::<D>(sqlx::query(&insert), key, &text)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if D::rows_affected(&done) == 0 {
+            skipped += 1;
+            continue;
+        }
+        let info = key.info();
+        append_event::<D>(conn, key_event(audit, None, &info, None)).await?;
+        imported.push((index, info));
+    }
+    imported.sort_by_key(|(index, _)| *index);
+    Ok(ImportOutcome {
+        imported: imported.into_iter().map(|(_, info)| info).collect(),
+        skipped,
+    })
 }
 
 /// A key's update and its audit event (the fields before and after), inside the

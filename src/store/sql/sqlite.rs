@@ -23,7 +23,8 @@ use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
 use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, standing_event,
+    DEFAULT_ACTIVE_KEY_LIMIT, ImportOutcome, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+    check_importable, standing_event,
 };
 use crate::verify::{KeyVerifier, VerifyError};
 
@@ -216,6 +217,18 @@ impl KeyStore for SqliteStore {
         let info = super::insert_audited::<SqliteDialect>(&mut tx, &key, self.limit, audit).await?;
         tx.commit().await.map_err(backend)?;
         Ok(info)
+    }
+
+    async fn import_audited(
+        &self,
+        keys: Vec<StoredKey>,
+        audit: &Audit,
+    ) -> Result<ImportOutcome, StoreError> {
+        check_importable(&keys)?;
+        let mut tx = self.write_transaction().await?;
+        let outcome = super::import_audited::<SqliteDialect>(&mut tx, &keys, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(outcome)
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {

@@ -25,7 +25,8 @@ use crate::key::{KeyHash, KeyId};
 use crate::limit::credits::{CreditError, CreditGrant, CreditStore, CreditSubject};
 use crate::record::{AccountLimits, AccountStanding, KeyLimits, KeyRecord};
 use crate::store::{
-    DEFAULT_ACTIVE_KEY_LIMIT, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey, standing_event,
+    DEFAULT_ACTIVE_KEY_LIMIT, ImportOutcome, KeyChanges, KeyInfo, KeyStore, StoreError, StoredKey,
+    check_importable, standing_event,
 };
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
 
@@ -248,6 +249,20 @@ impl KeyStore for PostgresStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(info)
+    }
+
+    async fn import_audited(
+        &self,
+        keys: Vec<StoredKey>,
+        audit: &Audit,
+    ) -> Result<ImportOutcome, StoreError> {
+        check_importable(&keys)?;
+        // No NOTIFY: a new key has nothing cached to drop on other instances but
+        // negative answers, which end with their (short) TTL.
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let outcome = super::import_audited::<PostgresDialect>(&mut tx, &keys, audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(outcome)
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
