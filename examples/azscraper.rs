@@ -311,6 +311,7 @@ async fn main() -> Result<(), support::BoxError> {
     let page = routes
         .dashboard()
         .title("AzScraper API keys")
+        .session_only()
         .router("/dashboard");
     let keys = routes
         .into_router()

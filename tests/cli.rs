@@ -356,7 +356,7 @@ async fn import_reads_ndjson_once_and_all_or_nothing() {
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(
         err.trim(),
-        r#"apikeys: line 3: unknown scope "billing"; nothing was imported"#
+        r#"apikeys: line 3: scopes[0] is not a scope this manager issues (apikeys import --allow-scope); nothing was imported"#
     );
     assert!(out.is_empty(), "{out}");
     // Without --account-field, `org_id` is an unknown field.

@@ -227,6 +227,13 @@ async fn azscraper_refuses_cross_site_requests_with_the_session_cookie() {
         assert_eq!(refused.status, 403, "{site}: {}", refused.body);
         assert_eq!(refused.json()["error"]["code"], "cross_site_request");
     }
+    // Browsers that send no Sec-Fetch-Site (plain-HTTP origins, older ones) send Origin.
+    let evil = "Origin: http://evil.example";
+    let refused = server
+        .send("POST", &keys, None, &[&cookie, evil], body)
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "cross_site_request");
     let listed = server.send("GET", &keys, None, &[&cookie], "").await;
     assert_eq!(listed.status, 200);
     assert!(
@@ -236,6 +243,16 @@ async fn azscraper_refuses_cross_site_requests_with_the_session_cookie() {
     let header = "Sec-Fetch-Site: same-origin";
     let created = server
         .send("POST", &keys, None, &[&cookie, header], body)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(
+        created.head.contains("cache-control: no-store"),
+        "a secret is cached"
+    );
+    let own = format!("Origin: http://{}", server.addr);
+    let body = r#"{"name": "same origin"}"#;
+    let created = server
+        .send("POST", &keys, None, &[&cookie, &own], body)
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
 }

@@ -278,7 +278,7 @@ async fn a_bad_line_writes_nothing<S: KeyStore + Clone>(store: S) {
         ),
         (
             good(&python_key("live"), "acct_a").replace(r#"["read"]"#, r#"["billing"]"#),
-            "unknown scope \"billing\"",
+            "scopes[0] is not a scope this manager issues",
         ),
         (
             good(&python_key("live"), "acct_a").replace(r#"["read"]"#, r#"["read""#),

@@ -49,6 +49,9 @@ pub struct Dashboard {
     title: String,
     api_base: String,
     scopes: Vec<String>,
+    rotation: bool,
+    renames: bool,
+    session_only: bool,
 }
 
 impl Dashboard {
@@ -60,7 +63,34 @@ impl Dashboard {
             title: "API keys".to_owned(),
             api_base: String::new(),
             scopes: scopes.into_iter().map(|s| s.as_str().to_owned()).collect(),
+            rotation: true,
+            renames: true,
+            session_only: false,
         }
+    }
+
+    /// Whether the page offers rotation (default yes; as
+    /// [`KeyRoutes::rotation`](super::KeyRoutes::rotation)).
+    #[must_use]
+    pub fn rotation(mut self, enabled: bool) -> Self {
+        self.rotation = enabled;
+        self
+    }
+
+    /// Whether the page offers renaming (default yes; as
+    /// [`KeyRoutes::renames`](super::KeyRoutes::renames)).
+    #[must_use]
+    pub fn renames(mut self, allowed: bool) -> Self {
+        self.renames = allowed;
+        self
+    }
+
+    /// For routes that only a signed-in user may call: the page never asks for an API
+    /// key, and a 401 tells the user to sign in again.
+    #[must_use]
+    pub fn session_only(mut self) -> Self {
+        self.session_only = true;
+        self
     }
 
     /// The page's title and heading.
@@ -103,7 +133,13 @@ impl Dashboard {
                 path,
                 get(move || {
                     let page = page.clone();
-                    async move { asset("text/html; charset=utf-8", page) }
+                    async move {
+                        let mut page = asset("text/html; charset=utf-8", page);
+                        // Not kept for the back button either: a key may be on show.
+                        page.headers_mut()
+                            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        page
+                    }
                 }),
             )
             .route(
@@ -116,12 +152,27 @@ impl Dashboard {
             )
     }
 
+    /// What the page offers, as its script reads it.
+    fn features(&self) -> String {
+        [
+            (self.rotation, "rotate"),
+            (self.renames, "rename"),
+            (self.session_only, "session"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+
     /// The page with its placeholders filled (escaped for HTML attributes and text).
     fn render(&self, last_segment: &str) -> String {
         PAGE.replace("{{TITLE}}", &escape(&self.title))
             .replace("{{ASSETS}}", &escape(last_segment))
             .replace("{{API_BASE}}", &escape(&self.api_base))
             .replace("{{SCOPES}}", &escape(&self.scopes.join(" ")))
+            .replace("{{FEATURES}}", &self.features())
     }
 }
 
@@ -185,6 +236,8 @@ mod tests {
     #[tokio::test]
     async fn page_script_and_style_carry_the_security_headers() {
         let router = Dashboard::new([Scope::Read, Scope::Admin]).router("/dashboard");
+        let (_, headers, _) = get(&router, "/dashboard").await;
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
         for (path, kind) in [
             ("/dashboard", "text/html"),
             ("/dashboard/app.js", "text/javascript"),
@@ -253,9 +306,21 @@ mod tests {
         assert!(page.contains("Keys &lt;&quot;&amp;&#39;&gt;"));
         assert!(page.contains(r#"content="/v1/account/""#));
         assert!(page.contains(r#"content="read jobs:read""#));
-        assert!(page.contains(r#"src="keys/app.js""#), "{page}");
+        assert!(page.contains(r#"src="./keys/app.js""#), "{page}");
+        assert!(page.contains(r#"content="rotate rename""#), "{page}");
         let (status, _, _) = get(&router, "/ui/keys/app.js").await;
         assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn the_page_offers_only_what_the_routes_do() {
+        let router = Dashboard::new([Scope::Read])
+            .rotation(false)
+            .renames(false)
+            .session_only()
+            .router("/keys");
+        let (_, _, page) = get(&router, "/keys").await;
+        assert!(page.contains(r#"<meta name="api-keys-features" content="session">"#));
     }
 
     #[test]

@@ -104,13 +104,20 @@ impl<'de> Deserialize<'de> for Fields {
     }
 }
 
-/// A value of the input, quoted, cut at 40 characters.
+/// A value of the input, quoted if it reads as a name (a tag, a field), else not shown.
 fn shown(text: &str) -> String {
-    let mut cut: String = text.chars().take(40).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
+    // Only what reads as a name (a tag, a field): never what could be a key or a hash
+    // that landed in the wrong column.
+    let name_like = (1..=24).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !text.bytes().all(|b| b.is_ascii_hexdigit());
+    if name_like {
+        format!("{text:?}")
+    } else {
+        "(a value not shown)".to_owned()
     }
-    format!("{cut:?}")
 }
 
 /// A field's value: `None` if absent or `null`; an error if not a string.
@@ -356,8 +363,16 @@ impl<S: KeyStore, V: KeyVerifier> KeyManager<S, V> {
         let scopes = match scopes {
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|item| match item {
-                    Value::String(name) => name.parse::<Scope>().map_err(|e| e.to_string()),
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(name) => match name.parse::<Scope>() {
+                        Ok(scope) if self.scopes().contains(&scope) => Ok(scope),
+                        // By position: a value in the wrong column may be a secret.
+                        Ok(_) => Err(format!(
+                            "scopes[{i}] is not a scope this manager issues (apikeys import --allow-scope)"
+                        )),
+                        Err(_) => Err(format!("scopes[{i}] is not a scope name")),
+                    },
                     _ => Err("scopes must be an array of strings".to_owned()),
                 })
                 .collect::<Result<Scopes, String>>()?,
@@ -507,11 +522,23 @@ mod tests {
             ),
             (
                 line("").replace(r#"["read"]"#, r#"["billing"]"#),
-                "unknown scope \"billing\"",
+                "scopes[0] is not a scope this manager issues",
             ),
             (
                 line("").replace(r#"["read"]"#, r#"["a b"]"#),
-                "invalid scope \"a b\"",
+                "scopes[0] is not a scope name",
+            ),
+            (
+                // A hash in the wrong column is named by position, never shown.
+                line("").replace(
+                    r#"["read"]"#,
+                    &format!(r#"["read", "{}"]"#, "9f".repeat(32)),
+                ),
+                "scopes[1] is not a scope this manager issues",
+            ),
+            (
+                line("").replace(r#""live""#, r#""sk_live_abcdefghijklmnopqrstuvwx""#),
+                "environment (a value not shown) is not one of live, test",
             ),
             (
                 line("").replace(r#"["read"]"#, r#""read""#),

@@ -511,6 +511,13 @@ fn check_name(name: &str) -> Result<String, ManageError> {
             format!("name must be at most {MAX_NAME_LEN} characters"),
         ));
     }
+    // Names are shown in terminals (`apikeys list`) and pages: no control characters.
+    if name.chars().any(char::is_control) {
+        return Err(ManageError::invalid(
+            Invalid::Name,
+            "name must not hold control characters",
+        ));
+    }
     Ok(name.to_owned())
 }
 

@@ -215,6 +215,8 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
     #[must_use]
     pub fn dashboard(&self) -> super::Dashboard {
         super::Dashboard::new(self.manager.scopes().iter().cloned())
+            .rotation(self.rotation)
+            .renames(self.renames)
     }
 
     /// The OpenAPI description of these routes (their scope, whether they rotate and
@@ -269,7 +271,14 @@ impl<S: KeyStore, V: KeyVerifier> KeyRoutes<S, V> {
                 view => serde_json::json!({ "key": secret, "view": view }),
             },
         };
-        (StatusCode::CREATED, axum::Json(self.envelope.data(body))).into_response()
+        // A secret: no cache keeps it.
+        let no_store = [(http::header::CACHE_CONTROL, "no-store")];
+        (
+            StatusCode::CREATED,
+            no_store,
+            axum::Json(self.envelope.data(body)),
+        )
+            .into_response()
     }
 
     fn ack(&self, ack: &Ack, key: &KeyInfo) -> Response {
@@ -354,9 +363,9 @@ impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Cal
             if let Some(owner) = parts.extensions.get::<KeyOwner>() {
                 // An owner is often a session cookie, which a browser also sends with
                 // requests that other sites make: those are refused.
-                let site = parts.headers.get("sec-fetch-site").map(|v| v.as_bytes());
-                if site.is_some_and(|site| site != b"same-origin" && site != b"none") {
-                    return Err(ManageError::CrossSite.into_response());
+                if from_another_site(&parts.headers) {
+                    let error = ManageError::CrossSite;
+                    return Err(respond(error, routes.envelope, responder.as_deref()));
                 }
                 let who = Who::Owner(owner.clone());
                 return Ok(Caller { who, responder, ip });
@@ -370,6 +379,28 @@ impl<S: KeyStore, V: KeyVerifier> FromRequestParts<Arc<KeyRoutes<S, V>>> for Cal
             ip,
         })
     }
+}
+
+/// Whether the browser says another site made this request: `Sec-Fetch-Site` other
+/// than `same-origin` (or `none`, typed by the user), or, from browsers that do not send
+/// it (plain-HTTP origins, older browsers), an `Origin` whose host is not the request's
+/// `Host`. A request with neither header is not a browser's cross-site request.
+fn from_another_site(headers: &http::HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site != "same-origin" && site != "none";
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(http::header::HOST)
+        .map(http::HeaderValue::as_bytes);
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host.as_bytes());
+    origin_host.is_none() || origin_host != host
 }
 
 /// The `{id}` of the route, whatever other parameters an enclosing `nest` has.

@@ -9,6 +9,12 @@
   let base = meta('api-keys-base');
   if (base && !base.endsWith('/')) base += '/';
   const scopes = [...new Set(meta('api-keys-scopes').split(/\s+/).filter(Boolean))];
+  // What the routes offer (`rotate`, `rename`) and how callers sign in (`session`:
+  // by the application's session only, never a pasted key).
+  const features = new Set(meta('api-keys-features').split(/\s+/).filter(Boolean));
+  const canRotate = features.has('rotate');
+  const canRename = features.has('rename');
+  const sessionOnly = features.has('session');
 
   // The pasted admin key: held in this variable only, never stored anywhere else.
   let apiKey = null;
@@ -220,6 +226,10 @@
   }
 
   function showAuth(refocus) {
+    if (sessionOnly) {
+      setError('Your session has ended: sign in again.');
+      return;
+    }
     const wasHidden = authForm.hidden;
     authForm.hidden = false;
     if ((wasHidden || refocus) && !document.querySelector('dialog[open]')) authInput.focus();
@@ -231,6 +241,12 @@
     authInput.value = '';
     if (!v) {
       setError('Paste an API key first.');
+      authInput.focus();
+      return;
+    }
+    // A Bearer token (RFC 6750 b64token); anything else cannot be sent as one.
+    if (!/^[A-Za-z0-9\-._~+\/]+=*$/.test(v)) {
+      setError('That is not an API key.');
       authInput.focus();
       return;
     }
@@ -315,8 +331,8 @@
       el('td', { class: 'num' }, credits),
       el('td', { class: 'num' }, String(usage)),
       el('td', null, el('div', { class: 'actions' },
-        btn('rename', 'Rename', 'Rename'),
-        btn('rotate', 'Rotate', 'Rotate', gone),
+        canRename ? btn('rename', 'Rename', 'Rename') : null,
+        canRotate ? btn('rotate', 'Rotate', 'Rotate', gone) : null,
         btn('revoke', 'Revoke', 'Revoke', gone),
         btn('events', 'Events', 'Audit events for')))
     );
@@ -696,6 +712,18 @@
 
   window.addEventListener('unhandledrejection', (e) => {
     report(e.reason instanceof Error ? e.reason : new Error('Unexpected error.'));
+  });
+
+  // Leaving the page forgets the pasted key and any key on show, even if the browser
+  // keeps the page to come back to; coming back that way starts afresh.
+  window.addEventListener('pagehide', () => {
+    apiKey = null;
+    secretCode.textContent = '';
+    keys = new Map();
+    rows.replaceChildren();
+  });
+  window.addEventListener('pageshow', (e) => {
+    if (e.persisted) location.reload();
   });
 
   renderScopes();
