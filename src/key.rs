@@ -567,6 +567,8 @@ impl KeyHash {
     /// Hashes a key string.
     #[must_use]
     pub fn of(key: &str) -> Self {
+        #[cfg(test)]
+        tests::SHA_CALLS.with(|calls| calls.set(calls.get() + 1));
         KeyHash(Sha256::digest(key.as_bytes()).into())
     }
 
@@ -706,8 +708,13 @@ impl serde::Serialize for KeyId {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// SHA-256 computations of keys on this thread (for the tests that count them).
+        pub(crate) static SHA_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     /// Found by `cargo mutants`: accessors, Debug, the length bound and the generator.
     #[test]

@@ -544,19 +544,29 @@ where
             account_id = Empty,
             outcome = Empty
         );
-        let hash = match bearer_token(request.headers()) {
-            Ok(Some(token)) => match shared.format.parse(token) {
-                Ok(parsed) => parsed.hash(),
-                Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
-                    shared.outcomes.count("foreign_token");
-                    span.record("outcome", "foreign_token");
-                    request.extensions_mut().insert(ForeignToken);
-                    return self.call_inner(request);
-                }
-                Err(reason) => {
-                    tracing::debug!(parent: &span, %reason, "malformed API key");
-                    return self.reject(&span, AuthError::InvalidKey);
-                }
+        let found = match bearer_token(request.headers()) {
+            // A token the cache knows: no format check, no checksum, no SHA-256.
+            Ok(Some(token)) => match shared.cache.get_by_token(token) {
+                Ok(found) => found,
+                Err(miss) => match shared.format.parse(token) {
+                    Ok(parsed) => {
+                        let hash = parsed.hash();
+                        match shared.cache.get_cached_for(&hash, miss) {
+                            Some(found) => found,
+                            None => return self.verify_then_call(request, hash, span),
+                        }
+                    }
+                    Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
+                        shared.outcomes.count("foreign_token");
+                        span.record("outcome", "foreign_token");
+                        request.extensions_mut().insert(ForeignToken);
+                        return self.call_inner(request);
+                    }
+                    Err(reason) => {
+                        tracing::debug!(parent: &span, %reason, "malformed API key");
+                        return self.reject(&span, AuthError::InvalidKey);
+                    }
+                },
             },
             Ok(None) if shared.optional => {
                 shared.outcomes.count("anonymous");
@@ -568,20 +578,17 @@ where
             Err(error) => return self.reject(&span, error),
         };
 
-        match shared.cache.get_cached(&hash) {
-            Some(found) => match shared.decide(found, &RequestView::of(&request)) {
-                Ok((principal, Spent::Now(quota))) => {
-                    record_accepted(shared, &span, &principal);
-                    shared.admit(&mut request, principal);
-                    self.call_limited(request, quota.ok().flatten())
-                }
-                Ok((principal, Spent::Later(spending))) => {
-                    shared.admit(&mut request, principal);
-                    self.spend_then_call(request, spending, span)
-                }
-                Err(error) => self.reject(&span, error),
-            },
-            None => self.verify_then_call(request, hash, span),
+        match shared.decide(found, &RequestView::of(&request)) {
+            Ok((principal, Spent::Now(quota))) => {
+                record_accepted(shared, &span, &principal);
+                shared.admit(&mut request, principal);
+                self.call_limited(request, quota.ok().flatten())
+            }
+            Ok((principal, Spent::Later(spending))) => {
+                shared.admit(&mut request, principal);
+                self.spend_then_call(request, spending, span)
+            }
+            Err(error) => self.reject(&span, error),
         }
     }
 }
@@ -834,5 +841,75 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Environment;
+    use crate::scope::Scopes;
+    use crate::store::{KeyStore as _, MemoryStore, create_for_test};
+    use tower::ServiceExt as _;
+
+    type Body = http_body_util::Full<Bytes>;
+
+    fn shas() -> u64 {
+        crate::key::tests::SHA_CALLS.with(std::cell::Cell::get)
+    }
+
+    async fn status<S>(service: &S, token: &str) -> u16
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Clone,
+        S::Error: fmt::Debug,
+    {
+        let request = Request::get("/")
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::default())
+            .unwrap();
+        service
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cache_hit_computes_no_sha256_and_a_revocation_still_stops_it() {
+        let store = MemoryStore::new();
+        let created = create_for_test(&store, "acct", "k", Environment::LIVE, Scopes::none())
+            .await
+            .unwrap();
+        let cache = CachedVerifier::new(store.clone());
+        let layer = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone());
+        let service = layer.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
+        }));
+        let token = created.key.expose_secret();
+        // A miss, then a hit by hash (which fills the token index).
+        assert_eq!(status(&service, token).await, 200);
+        assert_eq!(status(&service, token).await, 200);
+        let before = shas();
+        for _ in 0..100 {
+            assert_eq!(status(&service, token).await, 200);
+        }
+        assert_eq!(shas() - before, 0, "hits hashed the token");
+
+        // Revoked by id (what revocation knows): stops at once, hot or not.
+        store.revoke("acct", &created.info.id).await.unwrap();
+        cache.invalidate_key_id(&created.info.id);
+        assert_eq!(status(&service, token).await, 401);
+
+        // A malformed token is refused without a hash and without the store.
+        let calls = cache.stats().verifier_calls;
+        let before = shas();
+        let mut typo = token.to_owned();
+        typo.pop();
+        typo.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(status(&service, &typo).await, 401);
+        assert_eq!(shas() - before, 0);
+        assert_eq!(cache.stats().verifier_calls, calls);
     }
 }

@@ -43,6 +43,12 @@ use moka::Expiry;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
+mod striped;
+mod tokens;
+
+use self::striped::Striped;
+pub(crate) use self::tokens::Miss;
+use self::tokens::TokenIndex;
 use crate::key::{KeyHash, KeyId};
 use crate::metrics::{CacheMetrics, Incident};
 use crate::record::KeyRecord;
@@ -289,14 +295,16 @@ struct CacheCore<V> {
     hot: Arc<[RwLock<HotSlot>]>,
     ledger: Mutex<Ledger>,
     evicted: Evicted,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Answers by presented token (no SHA-256 on a hit).
+    tokens: TokenIndex,
+    hits: Striped,
+    misses: Striped,
     verifier_calls: AtomicU64,
     positive_ttl: Duration,
     negative_ttl: Duration,
     stale_window: Duration,
     verify_timeout: Option<Duration>,
-    stale_hits: AtomicU64,
+    stale_hits: Striped,
     /// Registered when the cache is built (see [`metrics`](crate::metrics)).
     metrics: CacheMetrics,
     /// Verifier failures, logged once per incident.
@@ -449,14 +457,15 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                 hot,
                 ledger: Mutex::default(),
                 evicted,
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
+                tokens: TokenIndex::new(),
+                hits: Striped::default(),
+                misses: Striped::default(),
                 verifier_calls: AtomicU64::new(0),
                 positive_ttl: self.positive_ttl,
                 negative_ttl: self.negative_ttl,
                 stale_window: self.stale_window,
                 verify_timeout: self.verify_timeout,
-                stale_hits: AtomicU64::new(0),
+                stale_hits: Striped::default(),
                 metrics: CacheMetrics::register(),
                 verifier_down: Incident::default(),
             }),
@@ -490,6 +499,27 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// The cached answer for `hash`, if there is one. Synchronous; counts a hit or a
     /// miss.
     pub(crate) fn get_cached(&self, hash: &KeyHash) -> Option<Lookup> {
+        self.get_cached_then(hash, None)
+    }
+
+    /// The fresh answer for a presented token, from the token index (no SHA-256, no
+    /// checksum), or where [`get_cached_for`](Self::get_cached_for) puts it. Counts a
+    /// hit, not a miss (the token may still be in the cache by its hash).
+    pub(crate) fn get_by_token(&self, token: &str) -> Result<Lookup, Miss> {
+        let core = &*self.core;
+        let found = core.tokens.get(token)?;
+        core.hits.add(1);
+        core.count_hit(&found);
+        Ok(found)
+    }
+
+    /// [`get_cached`](Self::get_cached) for the token that `miss` stands for, whose hash
+    /// is `hash`: a fresh answer goes into the token index too.
+    pub(crate) fn get_cached_for(&self, hash: &KeyHash, miss: Miss) -> Option<Lookup> {
+        self.get_cached_then(hash, Some(miss))
+    }
+
+    fn get_cached_then(&self, hash: &KeyHash, token: Option<Miss>) -> Option<Lookup> {
         let core = &*self.core;
         let slot = &core.hot[hot_index(hash)];
         // Read before moka: an invalidation racing with this read bumps it after.
@@ -497,24 +527,29 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         if let Ok(hot) = slot.read() {
             if let Some(entry) = hot.entry.as_ref() {
                 if entry.hash == *hash && Instant::now() < entry.entry.deadline {
-                    core.hits.fetch_add(1, Ordering::Relaxed);
+                    core.hits.add(1);
                     core.count_hit(&entry.entry.lookup);
-                    return Some(entry.entry.lookup.clone());
+                    let lookup = entry.entry.lookup.clone();
+                    if let Some(miss) = token {
+                        core.tokens
+                            .remember(miss, lookup.clone(), entry.entry.deadline);
+                    }
+                    return Some(lookup);
                 }
             }
             version = Some(hot.version);
         }
         let Some(entry) = core.entries.get(hash) else {
-            core.misses.fetch_add(1, Ordering::Relaxed);
+            core.misses.add(1);
             core.metrics.miss.increment(1);
             return None;
         };
-        core.hits.fetch_add(1, Ordering::Relaxed);
+        core.hits.add(1);
         let lookup = entry.lookup.clone();
         let now = Instant::now();
         if now >= entry.deadline {
             // Stale: served at once, re-verified in the background.
-            core.stale_hits.fetch_add(1, Ordering::Relaxed);
+            core.stale_hits.add(1);
             core.metrics.stale.increment(1);
             if now >= entry.refresh_after {
                 self.refresh_in_background(*hash);
@@ -522,6 +557,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             return Some(lookup);
         }
         core.count_hit(&lookup);
+        if let Some(miss) = token {
+            core.tokens.remember(miss, lookup.clone(), entry.deadline);
+        }
         if let (Some(version), Ok(mut hot)) = (version, slot.try_write()) {
             if hot.version == version {
                 hot.entry = Some(HotEntry { hash: *hash, entry });
@@ -690,6 +728,8 @@ impl<V> CachedVerifier<V> {
         let mut ledger = core.ledger();
         ledger.record(Target::Hash(*hash));
         core.remove(&mut ledger, hash);
+        // After the entries are gone: see `tokens`.
+        core.tokens.forget_all();
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
@@ -703,6 +743,8 @@ impl<V> CachedVerifier<V> {
         for hash in ledger.hashes_of(id) {
             core.remove(&mut ledger, &hash);
         }
+        // After the entries are gone: see `tokens`.
+        core.tokens.forget_all();
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
@@ -716,6 +758,8 @@ impl<V> CachedVerifier<V> {
         for hash in hashes {
             core.remove(&mut ledger, &hash);
         }
+        // After the entries are gone: see `tokens`.
+        core.tokens.forget_all();
     }
 
     /// Forgets every answer: a pass over the whole cache (for a listener that may have
@@ -736,15 +780,17 @@ impl<V> CachedVerifier<V> {
             slot.entry = None;
             slot.version = slot.version.wrapping_add(1);
         }
+        // After the entries are gone: see `tokens`.
+        core.tokens.forget_all();
     }
 
     /// The counters.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            hits: self.core.hits.load(Ordering::Relaxed),
-            misses: self.core.misses.load(Ordering::Relaxed),
+            hits: self.core.hits.get(),
+            misses: self.core.misses.get(),
             verifier_calls: self.core.verifier_calls.load(Ordering::Relaxed),
-            stale_hits: self.core.stale_hits.load(Ordering::Relaxed),
+            stale_hits: self.core.stale_hits.get(),
             entries: self.core.entries.entry_count(),
         }
     }

@@ -1,0 +1,169 @@
+//! The token index: the cache's answers by presented token, so that a hit computes no
+//! SHA-256 and no checksum.
+//!
+//! SHA-256 is what the store needs to find a key; the cache does not. A token is
+//! indexed here by a keyed 128-bit MAC (SipHash-1-3-128 under a key drawn from the
+//! operating system's CSPRNG when the cache is built, never persisted, never logged),
+//! so that equal MACs mean equal tokens to anyone who does not know the key. Only
+//! tokens that passed the format check, its checksum and a fresh cache hit get a slot;
+//! every other token goes the long way (and a malformed one never reaches a verifier).
+//!
+//! Invalidation of any kind moves a generation that every slot is stamped with, after
+//! the cache's own entries are gone: an answer read before an invalidation is never
+//! served after it, and a key revoked by id stops at once even if the cache had already
+//! evicted it for size. Invalidations are rare (a revocation, a change), so emptying the
+//! whole index costs the hot keys one long lookup each.
+//!
+//! A hit reads one atomic word that only invalidations write, and one slot through
+//! `arc-swap` (whose reads write nothing shared), and clones the answer.
+
+use std::hash::Hasher as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+use super::Lookup;
+
+/// Slots of the index (a power of two): tokens whose MACs share the low bits take
+/// turns.
+const SLOTS: usize = 4096;
+
+pub(crate) struct TokenIndex {
+    key: [u64; 2],
+    generation: AtomicU64,
+    slots: Box<[ArcSwapOption<Known>]>,
+}
+
+/// A token's answer, as indexed.
+struct Known {
+    mac: u128,
+    generation: u64,
+    fresh_until: Instant,
+    lookup: Lookup,
+}
+
+/// A token the index could not answer: where its answer goes once the cache has it.
+pub(crate) struct Miss {
+    mac: u128,
+    generation: u64,
+}
+
+impl TokenIndex {
+    pub(crate) fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the operating system's CSPRNG failed");
+        let (k0, k1) = bytes.split_at(8);
+        TokenIndex {
+            key: [
+                u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+                u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+            ],
+            generation: AtomicU64::new(0),
+            slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+
+    fn mac(&self, token: &str) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.key[0], self.key[1]);
+        hasher.write(token.as_bytes());
+        hasher.finish128().as_u128()
+    }
+
+    fn slot(&self, mac: u128) -> &ArcSwapOption<Known> {
+        // The MAC's bits are uniform: its low ones pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let index = mac as usize & (SLOTS - 1);
+        &self.slots[index]
+    }
+
+    /// The fresh answer for `token`, or where to put it.
+    pub(crate) fn get(&self, token: &str) -> Result<Lookup, Miss> {
+        let mac = self.mac(token);
+        let generation = self.generation.load(Ordering::Acquire);
+        let slot = self.slot(mac).load();
+        if let Some(known) = slot.as_deref() {
+            if known.mac == mac
+                && known.generation == generation
+                && Instant::now() < known.fresh_until
+            {
+                return Ok(known.lookup.clone());
+            }
+        }
+        Err(Miss { mac, generation })
+    }
+
+    /// Indexes the answer the cache gave after `miss`, fresh until `fresh_until`. An
+    /// answer read before an invalidation that came since is stamped with the older
+    /// generation, so it is never served.
+    pub(crate) fn remember(&self, miss: Miss, lookup: Lookup, fresh_until: Instant) {
+        if self.generation.load(Ordering::Acquire) != miss.generation {
+            return;
+        }
+        self.slot(miss.mac).store(Some(Arc::new(Known {
+            mac: miss.mac,
+            generation: miss.generation,
+            fresh_until,
+            lookup,
+        })));
+    }
+
+    /// Stops every indexed answer from being served. Call after the cache's entries
+    /// that an invalidation names are gone.
+    pub(crate) fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fresh() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn a_token_is_answered_only_with_its_own_answer() {
+        let index = TokenIndex::new();
+        let miss = index.get("sk_live_a").unwrap_err();
+        index.remember(miss, Lookup::Unknown, fresh());
+        assert!(matches!(index.get("sk_live_a"), Ok(Lookup::Unknown)));
+        assert!(index.get("sk_live_b").is_err());
+    }
+
+    #[test]
+    fn macs_are_keyed_per_index() {
+        let (one, two) = (TokenIndex::new(), TokenIndex::new());
+        assert_eq!(one.mac("sk_live_a"), one.mac("sk_live_a"));
+        assert_ne!(one.mac("sk_live_a"), two.mac("sk_live_a"));
+        assert_ne!(one.mac("sk_live_a"), one.mac("sk_live_b"));
+    }
+
+    #[test]
+    fn an_invalidation_forgets_every_answer_and_any_read_before_it() {
+        let index = TokenIndex::new();
+        let miss = index.get("sk_live_a").unwrap_err();
+        index.remember(miss, Lookup::Unknown, fresh());
+        let before = index.get("sk_live_b").unwrap_err();
+        index.forget_all();
+        assert!(
+            index.get("sk_live_a").is_err(),
+            "served after an invalidation"
+        );
+        // An answer read before the invalidation lands too late: never served.
+        index.remember(before, Lookup::Unknown, fresh());
+        assert!(index.get("sk_live_b").is_err());
+    }
+
+    #[test]
+    fn answers_are_served_until_they_stop_being_fresh() {
+        let index = TokenIndex::new();
+        let miss = index.get("sk_live_a").unwrap_err();
+        index.remember(miss, Lookup::Unknown, Instant::now());
+        assert!(index.get("sk_live_a").is_err());
+    }
+}
