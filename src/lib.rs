@@ -119,6 +119,9 @@ pub mod principal;
 pub mod record;
 pub mod restriction;
 pub mod scope;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod serve;
 pub mod store;
 pub mod usage;
 pub mod verify;
