@@ -912,4 +912,44 @@ mod tests {
         assert_eq!(shas() - before, 0);
         assert_eq!(cache.stats().verifier_calls, calls);
     }
+
+    /// A key the cache evicted for size, still answered by the token index, stops at
+    /// once when revoked by id (the cache no longer knows its hash).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hot_key_evicted_for_size_stops_when_revoked_by_id() {
+        let store = MemoryStore::new();
+        let mut keys = Vec::new();
+        for name in ["a", "b", "c"] {
+            keys.push(
+                create_for_test(&store, "acct", name, Environment::LIVE, Scopes::none())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let cache = CachedVerifier::builder(store.clone())
+            .max_capacity(1)
+            .build();
+        let layer = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone());
+        let service = layer.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
+        }));
+        let hot = keys[0].key.expose_secret();
+        for _ in 0..3 {
+            assert_eq!(status(&service, hot).await, 200);
+        }
+        // Others push it out of the cache (for size); the index still answers for it.
+        for key in &keys[1..] {
+            assert_eq!(status(&service, key.key.expose_secret()).await, 200);
+            cache.run_pending_tasks();
+        }
+        // An invalidation of something uncached, before the revocation.
+        cache.invalidate_key_id(&crate::key::KeyId::new("ak_nothing"));
+        store.revoke("acct", &keys[0].info.id).await.unwrap();
+        cache.invalidate_key_id(&keys[0].info.id);
+        assert_eq!(
+            status(&service, hot).await,
+            401,
+            "served after its revocation"
+        );
+    }
 }

@@ -296,7 +296,7 @@ struct CacheCore<V> {
     ledger: Mutex<Ledger>,
     evicted: Evicted,
     /// Answers by presented token (no SHA-256 on a hit).
-    tokens: TokenIndex,
+    tokens: Arc<TokenIndex>,
     hits: Striped,
     misses: Striped,
     verifier_calls: AtomicU64,
@@ -327,15 +327,18 @@ impl<V> CacheCore<V> {
     }
 
     /// Takes `hash` out of moka and the hot table (and its key out of the index).
-    fn remove(&self, ledger: &mut Ledger, hash: &KeyHash) {
+    /// Whether the cache held it.
+    fn remove(&self, ledger: &mut Ledger, hash: &KeyHash) -> bool {
+        let removed = self.entries.remove(hash);
         if let Some(Entry {
             lookup: Lookup::Found(record),
             ..
-        }) = self.entries.remove(hash)
+        }) = &removed
         {
             ledger.unindex(hash, &record.id, &record.account_id);
         }
         clear_hot_slot(&self.hot, hash);
+        removed.is_some()
     }
 }
 
@@ -430,6 +433,8 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
         let listener_queue = Arc::clone(&evicted);
         let hot: Arc<[RwLock<HotSlot>]> = (0..HOT_SLOTS).map(|_| RwLock::default()).collect();
         let listener_hot = Arc::clone(&hot);
+        let tokens = Arc::new(TokenIndex::new());
+        let listener_tokens = Arc::clone(&tokens);
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .expire_after(EntryExpiry)
@@ -441,6 +446,10 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                     // does not put it back (the version moves). moka is never called
                     // with a slot locked, so this cannot deadlock.
                     clear_hot_slot(&listener_hot, &hash);
+                    // The token index may still answer for it: the next invalidation,
+                    // whatever it names, empties the index (before the key leaves
+                    // the invalidation index just below).
+                    listener_tokens.note_eviction();
                     if let Lookup::Found(record) = entry.lookup {
                         listener_queue
                             .lock()
@@ -457,7 +466,7 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                 hot,
                 ledger: Mutex::default(),
                 evicted,
-                tokens: TokenIndex::new(),
+                tokens,
                 hits: Striped::default(),
                 misses: Striped::default(),
                 verifier_calls: AtomicU64::new(0),
@@ -727,9 +736,9 @@ impl<V> CachedVerifier<V> {
         core.metrics.invalidated_key.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Hash(*hash));
-        core.remove(&mut ledger, hash);
+        let removed = core.remove(&mut ledger, hash);
         // After the entries are gone: see `tokens`.
-        core.tokens.forget_all();
+        core.tokens.forget_all_if(removed);
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
@@ -740,11 +749,12 @@ impl<V> CachedVerifier<V> {
         core.metrics.invalidated_key.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Id(id.clone()));
+        let mut removed = false;
         for hash in ledger.hashes_of(id) {
-            core.remove(&mut ledger, &hash);
+            removed |= core.remove(&mut ledger, &hash);
         }
         // After the entries are gone: see `tokens`.
-        core.tokens.forget_all();
+        core.tokens.forget_all_if(removed);
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
@@ -755,11 +765,12 @@ impl<V> CachedVerifier<V> {
         let mut ledger = core.ledger();
         ledger.record(Target::Account(account_id.to_owned()));
         let hashes = ledger.hashes_of_account(account_id);
+        let mut removed = false;
         for hash in hashes {
-            core.remove(&mut ledger, &hash);
+            removed |= core.remove(&mut ledger, &hash);
         }
         // After the entries are gone: see `tokens`.
-        core.tokens.forget_all();
+        core.tokens.forget_all_if(removed);
     }
 
     /// Forgets every answer: a pass over the whole cache (for a listener that may have
@@ -773,7 +784,7 @@ impl<V> CachedVerifier<V> {
         // reads, lets an entry be read for a moment after it returns.
         let hashes: Vec<Arc<KeyHash>> = core.entries.iter().map(|(hash, _)| hash).collect();
         for hash in hashes {
-            core.remove(&mut ledger, &hash);
+            let _ = core.remove(&mut ledger, &hash);
         }
         for slot in core.hot.iter() {
             let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);

@@ -8,18 +8,21 @@
 //! tokens that passed the format check, its checksum and a fresh cache hit get a slot;
 //! every other token goes the long way (and a malformed one never reaches a verifier).
 //!
-//! Invalidation of any kind moves a generation that every slot is stamped with, after
-//! the cache's own entries are gone: an answer read before an invalidation is never
-//! served after it, and a key revoked by id stops at once even if the cache had already
-//! evicted it for size. Invalidations are rare (a revocation, a change), so emptying the
-//! whole index costs the hot keys one long lookup each.
+//! An invalidation that removes a cached answer moves a generation that every slot is
+//! stamped with, after the cache's own entries are gone: an answer read before an
+//! invalidation is never served after it. Invalidations are rare (a revocation, a
+//! change), so emptying the whole index costs the hot keys one long lookup each. An
+//! invalidation that finds nothing cached (a `DELETE` repeated on a revoked key) leaves
+//! the index alone, unless the cache evicted an entry since the last emptying: the key
+//! named may be one the cache forgot but the index still answers for, so a key revoked
+//! by id stops at once even then.
 //!
 //! A hit reads one atomic word that only invalidations write, and one slot through
 //! `arc-swap` (whose reads write nothing shared), and clones the answer.
 
 use std::hash::Hasher as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -34,6 +37,8 @@ const SLOTS: usize = 4096;
 pub(crate) struct TokenIndex {
     key: [u64; 2],
     generation: AtomicU64,
+    /// Whether the cache evicted an entry since the index was last emptied.
+    evicted: AtomicBool,
     slots: Box<[ArcSwapOption<Known>]>,
 }
 
@@ -62,6 +67,7 @@ impl TokenIndex {
                 u64::from_le_bytes(k1.try_into().expect("8 bytes")),
             ],
             generation: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
             slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
         }
     }
@@ -113,7 +119,22 @@ impl TokenIndex {
     /// Stops every indexed answer from being served. Call after the cache's entries
     /// that an invalidation names are gone.
     pub(crate) fn forget_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.evicted.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// [`forget_all`](Self::forget_all) after an invalidation that `removed` a cached
+    /// answer, or after any invalidation once the cache evicted an entry.
+    pub(crate) fn forget_all_if(&self, removed: bool) {
+        if removed || self.evicted.swap(false, Ordering::SeqCst) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The cache evicted an entry (for size or age). Call before the entry leaves the
+    /// cache's own invalidation index.
+    pub(crate) fn note_eviction(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
     }
 }
 
@@ -157,6 +178,33 @@ mod tests {
         // An answer read before the invalidation lands too late: never served.
         index.remember(before, Lookup::Unknown, fresh());
         assert!(index.get("sk_live_b").is_err());
+    }
+
+    #[test]
+    fn an_invalidation_that_removed_nothing_empties_the_index_only_after_an_eviction() {
+        let index = TokenIndex::new();
+        let miss = index.get("sk_live_a").unwrap_err();
+        index.remember(miss, Lookup::Unknown, fresh());
+        index.forget_all_if(false);
+        assert!(
+            index.get("sk_live_a").is_ok(),
+            "nothing was removed or evicted"
+        );
+        index.note_eviction();
+        index.forget_all_if(false);
+        assert!(
+            index.get("sk_live_a").is_err(),
+            "an evicted key may be the one named"
+        );
+        let miss = index.get("sk_live_a").unwrap_err();
+        index.remember(miss, Lookup::Unknown, fresh());
+        index.forget_all_if(false);
+        assert!(
+            index.get("sk_live_a").is_ok(),
+            "the eviction was accounted for"
+        );
+        index.forget_all_if(true);
+        assert!(index.get("sk_live_a").is_err());
     }
 
     #[test]
