@@ -25,6 +25,15 @@ use crate::error::{AuthError, InvalidRequest};
 ///
 /// Never panics, whatever the header bytes.
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    match bearer_bytes(headers)? {
+        Some(token) => checked_token(token).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The Bearer token's bytes, their characters not yet checked (see [`checked_token`]):
+/// what the cache's token index needs to answer a token it has seen, checked then.
+pub(crate) fn bearer_bytes(headers: &HeaderMap) -> Result<Option<&[u8]>, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -44,11 +53,15 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     if token.is_empty() {
         return Err(AuthError::InvalidRequest(InvalidRequest::EmptyToken));
     }
+    Ok(Some(token))
+}
+
+/// `token` as a string, if it is an RFC 6750 `b64token`.
+pub(crate) fn checked_token(token: &[u8]) -> Result<&str, AuthError> {
     if !is_b64token(token) {
         return Err(AuthError::InvalidRequest(InvalidRequest::IllegalCharacters));
     }
     std::str::from_utf8(token)
-        .map(Some)
         .map_err(|_| AuthError::InvalidRequest(InvalidRequest::IllegalCharacters))
 }
 

@@ -42,7 +42,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::field::Empty;
 
-use crate::bearer::bearer_token;
+use crate::bearer::{bearer_bytes, checked_token};
 use crate::cache::{CachedVerifier, Lookup};
 use crate::clock::Clock;
 use crate::error::{AuthError, ErrorFormat, ErrorResponder};
@@ -544,29 +544,36 @@ where
             account_id = Empty,
             outcome = Empty
         );
-        let found = match bearer_token(request.headers()) {
-            // A token the cache knows: no format check, no checksum, no SHA-256.
-            Ok(Some(token)) => match shared.cache.get_by_token(token) {
+        let found = match bearer_bytes(request.headers()) {
+            // A token the cache knows: no character, format or checksum check, no
+            // SHA-256 (it passed them when it was indexed).
+            Ok(Some(raw)) => match shared.cache.get_by_token(raw) {
                 Ok(found) => found,
-                Err(miss) => match shared.format.parse(token) {
-                    Ok(parsed) => {
-                        let hash = parsed.hash();
-                        match shared.cache.get_cached_for(&hash, miss) {
-                            Some(found) => found,
-                            None => return self.verify_then_call(request, hash, span),
+                Err(miss) => {
+                    let token = match checked_token(raw) {
+                        Ok(token) => token,
+                        Err(error) => return self.reject(&span, error),
+                    };
+                    match shared.format.parse(token) {
+                        Ok(parsed) => {
+                            let hash = parsed.hash();
+                            match shared.cache.get_cached_for(&hash, miss) {
+                                Some(found) => found,
+                                None => return self.verify_then_call(request, hash, span),
+                            }
+                        }
+                        Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
+                            shared.outcomes.count("foreign_token");
+                            span.record("outcome", "foreign_token");
+                            request.extensions_mut().insert(ForeignToken);
+                            return self.call_inner(request);
+                        }
+                        Err(reason) => {
+                            tracing::debug!(parent: &span, %reason, "malformed API key");
+                            return self.reject(&span, AuthError::InvalidKey);
                         }
                     }
-                    Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
-                        shared.outcomes.count("foreign_token");
-                        span.record("outcome", "foreign_token");
-                        request.extensions_mut().insert(ForeignToken);
-                        return self.call_inner(request);
-                    }
-                    Err(reason) => {
-                        tracing::debug!(parent: &span, %reason, "malformed API key");
-                        return self.reject(&span, AuthError::InvalidKey);
-                    }
-                },
+                }
             },
             Ok(None) if shared.optional => {
                 shared.outcomes.count("anonymous");

@@ -514,7 +514,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// The fresh answer for a presented token, from the token index (no SHA-256, no
     /// checksum), or where [`get_cached_for`](Self::get_cached_for) puts it. Counts a
     /// hit, not a miss (the token may still be in the cache by its hash).
-    pub(crate) fn get_by_token(&self, token: &str) -> Result<Lookup, Miss> {
+    pub(crate) fn get_by_token(&self, token: &[u8]) -> Result<Lookup, Miss> {
         let core = &*self.core;
         let found = core.tokens.get(token)?;
         core.hits.add(1);

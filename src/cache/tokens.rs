@@ -72,9 +72,9 @@ impl TokenIndex {
         }
     }
 
-    fn mac(&self, token: &str) -> u128 {
+    fn mac(&self, token: &[u8]) -> u128 {
         let mut hasher = SipHasher13::new_with_keys(self.key[0], self.key[1]);
-        hasher.write(token.as_bytes());
+        hasher.write(token);
         hasher.finish128().as_u128()
     }
 
@@ -85,8 +85,9 @@ impl TokenIndex {
         &self.slots[index]
     }
 
-    /// The fresh answer for `token`, or where to put it.
-    pub(crate) fn get(&self, token: &str) -> Result<Lookup, Miss> {
+    /// The fresh answer for `token` (its bytes as presented: only tokens that passed
+    /// every check are indexed, so equal bytes passed them too), or where to put it.
+    pub(crate) fn get(&self, token: &[u8]) -> Result<Lookup, Miss> {
         let mac = self.mac(token);
         let generation = self.generation.load(Ordering::Acquire);
         let slot = self.slot(mac).load();
@@ -150,68 +151,68 @@ mod tests {
     #[test]
     fn a_token_is_answered_only_with_its_own_answer() {
         let index = TokenIndex::new();
-        let miss = index.get("sk_live_a").unwrap_err();
+        let miss = index.get(b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, fresh());
-        assert!(matches!(index.get("sk_live_a"), Ok(Lookup::Unknown)));
-        assert!(index.get("sk_live_b").is_err());
+        assert!(matches!(index.get(b"sk_live_a"), Ok(Lookup::Unknown)));
+        assert!(index.get(b"sk_live_b").is_err());
     }
 
     #[test]
     fn macs_are_keyed_per_index() {
         let (one, two) = (TokenIndex::new(), TokenIndex::new());
-        assert_eq!(one.mac("sk_live_a"), one.mac("sk_live_a"));
-        assert_ne!(one.mac("sk_live_a"), two.mac("sk_live_a"));
-        assert_ne!(one.mac("sk_live_a"), one.mac("sk_live_b"));
+        assert_eq!(one.mac(b"sk_live_a"), one.mac(b"sk_live_a"));
+        assert_ne!(one.mac(b"sk_live_a"), two.mac(b"sk_live_a"));
+        assert_ne!(one.mac(b"sk_live_a"), one.mac(b"sk_live_b"));
     }
 
     #[test]
     fn an_invalidation_forgets_every_answer_and_any_read_before_it() {
         let index = TokenIndex::new();
-        let miss = index.get("sk_live_a").unwrap_err();
+        let miss = index.get(b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, fresh());
-        let before = index.get("sk_live_b").unwrap_err();
+        let before = index.get(b"sk_live_b").unwrap_err();
         index.forget_all();
         assert!(
-            index.get("sk_live_a").is_err(),
+            index.get(b"sk_live_a").is_err(),
             "served after an invalidation"
         );
         // An answer read before the invalidation lands too late: never served.
         index.remember(before, Lookup::Unknown, fresh());
-        assert!(index.get("sk_live_b").is_err());
+        assert!(index.get(b"sk_live_b").is_err());
     }
 
     #[test]
     fn an_invalidation_that_removed_nothing_empties_the_index_only_after_an_eviction() {
         let index = TokenIndex::new();
-        let miss = index.get("sk_live_a").unwrap_err();
+        let miss = index.get(b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, fresh());
         index.forget_all_if(false);
         assert!(
-            index.get("sk_live_a").is_ok(),
+            index.get(b"sk_live_a").is_ok(),
             "nothing was removed or evicted"
         );
         index.note_eviction();
         index.forget_all_if(false);
         assert!(
-            index.get("sk_live_a").is_err(),
+            index.get(b"sk_live_a").is_err(),
             "an evicted key may be the one named"
         );
-        let miss = index.get("sk_live_a").unwrap_err();
+        let miss = index.get(b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, fresh());
         index.forget_all_if(false);
         assert!(
-            index.get("sk_live_a").is_ok(),
+            index.get(b"sk_live_a").is_ok(),
             "the eviction was accounted for"
         );
         index.forget_all_if(true);
-        assert!(index.get("sk_live_a").is_err());
+        assert!(index.get(b"sk_live_a").is_err());
     }
 
     #[test]
     fn answers_are_served_until_they_stop_being_fresh() {
         let index = TokenIndex::new();
-        let miss = index.get("sk_live_a").unwrap_err();
+        let miss = index.get(b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, Instant::now());
-        assert!(index.get("sk_live_a").is_err());
+        assert!(index.get(b"sk_live_a").is_err());
     }
 }
