@@ -58,6 +58,9 @@ use crate::verify::KeyVerifier;
 /// Everything the service shares between requests, behind one `Arc`.
 struct Shared<V> {
     format: KeyFormat,
+    /// This layer's format, as the cache's token index tells formats apart: a token
+    /// indexed for one format is not an answer for a layer of another sharing the cache.
+    format_tag: u64,
     cache: CachedVerifier<V>,
     policy: Policy,
     optional: bool,
@@ -82,6 +85,7 @@ impl<V> Clone for Shared<V> {
     fn clone(&self) -> Self {
         Shared {
             format: self.format.clone(),
+            format_tag: self.format_tag,
             cache: self.cache.clone(),
             policy: self.policy.clone(),
             optional: self.optional,
@@ -251,9 +255,11 @@ impl<V: KeyVerifier> ApiKeyLayer<V> {
     /// Keep a clone of `cache` to invalidate entries when keys are revoked.
     #[must_use]
     pub fn new(format: KeyFormat, cache: CachedVerifier<V>) -> Self {
+        static FORMATS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         ApiKeyLayer {
             shared: Arc::new(Shared {
                 format,
+                format_tag: FORMATS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 policy: Policy::new(),
                 optional: false,
                 pass_foreign: false,
@@ -547,7 +553,7 @@ where
         let found = match bearer_bytes(request.headers()) {
             // A token the cache knows: no character, format or checksum check, no
             // SHA-256 (it passed them when it was indexed).
-            Ok(Some(raw)) => match shared.cache.get_by_token(raw) {
+            Ok(Some(raw)) => match shared.cache.get_by_token(shared.format_tag, raw) {
                 Ok(found) => found,
                 Err(miss) => {
                     let token = match checked_token(raw) {
@@ -918,6 +924,29 @@ mod tests {
         assert_eq!(status(&service, &typo).await, 401);
         assert_eq!(shas() - before, 0);
         assert_eq!(cache.stats().verifier_calls, calls);
+    }
+
+    /// Two layers of different formats on one cache: a key one of them accepts (and
+    /// indexes) is still refused by the other, as its format check would.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_token_indexed_for_one_format_is_refused_by_another() {
+        let store = MemoryStore::new();
+        let created = create_for_test(&store, "acct", "k", Environment::LIVE, Scopes::none())
+            .await
+            .unwrap();
+        let cache = CachedVerifier::new(store.clone());
+        let ok = || {
+            tower::service_fn(|_: Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
+            })
+        };
+        let sk = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone()).layer(ok());
+        let pk = ApiKeyLayer::new(KeyFormat::new("pk"), cache.clone()).layer(ok());
+        let token = created.key.expose_secret();
+        for _ in 0..3 {
+            assert_eq!(status(&sk, token).await, 200);
+        }
+        assert_eq!(status(&pk, token).await, 401, "another format's key");
     }
 
     /// A key the cache evicted for size, still answered by the token index, stops at

@@ -327,18 +327,15 @@ impl<V> CacheCore<V> {
     }
 
     /// Takes `hash` out of moka and the hot table (and its key out of the index).
-    /// Whether the cache held it.
-    fn remove(&self, ledger: &mut Ledger, hash: &KeyHash) -> bool {
-        let removed = self.entries.remove(hash);
+    fn remove(&self, ledger: &mut Ledger, hash: &KeyHash) {
         if let Some(Entry {
             lookup: Lookup::Found(record),
             ..
-        }) = &removed
+        }) = self.entries.remove(hash)
         {
             ledger.unindex(hash, &record.id, &record.account_id);
         }
         clear_hot_slot(&self.hot, hash);
-        removed.is_some()
     }
 }
 
@@ -434,7 +431,6 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
         let hot: Arc<[RwLock<HotSlot>]> = (0..HOT_SLOTS).map(|_| RwLock::default()).collect();
         let listener_hot = Arc::clone(&hot);
         let tokens = Arc::new(TokenIndex::new());
-        let listener_tokens = Arc::clone(&tokens);
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity)
             .expire_after(EntryExpiry)
@@ -446,10 +442,6 @@ impl<V: KeyVerifier> CachedVerifierBuilder<V> {
                     // does not put it back (the version moves). moka is never called
                     // with a slot locked, so this cannot deadlock.
                     clear_hot_slot(&listener_hot, &hash);
-                    // The token index may still answer for it: the next invalidation,
-                    // whatever it names, empties the index (before the key leaves
-                    // the invalidation index just below).
-                    listener_tokens.note_eviction();
                     if let Lookup::Found(record) = entry.lookup {
                         listener_queue
                             .lock()
@@ -511,12 +503,14 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         self.get_cached_then(hash, None)
     }
 
-    /// The fresh answer for a presented token, from the token index (no SHA-256, no
+    /// The fresh answer for a token presented to a layer whose key format is `format`
+    /// (a layer's tag: layers of other formats sharing this cache never see answers
+    /// for tokens they would refuse), from the token index (no SHA-256, no
     /// checksum), or where [`get_cached_for`](Self::get_cached_for) puts it. Counts a
     /// hit, not a miss (the token may still be in the cache by its hash).
-    pub(crate) fn get_by_token(&self, token: &[u8]) -> Result<Lookup, Miss> {
+    pub(crate) fn get_by_token(&self, format: u64, token: &[u8]) -> Result<Lookup, Miss> {
         let core = &*self.core;
-        let found = core.tokens.get(token)?;
+        let found = core.tokens.get(format, token)?;
         core.hits.add(1);
         core.count_hit(&found);
         Ok(found)
@@ -597,7 +591,8 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     }
 
     /// Whether the cache holds an answer for `hash` (known or unknown key, fresh or
-    /// stale), without asking the verifier: the synchronous probe the layer makes first.
+    /// stale), without asking the verifier: a synchronous probe by hash (the layer probes
+    /// its token index first, and this on a miss there).
     /// Counts as a hit or a miss in [`stats`](Self::stats).
     pub fn is_cached(&self, hash: &KeyHash) -> bool {
         self.get_cached(hash).is_some()
@@ -736,9 +731,9 @@ impl<V> CachedVerifier<V> {
         core.metrics.invalidated_key.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Hash(*hash));
-        let removed = core.remove(&mut ledger, hash);
+        core.remove(&mut ledger, hash);
         // After the entries are gone: see `tokens`.
-        core.tokens.forget_all_if(removed);
+        core.tokens.forget_all();
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
@@ -749,12 +744,11 @@ impl<V> CachedVerifier<V> {
         core.metrics.invalidated_key.increment(1);
         let mut ledger = core.ledger();
         ledger.record(Target::Id(id.clone()));
-        let mut removed = false;
         for hash in ledger.hashes_of(id) {
-            removed |= core.remove(&mut ledger, &hash);
+            core.remove(&mut ledger, &hash);
         }
         // After the entries are gone: see `tokens`.
-        core.tokens.forget_all_if(removed);
+        core.tokens.forget_all();
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
@@ -765,12 +759,11 @@ impl<V> CachedVerifier<V> {
         let mut ledger = core.ledger();
         ledger.record(Target::Account(account_id.to_owned()));
         let hashes = ledger.hashes_of_account(account_id);
-        let mut removed = false;
         for hash in hashes {
-            removed |= core.remove(&mut ledger, &hash);
+            core.remove(&mut ledger, &hash);
         }
         // After the entries are gone: see `tokens`.
-        core.tokens.forget_all_if(removed);
+        core.tokens.forget_all();
     }
 
     /// Forgets every answer: a pass over the whole cache (for a listener that may have
@@ -784,7 +777,7 @@ impl<V> CachedVerifier<V> {
         // reads, lets an entry be read for a moment after it returns.
         let hashes: Vec<Arc<KeyHash>> = core.entries.iter().map(|(hash, _)| hash).collect();
         for hash in hashes {
-            let _ = core.remove(&mut ledger, &hash);
+            core.remove(&mut ledger, &hash);
         }
         for slot in core.hot.iter() {
             let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);

@@ -8,21 +8,22 @@
 //! tokens that passed the format check, its checksum and a fresh cache hit get a slot;
 //! every other token goes the long way (and a malformed one never reaches a verifier).
 //!
-//! An invalidation that removes a cached answer moves a generation that every slot is
-//! stamped with, after the cache's own entries are gone: an answer read before an
-//! invalidation is never served after it. Invalidations are rare (a revocation, a
-//! change), so emptying the whole index costs the hot keys one long lookup each. An
-//! invalidation that finds nothing cached (a `DELETE` repeated on a revoked key) leaves
-//! the index alone, unless the cache evicted an entry since the last emptying: the key
-//! named may be one the cache forgot but the index still answers for, so a key revoked
-//! by id stops at once even then.
+//! Every invalidation moves a generation that every slot is stamped with, after the
+//! cache's own entries are gone: an answer read before an invalidation is never served
+//! after it, and a key revoked by id stops at once even if the cache had already
+//! evicted it (the index may still answer for a key the cache forgot). Invalidations
+//! are rare (a revocation, a change), so emptying the whole index costs the hot keys
+//! one long lookup each.
+//!
+//! The MAC covers the tag of the layer's key format too: layers of different formats
+//! that share a cache never get answers for tokens only another format accepts.
 //!
 //! A hit reads one atomic word that only invalidations write, and one slot through
 //! `arc-swap` (whose reads write nothing shared), and clones the answer.
 
 use std::hash::Hasher as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -37,8 +38,6 @@ const SLOTS: usize = 4096;
 pub(crate) struct TokenIndex {
     key: [u64; 2],
     generation: AtomicU64,
-    /// Whether the cache evicted an entry since the index was last emptied.
-    evicted: AtomicBool,
     slots: Box<[ArcSwapOption<Known>]>,
 }
 
@@ -67,13 +66,13 @@ impl TokenIndex {
                 u64::from_le_bytes(k1.try_into().expect("8 bytes")),
             ],
             generation: AtomicU64::new(0),
-            evicted: AtomicBool::new(false),
             slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(),
         }
     }
 
-    fn mac(&self, token: &[u8]) -> u128 {
+    fn mac(&self, format: u64, token: &[u8]) -> u128 {
         let mut hasher = SipHasher13::new_with_keys(self.key[0], self.key[1]);
+        hasher.write_u64(format);
         hasher.write(token);
         hasher.finish128().as_u128()
     }
@@ -87,8 +86,8 @@ impl TokenIndex {
 
     /// The fresh answer for `token` (its bytes as presented: only tokens that passed
     /// every check are indexed, so equal bytes passed them too), or where to put it.
-    pub(crate) fn get(&self, token: &[u8]) -> Result<Lookup, Miss> {
-        let mac = self.mac(token);
+    pub(crate) fn get(&self, format: u64, token: &[u8]) -> Result<Lookup, Miss> {
+        let mac = self.mac(format, token);
         let generation = self.generation.load(Ordering::Acquire);
         let slot = self.slot(mac).load();
         if let Some(known) = slot.as_deref() {
@@ -120,22 +119,7 @@ impl TokenIndex {
     /// Stops every indexed answer from being served. Call after the cache's entries
     /// that an invalidation names are gone.
     pub(crate) fn forget_all(&self) {
-        self.evicted.store(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// [`forget_all`](Self::forget_all) after an invalidation that `removed` a cached
-    /// answer, or after any invalidation once the cache evicted an entry.
-    pub(crate) fn forget_all_if(&self, removed: bool) {
-        if removed || self.evicted.swap(false, Ordering::SeqCst) {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// The cache evicted an entry (for size or age). Call before the entry leaves the
-    /// cache's own invalidation index.
-    pub(crate) fn note_eviction(&self) {
-        self.evicted.store(true, Ordering::SeqCst);
     }
 }
 
@@ -151,68 +135,53 @@ mod tests {
     #[test]
     fn a_token_is_answered_only_with_its_own_answer() {
         let index = TokenIndex::new();
-        let miss = index.get(b"sk_live_a").unwrap_err();
+        let miss = index.get(0, b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, fresh());
-        assert!(matches!(index.get(b"sk_live_a"), Ok(Lookup::Unknown)));
-        assert!(index.get(b"sk_live_b").is_err());
+        assert!(matches!(index.get(0, b"sk_live_a"), Ok(Lookup::Unknown)));
+        assert!(index.get(0, b"sk_live_b").is_err());
+    }
+
+    #[test]
+    fn a_token_of_another_format_is_another_token() {
+        let index = TokenIndex::new();
+        let miss = index.get(1, b"pk_live_a").unwrap_err();
+        index.remember(miss, Lookup::Unknown, fresh());
+        assert!(index.get(1, b"pk_live_a").is_ok());
+        assert!(
+            index.get(2, b"pk_live_a").is_err(),
+            "another layer's format"
+        );
     }
 
     #[test]
     fn macs_are_keyed_per_index() {
         let (one, two) = (TokenIndex::new(), TokenIndex::new());
-        assert_eq!(one.mac(b"sk_live_a"), one.mac(b"sk_live_a"));
-        assert_ne!(one.mac(b"sk_live_a"), two.mac(b"sk_live_a"));
-        assert_ne!(one.mac(b"sk_live_a"), one.mac(b"sk_live_b"));
+        assert_eq!(one.mac(0, b"sk_live_a"), one.mac(0, b"sk_live_a"));
+        assert_ne!(one.mac(0, b"sk_live_a"), two.mac(0, b"sk_live_a"));
+        assert_ne!(one.mac(0, b"sk_live_a"), one.mac(0, b"sk_live_b"));
     }
 
     #[test]
     fn an_invalidation_forgets_every_answer_and_any_read_before_it() {
         let index = TokenIndex::new();
-        let miss = index.get(b"sk_live_a").unwrap_err();
+        let miss = index.get(0, b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, fresh());
-        let before = index.get(b"sk_live_b").unwrap_err();
+        let before = index.get(0, b"sk_live_b").unwrap_err();
         index.forget_all();
         assert!(
-            index.get(b"sk_live_a").is_err(),
+            index.get(0, b"sk_live_a").is_err(),
             "served after an invalidation"
         );
         // An answer read before the invalidation lands too late: never served.
         index.remember(before, Lookup::Unknown, fresh());
-        assert!(index.get(b"sk_live_b").is_err());
-    }
-
-    #[test]
-    fn an_invalidation_that_removed_nothing_empties_the_index_only_after_an_eviction() {
-        let index = TokenIndex::new();
-        let miss = index.get(b"sk_live_a").unwrap_err();
-        index.remember(miss, Lookup::Unknown, fresh());
-        index.forget_all_if(false);
-        assert!(
-            index.get(b"sk_live_a").is_ok(),
-            "nothing was removed or evicted"
-        );
-        index.note_eviction();
-        index.forget_all_if(false);
-        assert!(
-            index.get(b"sk_live_a").is_err(),
-            "an evicted key may be the one named"
-        );
-        let miss = index.get(b"sk_live_a").unwrap_err();
-        index.remember(miss, Lookup::Unknown, fresh());
-        index.forget_all_if(false);
-        assert!(
-            index.get(b"sk_live_a").is_ok(),
-            "the eviction was accounted for"
-        );
-        index.forget_all_if(true);
-        assert!(index.get(b"sk_live_a").is_err());
+        assert!(index.get(0, b"sk_live_b").is_err());
     }
 
     #[test]
     fn answers_are_served_until_they_stop_being_fresh() {
         let index = TokenIndex::new();
-        let miss = index.get(b"sk_live_a").unwrap_err();
+        let miss = index.get(0, b"sk_live_a").unwrap_err();
         index.remember(miss, Lookup::Unknown, Instant::now());
-        assert!(index.get(b"sk_live_a").is_err());
+        assert!(index.get(0, b"sk_live_a").is_err());
     }
 }
