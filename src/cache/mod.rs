@@ -510,7 +510,11 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// hit, not a miss (the token may still be in the cache by its hash).
     pub(crate) fn get_by_token(&self, format: u64, token: &[u8]) -> Result<Lookup, Miss> {
         let core = &*self.core;
-        let found = core.tokens.get(format, token)?;
+        let (found, touch) = core.tokens.get(format, token)?;
+        if let Some(hash) = touch {
+            // A read, so that moka's eviction policy sees the key in use.
+            let _ = core.entries.get(&hash);
+        }
         core.hits.add(1);
         core.count_hit(&found);
         Ok(found)
@@ -535,7 +539,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     let lookup = entry.entry.lookup.clone();
                     if let Some(miss) = token {
                         core.tokens
-                            .remember(miss, lookup.clone(), entry.entry.deadline);
+                            .remember(miss, *hash, lookup.clone(), entry.entry.deadline);
                     }
                     return Some(lookup);
                 }
@@ -561,7 +565,8 @@ impl<V: KeyVerifier> CachedVerifier<V> {
         }
         core.count_hit(&lookup);
         if let Some(miss) = token {
-            core.tokens.remember(miss, lookup.clone(), entry.deadline);
+            core.tokens
+                .remember(miss, *hash, lookup.clone(), entry.deadline);
         }
         if let (Some(version), Ok(mut hot)) = (version, slot.try_write()) {
             if hot.version == version {

@@ -23,13 +23,14 @@
 
 use std::hash::Hasher as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::Lookup;
+use crate::key::KeyHash;
 
 /// Slots of the index (a power of two): tokens whose MACs share the low bits take
 /// turns.
@@ -47,6 +48,12 @@ struct Known {
     generation: u64,
     fresh_until: Instant,
     lookup: Lookup,
+    /// The key's hash, and when (half way to `fresh_until`) the first hit after it
+    /// reads the cache once, so that the cache's eviction policy sees the key in use
+    /// (hits answered here never read it otherwise).
+    hash: KeyHash,
+    touch_after: Instant,
+    touched: AtomicBool,
 }
 
 /// A token the index could not answer: where its answer goes once the cache has it.
@@ -86,16 +93,19 @@ impl TokenIndex {
 
     /// The fresh answer for `token` (its bytes as presented: only tokens that passed
     /// every check are indexed, so equal bytes passed them too), or where to put it.
-    pub(crate) fn get(&self, format: u64, token: &[u8]) -> Result<Lookup, Miss> {
+    /// With the answer, the hash of a key whose use the cache should now see (once per
+    /// indexed answer).
+    pub(crate) fn get(&self, format: u64, token: &[u8]) -> Result<(Lookup, Option<KeyHash>), Miss> {
         let mac = self.mac(format, token);
         let generation = self.generation.load(Ordering::Acquire);
         let slot = self.slot(mac).load();
         if let Some(known) = slot.as_deref() {
-            if known.mac == mac
-                && known.generation == generation
-                && Instant::now() < known.fresh_until
-            {
-                return Ok(known.lookup.clone());
+            let now = Instant::now();
+            if known.mac == mac && known.generation == generation && now < known.fresh_until {
+                let touch = now >= known.touch_after
+                    && !known.touched.load(Ordering::Relaxed)
+                    && !known.touched.swap(true, Ordering::Relaxed);
+                return Ok((known.lookup.clone(), touch.then_some(known.hash)));
             }
         }
         Err(Miss { mac, generation })
@@ -104,15 +114,20 @@ impl TokenIndex {
     /// Indexes the answer the cache gave after `miss`, fresh until `fresh_until`. An
     /// answer read before an invalidation that came since is stamped with the older
     /// generation, so it is never served.
-    pub(crate) fn remember(&self, miss: Miss, lookup: Lookup, fresh_until: Instant) {
+    pub(crate) fn remember(&self, miss: Miss, hash: KeyHash, lookup: Lookup, fresh_until: Instant) {
         if self.generation.load(Ordering::Acquire) != miss.generation {
             return;
         }
+        let now = Instant::now();
+        let touch_after = now + fresh_until.saturating_duration_since(now) / 2;
         self.slot(miss.mac).store(Some(Arc::new(Known {
             mac: miss.mac,
             generation: miss.generation,
             fresh_until,
             lookup,
+            hash,
+            touch_after,
+            touched: AtomicBool::new(false),
         })));
     }
 
@@ -136,8 +151,11 @@ mod tests {
     fn a_token_is_answered_only_with_its_own_answer() {
         let index = TokenIndex::new();
         let miss = index.get(0, b"sk_live_a").unwrap_err();
-        index.remember(miss, Lookup::Unknown, fresh());
-        assert!(matches!(index.get(0, b"sk_live_a"), Ok(Lookup::Unknown)));
+        index.remember(miss, KeyHash::of("t"), Lookup::Unknown, fresh());
+        assert!(matches!(
+            index.get(0, b"sk_live_a"),
+            Ok((Lookup::Unknown, None))
+        ));
         assert!(index.get(0, b"sk_live_b").is_err());
     }
 
@@ -145,7 +163,7 @@ mod tests {
     fn a_token_of_another_format_is_another_token() {
         let index = TokenIndex::new();
         let miss = index.get(1, b"pk_live_a").unwrap_err();
-        index.remember(miss, Lookup::Unknown, fresh());
+        index.remember(miss, KeyHash::of("t"), Lookup::Unknown, fresh());
         assert!(index.get(1, b"pk_live_a").is_ok());
         assert!(
             index.get(2, b"pk_live_a").is_err(),
@@ -165,7 +183,7 @@ mod tests {
     fn an_invalidation_forgets_every_answer_and_any_read_before_it() {
         let index = TokenIndex::new();
         let miss = index.get(0, b"sk_live_a").unwrap_err();
-        index.remember(miss, Lookup::Unknown, fresh());
+        index.remember(miss, KeyHash::of("t"), Lookup::Unknown, fresh());
         let before = index.get(0, b"sk_live_b").unwrap_err();
         index.forget_all();
         assert!(
@@ -173,15 +191,31 @@ mod tests {
             "served after an invalidation"
         );
         // An answer read before the invalidation lands too late: never served.
-        index.remember(before, Lookup::Unknown, fresh());
+        index.remember(before, KeyHash::of("t"), Lookup::Unknown, fresh());
         assert!(index.get(0, b"sk_live_b").is_err());
+    }
+
+    #[test]
+    fn one_hit_past_half_the_freshness_asks_the_cache_to_see_the_key() {
+        let index = TokenIndex::new();
+        let miss = index.get(0, b"sk_live_a").unwrap_err();
+        let hash = KeyHash::of("t");
+        let fresh_until = Instant::now() + Duration::from_secs(2);
+        index.remember(miss, hash, Lookup::Unknown, fresh_until);
+        assert!(matches!(index.get(0, b"sk_live_a"), Ok((_, None))));
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(matches!(index.get(0, b"sk_live_a"), Ok((_, Some(h))) if h == hash));
+        assert!(
+            matches!(index.get(0, b"sk_live_a"), Ok((_, None))),
+            "once only"
+        );
     }
 
     #[test]
     fn answers_are_served_until_they_stop_being_fresh() {
         let index = TokenIndex::new();
         let miss = index.get(0, b"sk_live_a").unwrap_err();
-        index.remember(miss, Lookup::Unknown, Instant::now());
+        index.remember(miss, KeyHash::of("t"), Lookup::Unknown, Instant::now());
         assert!(index.get(0, b"sk_live_a").is_err());
     }
 }
