@@ -30,6 +30,8 @@
 mod envelope;
 mod rejection;
 mod render;
+#[cfg(test)]
+pub(crate) use render::tests::every_error;
 
 pub use envelope::Envelope;
 pub use rejection::{MissingApiKeyLayer, PrincipalRejection};

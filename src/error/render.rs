@@ -198,7 +198,7 @@ fn insert_rate_limit(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use http::StatusCode;
 
     use super::*;
@@ -213,9 +213,10 @@ mod tests {
         assert_eq!(body["error"]["message"], "The API key has been revoked.");
     }
 
-    #[test]
-    fn every_default_body_is_valid_json() {
-        let errors = [
+    /// One of every kind of error the layer answers with (for the tests that must
+    /// cover them all).
+    pub(crate) fn every_error() -> Vec<AuthError> {
+        vec![
             AuthError::MissingKey,
             AuthError::InvalidRequest(InvalidRequest::DuplicateHeader),
             AuthError::InvalidRequest(InvalidRequest::EmptyToken),
@@ -237,7 +238,12 @@ mod tests {
                 crate::limit::RateLimit::new("requests", 1, Duration::from_secs(1)).unwrap(),
                 crate::limit::Decision::default(),
             ))),
-        ];
+        ]
+    }
+
+    #[test]
+    fn every_default_body_is_valid_json() {
+        let errors = every_error();
         for error in errors {
             let body = JsonErrorFormat.render(&error).body;
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -545,30 +545,6 @@ fn description(status: u16) -> &'static str {
     }
 }
 
-/// Every code [`AuthError`](crate::error::AuthError) can answer with (for the tests: each is in the table).
-#[cfg(test)]
-fn every_layer_error() -> Vec<crate::error::AuthError> {
-    use crate::error::{AuthError, InvalidRequest};
-    vec![
-        AuthError::MissingKey,
-        AuthError::InvalidRequest(InvalidRequest::EmptyToken),
-        AuthError::InvalidKey,
-        AuthError::Revoked,
-        AuthError::Expired,
-        AuthError::EnvironmentMismatch,
-        AuthError::PaymentRequired,
-        AuthError::ProjectForbidden,
-        AuthError::IpNotAllowed,
-        AuthError::ReferrerNotAllowed,
-        AuthError::EndpointNotAllowed,
-        AuthError::InsufficientScope {
-            required: Scope::Admin,
-        },
-        AuthError::Unavailable,
-        AuthError::CreditsExhausted,
-    ]
-}
-
 fn schemas() -> Value {
     let time = json!({"type": "string", "format": "date-time"});
     let time_or_null = json!({"type": ["string", "null"], "format": "date-time"});
@@ -747,7 +723,7 @@ mod tests {
 
     #[test]
     fn every_code_of_the_layer_is_in_its_table() {
-        for error in every_layer_error() {
+        for error in crate::error::every_error() {
             let status = error.status().as_u16();
             assert!(
                 layer_codes(status).contains(&error.code()),
