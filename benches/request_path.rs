@@ -3,6 +3,7 @@
 //! (`RUNS=9` for more runs, `ONLY=credits` for the pairs whose label contains it).
 //! `ONLY=api_key_hit` includes the hit with usage recording and with metrics into a
 //! Prometheus recorder, and prints their overhead in units of the bare router.
+//! `PROFILE=api_key_hit BATCHES=200` runs one variant alone, for a profiler.
 //!
 //! Every variant builds the same fresh request (with an `Authorization` header) and
 //! drives a clone of the service with `oneshot`, as a server does; routers are finished
@@ -348,6 +349,25 @@ fn main() {
             "bare",
         ),
     ];
+    // `PROFILE=api_key_hit BATCHES=200`: that variant alone, for a profiler
+    // (`perf record`, `valgrind --tool=callgrind`): BATCHES batches of 500 requests.
+    if let Ok(variant) = std::env::var("PROFILE") {
+        let batches: u32 = std::env::var("BATCHES")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(200);
+        let run = m(Box::leak(variant.clone().into_boxed_str()));
+        let mut total = Duration::ZERO;
+        for _ in 0..batches {
+            total += run();
+        }
+        println!(
+            "{variant}: {} requests, {:.0} ns per request",
+            batches * BATCH,
+            total.as_nanos() as f64 / f64::from(batches)
+        );
+        return;
+    }
     // `ONLY=rate_limit` keeps the pairs whose label contains it.
     let only = std::env::var("ONLY").unwrap_or_default();
     let pairs: Vec<_> = pairs

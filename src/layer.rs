@@ -544,12 +544,19 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let span = tracing::debug_span!(
-            "api_key_auth",
-            key_id = Empty,
-            account_id = Empty,
-            outcome = Empty
-        );
+        // Only when a subscriber wants it: a span made disabled still does work on
+        // every record and on drop (for the `log` crate, when tracing's `log` feature
+        // is on), which `Span::none` skips.
+        let span = if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug_span!(
+                "api_key_auth",
+                key_id = Empty,
+                account_id = Empty,
+                outcome = Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
         let found = match bearer_bytes(request.headers()) {
             // A token the cache knows: no character, format or checksum check, no
             // SHA-256 (it passed them when it was indexed).

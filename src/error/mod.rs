@@ -139,6 +139,34 @@ impl AuthError {
         }
     }
 
+    /// How many distinct (code, message) pairs there are: the range of
+    /// [`ordinal`](Self::ordinal).
+    pub(crate) const KINDS: usize = 17;
+
+    /// This error's place among the distinct (code, message) pairs, below
+    /// [`KINDS`](Self::KINDS): what a body that depends on nothing else is kept by.
+    pub(crate) fn ordinal(&self) -> usize {
+        match self {
+            AuthError::MissingKey => 0,
+            AuthError::InvalidRequest(InvalidRequest::DuplicateHeader) => 1,
+            AuthError::InvalidRequest(InvalidRequest::EmptyToken) => 2,
+            AuthError::InvalidRequest(InvalidRequest::IllegalCharacters) => 3,
+            AuthError::InvalidKey => 4,
+            AuthError::Revoked => 5,
+            AuthError::Expired => 6,
+            AuthError::EnvironmentMismatch => 7,
+            AuthError::PaymentRequired => 8,
+            AuthError::ProjectForbidden => 9,
+            AuthError::IpNotAllowed => 10,
+            AuthError::ReferrerNotAllowed => 11,
+            AuthError::EndpointNotAllowed => 12,
+            AuthError::InsufficientScope { .. } => 13,
+            AuthError::Unavailable => 14,
+            AuthError::RateLimited(_) => 15,
+            AuthError::CreditsExhausted => 16,
+        }
+    }
+
     /// The stable, machine-readable code.
     #[must_use]
     pub fn code(&self) -> &'static str {

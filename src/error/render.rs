@@ -3,7 +3,7 @@
 //! carries (`WWW-Authenticate`, `Retry-After`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,14 +56,22 @@ pub struct JsonErrorFormat;
 
 impl ErrorFormat for JsonErrorFormat {
     fn render(&self, error: &AuthError) -> ErrorBody {
-        // Codes and messages are fixed strings without quotes or backslashes (a unit
-        // test checks), so plain formatting is valid JSON: one allocation per rejection.
-        let body = format!(
-            r#"{{"error":{{"code":"{}","message":"{}"}}}}"#,
-            error.code(),
-            error.message()
-        );
-        ErrorBody::json(Bytes::from(body))
+        // The body depends on the code and the message only, both fixed strings: each
+        // of the few is rendered once per process and kept (a flood of bad keys then
+        // costs no formatting, no allocation and no shared write per rejection).
+        static BODIES: [OnceLock<&'static str>; AuthError::KINDS] =
+            [const { OnceLock::new() }; AuthError::KINDS];
+        let body = BODIES[error.ordinal()].get_or_init(|| {
+            // Codes and messages hold no quotes or backslashes (a unit test checks), so
+            // plain formatting is valid JSON.
+            let body = format!(
+                r#"{{"error":{{"code":"{}","message":"{}"}}}}"#,
+                error.code(),
+                error.message()
+            );
+            Box::leak(body.into_boxed_str())
+        });
+        ErrorBody::json(Bytes::from_static(body.as_bytes()))
     }
 }
 
@@ -238,6 +246,7 @@ pub(crate) mod tests {
                 crate::limit::RateLimit::new("requests", 1, Duration::from_secs(1)).unwrap(),
                 crate::limit::Decision::default(),
             ))),
+            AuthError::CreditsExhausted,
         ]
     }
 
@@ -249,7 +258,25 @@ pub(crate) mod tests {
             let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(parsed["error"]["code"], error.code());
             assert_eq!(parsed["error"]["message"], error.message());
+            assert_eq!(
+                JsonErrorFormat.render(&error).body,
+                body,
+                "kept as rendered"
+            );
         }
+    }
+
+    /// Each kind has its own ordinal (the key of its kept body), and the list above
+    /// holds every kind.
+    #[test]
+    fn every_kind_has_its_own_ordinal() {
+        let mut ordinals: Vec<usize> = every_error().iter().map(AuthError::ordinal).collect();
+        ordinals.sort_unstable();
+        assert_eq!(ordinals, (0..AuthError::KINDS).collect::<Vec<_>>());
+        let mut messages: Vec<&str> = every_error().iter().map(AuthError::message).collect();
+        messages.sort_unstable();
+        messages.dedup();
+        assert_eq!(messages.len(), AuthError::KINDS, "a message for each kind");
     }
 
     #[test]
