@@ -138,6 +138,7 @@ impl<V> Shared<V> {
 
 impl<V: KeyVerifier> Shared<V> {
     /// Lookup → policy → principal, and what it spends (rate limits, credits).
+    #[inline]
     fn decide(
         &self,
         found: Lookup,
@@ -205,6 +206,7 @@ impl<V: KeyVerifier> Shared<V> {
 
     /// Puts the principal (and, when the key spends anything, the ticket a route's
     /// `Cost` adjusts) into the request.
+    #[inline]
     fn admit<B>(&self, request: &mut Request<B>, principal: Principal) {
         if crate::meter::costs_in_use() && self.meter.applies(principal.record()) {
             let cost = self.cost_of(&RequestView::of(request));
@@ -675,6 +677,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
     }
 
     /// Calls the inner service; its response gets the `quota`'s headers.
+    #[inline]
     fn call_limited<ReqBody, ResBody>(
         &mut self,
         mut request: Request<ReqBody>,
@@ -755,6 +758,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
     }
 }
 
+#[inline]
 fn record_accepted<V>(shared: &Shared<V>, span: &tracing::Span, principal: &Principal) {
     shared.outcomes.accepted();
     // Recording into a disabled span still builds its value set: skip it.

@@ -508,6 +508,7 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     /// for tokens they would refuse), from the token index (no SHA-256, no
     /// checksum), or where [`get_cached_for`](Self::get_cached_for) puts it. Counts a
     /// hit, not a miss (the token may still be in the cache by its hash).
+    #[inline]
     pub(crate) fn get_by_token(&self, format: u64, token: &[u8]) -> Result<Lookup, Miss> {
         let core = &*self.core;
         let (found, touch) = core.tokens.get(format, token)?;
