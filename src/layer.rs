@@ -515,6 +515,20 @@ impl<S: Clone, V> Clone for ApiKeyAuth<S, V> {
     }
 }
 
+impl<S: Clone, V> ApiKeyAuth<S, V> {
+    /// A copy whose shared handle is an allocation of its own, over the same cache,
+    /// store, limits and metrics: what a server gives each connection, so that the
+    /// clone it makes per request counts a reference only that connection's thread
+    /// touches.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn for_connection(&self) -> Self {
+        ApiKeyAuth {
+            inner: self.inner.clone(),
+            shared: Arc::new((*self.shared).clone()),
+        }
+    }
+}
+
 impl<S: fmt::Debug, V> fmt::Debug for ApiKeyAuth<S, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeyAuth")
@@ -935,6 +949,36 @@ mod tests {
         assert_eq!(status(&service, &typo).await, 401);
         assert_eq!(shas() - before, 0);
         assert_eq!(cache.stats().verifier_calls, calls);
+    }
+
+    /// A connection's copy has a handle of its own over the same cache: what one
+    /// copy's cache learns or forgets, every copy does.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_copy_for_a_connection_shares_the_cache_but_not_the_handle() {
+        let store = MemoryStore::new();
+        let created = create_for_test(&store, "acct", "k", Environment::LIVE, Scopes::none())
+            .await
+            .unwrap();
+        let cache = CachedVerifier::new(store.clone());
+        let service = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone()).layer(
+            tower::service_fn(|_: Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
+            }),
+        );
+        let copy = service.for_connection();
+        assert!(!Arc::ptr_eq(&service.shared, &copy.shared));
+        let token = created.key.expose_secret();
+        assert_eq!(status(&service, token).await, 200);
+        let calls = cache.stats().verifier_calls;
+        assert_eq!(status(&copy, token).await, 200);
+        assert_eq!(
+            cache.stats().verifier_calls,
+            calls,
+            "the copy's cache is the same"
+        );
+        store.revoke("acct", &created.info.id).await.unwrap();
+        cache.invalidate_key_id(&created.info.id);
+        assert_eq!(status(&copy, token).await, 401);
     }
 
     /// Two layers of different formats on one cache: a key one of them accepts (and

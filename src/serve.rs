@@ -21,9 +21,14 @@
 //! # }
 //! ```
 
+use std::convert::Infallible;
+use std::fmt;
+use std::task::{Context, Poll};
+
 use axum::Router;
-use axum::routing::IntoMakeService;
+use axum::serve::{IncomingStream, Listener};
 use tower_layer::Layer as _;
+use tower_service::Service;
 
 use crate::layer::{ApiKeyAuth, ApiKeyLayer};
 use crate::verify::KeyVerifier;
@@ -32,17 +37,54 @@ use crate::verify::KeyVerifier;
 pub trait RouterExt: Sized {
     /// `layer` around the whole router (the cheaper form), as a make-service that goes
     /// straight to `axum::serve`.
-    fn with_api_keys<V: KeyVerifier>(
-        self,
-        layer: ApiKeyLayer<V>,
-    ) -> IntoMakeService<ApiKeyAuth<Router, V>>;
+    fn with_api_keys<V: KeyVerifier>(self, layer: ApiKeyLayer<V>) -> ApiKeyMakeService<V>;
 }
 
 impl RouterExt for Router {
-    fn with_api_keys<V: KeyVerifier>(
-        self,
-        layer: ApiKeyLayer<V>,
-    ) -> IntoMakeService<ApiKeyAuth<Router, V>> {
-        axum::ServiceExt::<axum::extract::Request>::into_make_service(layer.layer(self))
+    fn with_api_keys<V: KeyVerifier>(self, layer: ApiKeyLayer<V>) -> ApiKeyMakeService<V> {
+        ApiKeyMakeService {
+            service: layer.layer(self),
+        }
+    }
+}
+
+/// What [`RouterExt::with_api_keys`] returns, for `axum::serve`: the router behind the
+/// layer, once per connection.
+///
+/// Each connection gets its own copy of the layer's shared handle (the same cache,
+/// store, limits and metrics behind it). hyper clones a connection's service for every
+/// request; with a copy per connection, that clone counts a reference that only the
+/// connection's thread touches, instead of one every worker writes.
+pub struct ApiKeyMakeService<V> {
+    service: ApiKeyAuth<Router, V>,
+}
+
+impl<V> Clone for ApiKeyMakeService<V> {
+    fn clone(&self) -> Self {
+        ApiKeyMakeService {
+            service: self.service.clone(),
+        }
+    }
+}
+
+impl<V> fmt::Debug for ApiKeyMakeService<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyMakeService")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl<L: Listener, V: KeyVerifier> Service<IncomingStream<'_, L>> for ApiKeyMakeService<V> {
+    type Response = ApiKeyAuth<Router, V>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: IncomingStream<'_, L>) -> Self::Future {
+        std::future::ready(Ok(self.service.for_connection()))
     }
 }
