@@ -981,6 +981,85 @@ mod tests {
         assert_eq!(status(&copy, token).await, 401);
     }
 
+    /// Threads hitting one hot key each get their own copy of its record (the count
+    /// of references a request takes is then one no other thread writes), and the
+    /// copies share the record's runtime state: its stored rate limit stays exact.
+    #[test]
+    fn threads_get_their_own_copy_of_a_hot_record_and_share_its_limits() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let store = MemoryStore::new();
+        let created = runtime().block_on(async {
+            let created = create_for_test(&store, "acct", "k", Environment::LIVE, Scopes::none())
+                .await
+                .unwrap();
+            let limit =
+                crate::limit::RateLimit::new("requests", 150, std::time::Duration::from_secs(3600))
+                    .unwrap();
+            let changes = crate::store::KeyChanges {
+                ratelimits: Some(vec![limit]),
+                ..Default::default()
+            };
+            store
+                .update("acct", &created.info.id, &changes)
+                .await
+                .unwrap();
+            created
+        });
+        let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&records);
+        let service = ApiKeyLayer::new(KeyFormat::new("sk"), CachedVerifier::new(store)).layer(
+            tower::service_fn(move |request: Request<Body>| {
+                let record = request
+                    .extensions()
+                    .get::<Principal>()
+                    .unwrap()
+                    .shared_record();
+                seen.lock().unwrap().push(record);
+                async { Ok::<_, std::convert::Infallible>(Response::new(Body::default())) }
+            }),
+        );
+        let token = created.key.expose_secret();
+        let statuses: Vec<Vec<u16>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let service = service.clone();
+                    scope.spawn(move || {
+                        let runtime = runtime();
+                        (0..100)
+                            .map(|_| runtime.block_on(status(&service, token)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let all: Vec<u16> = statuses.concat();
+        assert_eq!(
+            all.iter().filter(|s| **s == 200).count(),
+            150,
+            "the limit, exact"
+        );
+        assert_eq!(all.iter().filter(|s| **s == 429).count(), 50);
+        let records = records.lock().unwrap();
+        let distinct: std::collections::HashSet<usize> = records
+            .iter()
+            .map(|record| Arc::as_ptr(record) as usize)
+            .collect();
+        // The first requests go the long way (the cache's own record); each thread's
+        // hits then take its stripe's copy (two, unless the threads share a stripe).
+        assert!(
+            (2..=3).contains(&distinct.len()),
+            "{} distinct records",
+            distinct.len()
+        );
+        assert!(records.iter().all(|record| **record == *records[0]));
+    }
+
     /// Two layers of different formats on one cache: a key one of them accepts (and
     /// indexes) is still refused by the other, as its format check would.
     #[tokio::test(flavor = "current_thread")]

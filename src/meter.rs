@@ -94,7 +94,7 @@ impl SlotRef {
     fn slot(&self) -> &Slot {
         match self {
             SlotRef::Layer(slots, index) => &slots[*index].slot,
-            SlotRef::Record(record, index) => &record.limits.slots()[*index].1,
+            SlotRef::Record(record, index) => &record.slots()[*index].1,
         }
     }
 }
@@ -228,7 +228,6 @@ impl Meter {
             }
         });
         let own = record
-            .limits
             .slots()
             .iter()
             .enumerate()
@@ -592,7 +591,7 @@ impl Ledger {
             }
             leases
         };
-        match record.limits.memo.get_or_init(owner, lookup) {
+        match record.runtime().memo.get_or_init(owner, lookup) {
             Some(leases) => leases.clone(),
             None => lookup(),
         }

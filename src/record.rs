@@ -60,12 +60,8 @@ pub struct KeyRecord {
     pub metadata: Metadata,
     /// What the key and its account may spend: rate limits and credits.
     pub limits: KeyLimits,
-    /// When the usage recorder last noted this key (unix seconds); runtime state, not
-    /// data: ignored by `==`, reset by `clone`.
-    pub(crate) last_seen: LastSeen,
-    /// Requests of this record not yet flushed, by hour, outcome and client address;
-    /// runtime state like `last_seen`.
-    pub(crate) usage: UsageCell,
+    /// What the crate keeps with a record while it serves: see [`Runtime`].
+    pub(crate) runtime: Runtime,
 }
 
 /// An account's billing standing: since when it is past due, and for how long it keeps
@@ -137,8 +133,34 @@ impl KeyRecord {
             owner_id: None,
             metadata: Metadata::new(),
             limits: KeyLimits::default(),
-            last_seen: LastSeen::default(),
-            usage: UsageCell::default(),
+            runtime: Runtime::default(),
+        }
+    }
+
+    /// This record's runtime state, made on first use.
+    pub(crate) fn runtime(&self) -> &RuntimeState {
+        self.runtime.state()
+    }
+
+    /// The rate limits as slots: the key's (`false`) then the account's (`true`).
+    pub(crate) fn slots(&self) -> &[(bool, Slot)] {
+        self.runtime().slots.get_or_init(|| {
+            let limits = &self.limits;
+            let own = limits.ratelimits.iter().map(|limit| (false, limit));
+            let account = limits.account.ratelimits.iter().map(|limit| (true, limit));
+            own.chain(account)
+                .map(|(shared, limit)| (shared, Slot::new(limit.clone())))
+                .collect()
+        })
+    }
+
+    /// A copy of this record that shares its runtime state (its usage, slots and
+    /// leases): the cache gives each thread one of a hot record, so that the reference
+    /// count a request takes is one only that thread writes.
+    pub(crate) fn copy_sharing_runtime(&self) -> KeyRecord {
+        KeyRecord {
+            runtime: self.runtime.share(),
+            ..self.clone()
         }
     }
 
@@ -277,11 +299,6 @@ pub struct KeyLimits {
     pub credits: Option<Credits>,
     /// Its account's limits and balance, shared by the account's keys.
     pub account: AccountLimits,
-    /// The key's then the account's limits as slots, made on first use.
-    pub(crate) slots: LazySlots,
-    /// What the layer keeps per record on first use (its leases of the balances), so
-    /// that a hit looks nothing up.
-    pub(crate) memo: Memo,
 }
 
 impl KeyLimits {
@@ -296,8 +313,6 @@ impl KeyLimits {
             ratelimits,
             credits,
             account,
-            slots: LazySlots::default(),
-            memo: Memo::default(),
         }
     }
 
@@ -309,21 +324,66 @@ impl KeyLimits {
             && self.account.ratelimits.is_empty()
             && self.account.credits.is_none()
     }
+}
 
-    /// The rate limits as slots: the key's (`false`) then the account's (`true`).
-    pub(crate) fn slots(&self) -> &[(bool, Slot)] {
-        self.slots.0.get_or_init(|| {
-            let own = self.ratelimits.iter().map(|limit| (false, limit));
-            let account = self.account.ratelimits.iter().map(|limit| (true, limit));
-            own.chain(account)
-                .map(|(shared, limit)| (shared, Slot::new(limit.clone())))
-                .collect()
-        })
+/// What the crate keeps with a record while it serves: runtime state, not data
+/// (ignored by `==`, reset by `clone`), made on first use, and shared by the copies of
+/// a record that the cache makes for each thread
+/// ([`KeyRecord::copy_sharing_runtime`]).
+#[derive(Default)]
+pub(crate) struct Runtime(std::sync::OnceLock<Arc<RuntimeState>>);
+
+/// See [`Runtime`].
+#[derive(Default)]
+pub(crate) struct RuntimeState {
+    /// When the usage recorder last noted this key (unix seconds).
+    pub(crate) last_seen: AtomicI64,
+    /// Requests not yet flushed, by hour, outcome and client address.
+    pub(crate) usage: UsageCell,
+    /// The key's then the account's limits as slots.
+    slots: std::sync::OnceLock<Box<[(bool, Slot)]>>,
+    /// What the layer keeps per record (its leases of the balances), so that a hit
+    /// looks nothing up.
+    pub(crate) memo: Memo,
+}
+
+impl Runtime {
+    fn state(&self) -> &RuntimeState {
+        self.shared()
+    }
+
+    fn shared(&self) -> &Arc<RuntimeState> {
+        self.0.get_or_init(Arc::default)
+    }
+
+    /// The same state, for a copy of the record.
+    fn share(&self) -> Runtime {
+        Runtime(std::sync::OnceLock::from(Arc::clone(self.shared())))
+    }
+}
+
+impl Clone for Runtime {
+    fn clone(&self) -> Self {
+        Runtime::default()
+    }
+}
+
+impl PartialEq for Runtime {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Runtime {}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Runtime")
     }
 }
 
 /// A value made on first use by its owner (identified by an address), kept with a
-/// record; runtime state, ignored by `==`, reset by `clone`.
+/// record's runtime state.
 #[derive(Default)]
 pub(crate) struct Memo(std::sync::OnceLock<(usize, Arc<dyn std::any::Any + Send + Sync>)>);
 
@@ -340,47 +400,9 @@ impl Memo {
     }
 }
 
-impl Clone for Memo {
-    fn clone(&self) -> Self {
-        Memo::default()
-    }
-}
-
-impl PartialEq for Memo {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Memo {}
-
 impl fmt::Debug for Memo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Memo")
-    }
-}
-
-/// Slots made on first use; runtime state, ignored by `==`, reset by `clone`.
-#[derive(Default)]
-pub(crate) struct LazySlots(std::sync::OnceLock<Box<[(bool, Slot)]>>);
-
-impl Clone for LazySlots {
-    fn clone(&self) -> Self {
-        LazySlots::default()
-    }
-}
-
-impl PartialEq for LazySlots {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for LazySlots {}
-
-impl fmt::Debug for LazySlots {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LazySlots")
     }
 }
 
@@ -525,55 +547,9 @@ impl UsageCell {
     }
 }
 
-impl Clone for UsageCell {
-    fn clone(&self) -> Self {
-        UsageCell::default()
-    }
-}
-
-impl PartialEq for UsageCell {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for UsageCell {}
-
 impl fmt::Debug for UsageCell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("UsageCell")
-    }
-}
-
-/// The second (unix time) a cached record was last noted; part of [`KeyRecord`] so the
-/// hot path needs no map lookup.
-#[derive(Default)]
-pub(crate) struct LastSeen(AtomicI64);
-
-impl LastSeen {
-    /// The second, for the usage recorder to compare and raise.
-    pub(crate) fn seconds(&self) -> &AtomicI64 {
-        &self.0
-    }
-}
-
-impl Clone for LastSeen {
-    fn clone(&self) -> Self {
-        LastSeen::default()
-    }
-}
-
-impl PartialEq for LastSeen {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for LastSeen {}
-
-impl fmt::Debug for LastSeen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LastSeen")
     }
 }
 

@@ -71,7 +71,7 @@ impl UsageRecorder {
     /// Notes that the key of `record` was used at `now`.
     pub fn record(&self, record: &KeyRecord, now: OffsetDateTime) {
         let second = now.unix_timestamp();
-        let stamp = record.last_seen.seconds();
+        let stamp = &record.runtime().last_seen;
         if stamp.load(Ordering::Relaxed) >= second
             || stamp.fetch_max(second, Ordering::Relaxed) >= second
         {
@@ -98,9 +98,13 @@ impl UsageRecorder {
             self.record(record, now);
         }
         let hour = now.unix_timestamp().div_euclid(3_600) * 3_600;
-        record.usage.add(hour, outcome, ip);
-        if !record.usage.registered.load(Ordering::Relaxed)
-            && !record.usage.registered.swap(true, Ordering::AcqRel)
+        record.runtime().usage.add(hour, outcome, ip);
+        if !record.runtime().usage.registered.load(Ordering::Relaxed)
+            && !record
+                .runtime()
+                .usage
+                .registered
+                .swap(true, Ordering::AcqRel)
         {
             self.inner
                 .counted
@@ -143,8 +147,12 @@ impl UsageRecorder {
         }
         for record in records {
             // Unregistered first: a request counted after this registers it again.
-            record.usage.registered.store(false, Ordering::Release);
-            for tally in record.usage.take() {
+            record
+                .runtime()
+                .usage
+                .registered
+                .store(false, Ordering::Release);
+            for tally in record.runtime().usage.take() {
                 let hour = OffsetDateTime::from_unix_timestamp(tally.hour)
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH);
                 let mut bucket = UsageBucket::new(record.id.clone(), hour);

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Stripes of a counter (a power of two, more than a server has workers, usually).
-const STRIPES: usize = 16;
+pub(super) const STRIPES: usize = 16;
 
 /// One stripe, alone on its cache line (128 bytes: two lines, for adjacent-line
 /// prefetchers).
@@ -25,7 +25,7 @@ thread_local! {
 }
 
 /// This thread's stripe.
-fn stripe() -> usize {
+pub(super) fn stripe() -> usize {
     STRIPE.with(|stripe| {
         let mut index = stripe.get();
         if index == usize::MAX {

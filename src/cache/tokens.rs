@@ -19,18 +19,24 @@
 //! that share a cache never get answers for tokens only another format accepts.
 //!
 //! A hit reads one atomic word that only invalidations write, and one slot through
-//! `arc-swap` (whose reads write nothing shared), and clones the answer.
+//! `arc-swap` (whose reads write nothing shared), and clones this thread's copy of the
+//! answer: each thread (each of the striped counters' stripes) gets its own copy of a
+//! hot record, sharing the record's runtime state (usage, rate-limit slots, leases),
+//! so that the reference count a request takes and drops is one no other thread
+//! writes.
 
 use std::hash::Hasher as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::Lookup;
+use super::striped::{STRIPES, stripe};
 use crate::key::KeyHash;
+use crate::record::KeyRecord;
 
 /// Slots of the index (a power of two): tokens whose MACs share the low bits take
 /// turns.
@@ -54,6 +60,20 @@ struct Known {
     hash: KeyHash,
     touch_after: Instant,
     touched: AtomicBool,
+    /// Each stripe's copy of a found record, made by its first hit.
+    copies: [OnceLock<Arc<KeyRecord>>; STRIPES],
+}
+
+impl Known {
+    /// The answer, as this thread's copy.
+    fn answer(&self) -> Lookup {
+        match &self.lookup {
+            Lookup::Found(record) => Lookup::Found(Arc::clone(
+                self.copies[stripe()].get_or_init(|| Arc::new(record.copy_sharing_runtime())),
+            )),
+            Lookup::Unknown => Lookup::Unknown,
+        }
+    }
 }
 
 /// A token the index could not answer: where its answer goes once the cache has it.
@@ -105,7 +125,7 @@ impl TokenIndex {
                 let touch = now >= known.touch_after
                     && !known.touched.load(Ordering::Relaxed)
                     && !known.touched.swap(true, Ordering::Relaxed);
-                return Ok((known.lookup.clone(), touch.then_some(known.hash)));
+                return Ok((known.answer(), touch.then_some(known.hash)));
             }
         }
         Err(Miss { mac, generation })
@@ -128,6 +148,7 @@ impl TokenIndex {
             hash,
             touch_after,
             touched: AtomicBool::new(false),
+            copies: std::array::from_fn(|_| OnceLock::new()),
         })));
     }
 
