@@ -586,9 +586,16 @@ where
                     match shared.format.parse(token) {
                         Ok(parsed) => {
                             let hash = parsed.hash();
-                            match shared.cache.get_cached_for(&hash, miss) {
+                            let tag = parsed.environment();
+                            match shared.cache.get_cached_for(&hash, miss, tag) {
+                                Some(found) if !found.agrees_with(tag) => {
+                                    return self.reject(&span, disagreeing(&span));
+                                }
                                 Some(found) => found,
-                                None => return self.verify_then_call(request, hash, span),
+                                None => {
+                                    let tag = tag.clone();
+                                    return self.verify_then_call(request, hash, tag, span);
+                                }
                             }
                         }
                         Err(_) if shared.pass_foreign && !shared.format.looks_like_key(token) => {
@@ -733,6 +740,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         &mut self,
         request: Request<ReqBody>,
         hash: KeyHash,
+        tag: Environment,
         span: tracing::Span,
     ) -> ResponseFuture<S, ReqBody>
     where
@@ -743,6 +751,7 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         let verification: VerifyFuture<ReqBody> = Box::pin(async move {
             let mut request = request;
             let decision = match shared.cache.load(hash).await {
+                Ok(found) if !found.agrees_with(&tag) => Err(disagreeing(&span)),
                 Ok(found) => match shared.decide(found, &RequestView::of(&request)) {
                     Ok((principal, Spent::Now(quota))) => quota.map(|quota| (principal, quota)),
                     Ok((principal, Spent::Later(spending))) => {
@@ -770,6 +779,16 @@ impl<S, V: KeyVerifier> ApiKeyAuth<S, V> {
         });
         self.deferred(verification)
     }
+}
+
+/// The refusal of a key whose record is of another environment than its tag names (an
+/// imported hash given the wrong environment): not valid as presented.
+fn disagreeing(span: &tracing::Span) -> AuthError {
+    tracing::debug!(
+        parent: span,
+        "the API key's tag names another environment than its record"
+    );
+    AuthError::InvalidKey
 }
 
 #[inline]

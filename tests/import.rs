@@ -252,6 +252,46 @@ async fn imported_keys_authenticate<S: KeyStore + Clone>(store: S) {
     assert_eq!(store.audit_events(&query).await.unwrap().events.len(), 3);
 }
 
+/// A hash imported under another environment than its key's tag names (a
+/// `legacy_test_` key given `live`) is refused on every request, hot or not: the
+/// token does not say what the record says.
+#[tokio::test]
+async fn a_key_imported_under_another_environment_than_its_tag_is_refused() {
+    let store = MemoryStore::new();
+    let format = format();
+    let cache = CachedVerifier::new(store.clone());
+    let manager = KeyManager::new(store.clone(), cache.clone(), format.clone());
+    let (mislabelled, right) = (python_key("test"), python_key("live"));
+    let line = |key: &str, name: &str| {
+        json!({
+            "key_hash": sha256_hex(key),
+            "name": name,
+            "account_id": "acct_py",
+            "environment": "live",
+            "scopes": ["read"],
+        })
+        .to_string()
+    };
+    let ndjson = format!(
+        "{}\n{}",
+        line(&mislabelled, "mislabelled"),
+        line(&right, "right")
+    );
+    let report = manager.import(&ndjson, "account_id").await.unwrap();
+    assert_eq!(report.imported.len(), 2);
+    let live = app(ApiKeyLayer::new(format.clone(), cache.clone()).environment(Environment::LIVE));
+    let any = app(ApiKeyLayer::new(format, cache));
+    for server in [&live, &any] {
+        for _ in 0..3 {
+            let response = send(server, get_with("/whoami", Some(&bearer(&mislabelled)))).await;
+            assert_eq!(response.status(), 401);
+            assert_eq!(code_of(response).await, "invalid_api_key");
+            let response = send(server, get_with("/whoami", Some(&bearer(&right)))).await;
+            assert_eq!(response.status(), 200);
+        }
+    }
+}
+
 /// A file with a bad third line writes nothing: no key, no event.
 async fn a_bad_line_writes_nothing<S: KeyStore + Clone>(store: S) {
     let cache = CachedVerifier::new(store.clone());

@@ -49,7 +49,7 @@ mod tokens;
 use self::striped::Striped;
 pub(crate) use self::tokens::Miss;
 use self::tokens::TokenIndex;
-use crate::key::{KeyHash, KeyId};
+use crate::key::{Environment, KeyHash, KeyId};
 use crate::metrics::{CacheMetrics, Incident};
 use crate::record::KeyRecord;
 use crate::verify::{Invalidate, KeyVerifier, VerifyError};
@@ -61,6 +61,18 @@ pub(crate) enum Lookup {
     Found(Arc<KeyRecord>),
     /// The verifier does not know the key.
     Unknown,
+}
+
+impl Lookup {
+    /// Whether the record found is of the environment that the presented key's tag
+    /// names (an unknown key agrees with any). Keys this crate makes always agree; an
+    /// imported hash may have been given another environment than its key's tag.
+    pub(crate) fn agrees_with(&self, tag: &Environment) -> bool {
+        match self {
+            Lookup::Found(record) => record.environment == *tag,
+            Lookup::Unknown => true,
+        }
+    }
 }
 
 /// Counters of a [`CachedVerifier`], for metrics and tests.
@@ -522,12 +534,23 @@ impl<V: KeyVerifier> CachedVerifier<V> {
     }
 
     /// [`get_cached`](Self::get_cached) for the token that `miss` stands for, whose hash
-    /// is `hash`: a fresh answer goes into the token index too.
-    pub(crate) fn get_cached_for(&self, hash: &KeyHash, miss: Miss) -> Option<Lookup> {
-        self.get_cached_then(hash, Some(miss))
+    /// is `hash` and whose tag names `tag`: a fresh answer goes into the token index
+    /// too, unless it [disagrees](Lookup::agrees_with) with the tag (then every request
+    /// with the token goes the long way, and is refused there).
+    pub(crate) fn get_cached_for(
+        &self,
+        hash: &KeyHash,
+        miss: Miss,
+        tag: &Environment,
+    ) -> Option<Lookup> {
+        self.get_cached_then(hash, Some((miss, tag)))
     }
 
-    fn get_cached_then(&self, hash: &KeyHash, token: Option<Miss>) -> Option<Lookup> {
+    fn get_cached_then(
+        &self,
+        hash: &KeyHash,
+        token: Option<(Miss, &Environment)>,
+    ) -> Option<Lookup> {
         let core = &*self.core;
         let slot = &core.hot[hot_index(hash)];
         // Read before moka: an invalidation racing with this read bumps it after.
@@ -538,7 +561,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     core.hits.add(1);
                     core.count_hit(&entry.entry.lookup);
                     let lookup = entry.entry.lookup.clone();
-                    if let Some(miss) = token {
+                    if let Some((miss, tag)) = token
+                        && lookup.agrees_with(tag)
+                    {
                         core.tokens
                             .remember(miss, *hash, lookup.clone(), entry.entry.deadline);
                     }
@@ -565,7 +590,9 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             return Some(lookup);
         }
         core.count_hit(&lookup);
-        if let Some(miss) = token {
+        if let Some((miss, tag)) = token
+            && lookup.agrees_with(tag)
+        {
             core.tokens
                 .remember(miss, *hash, lookup.clone(), entry.deadline);
         }
