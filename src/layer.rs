@@ -560,18 +560,18 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        // Only when a subscriber wants it: a span made disabled still does work on
-        // every record and on drop (for the `log` crate, when tracing's `log` feature
-        // is on), which `Span::none` skips.
-        let span = if tracing::enabled!(tracing::Level::DEBUG) {
-            tracing::debug_span!(
-                "api_key_auth",
-                key_id = Empty,
-                account_id = Empty,
-                outcome = Empty
-            )
-        } else {
+        let span = tracing::debug_span!(
+            "api_key_auth",
+            key_id = Empty,
+            account_id = Empty,
+            outcome = Empty
+        );
+        // A span no subscriber wants still does work on every record and on drop (for
+        // the `log` crate, when tracing's `log` feature is on), which `Span::none` skips.
+        let span = if span.is_disabled() {
             tracing::Span::none()
+        } else {
+            span
         };
         let found = match bearer_bytes(request.headers()) {
             // A token the cache knows: no character, format or checksum check, no

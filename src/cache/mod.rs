@@ -561,11 +561,11 @@ impl<V: KeyVerifier> CachedVerifier<V> {
                     core.hits.add(1);
                     core.count_hit(&entry.entry.lookup);
                     let lookup = entry.entry.lookup.clone();
-                    if let Some((miss, tag)) = token
-                        && lookup.agrees_with(tag)
-                    {
-                        core.tokens
-                            .remember(miss, *hash, lookup.clone(), entry.entry.deadline);
+                    if let Some((miss, tag)) = token {
+                        if lookup.agrees_with(tag) {
+                            core.tokens
+                                .remember(miss, *hash, lookup.clone(), entry.entry.deadline);
+                        }
                     }
                     return Some(lookup);
                 }
@@ -590,11 +590,11 @@ impl<V: KeyVerifier> CachedVerifier<V> {
             return Some(lookup);
         }
         core.count_hit(&lookup);
-        if let Some((miss, tag)) = token
-            && lookup.agrees_with(tag)
-        {
-            core.tokens
-                .remember(miss, *hash, lookup.clone(), entry.deadline);
+        if let Some((miss, tag)) = token {
+            if lookup.agrees_with(tag) {
+                core.tokens
+                    .remember(miss, *hash, lookup.clone(), entry.deadline);
+            }
         }
         if let (Some(version), Ok(mut hot)) = (version, slot.try_write()) {
             if hot.version == version {
@@ -606,8 +606,10 @@ impl<V: KeyVerifier> CachedVerifier<V> {
 
     /// The record of the key with `hash`: from the cache, or from the verifier (one call
     /// however many lookups of the same hash wait for it); `None` for a key the verifier
-    /// does not know. What the layer does on every request, for code that checks keys
-    /// itself.
+    /// does not know. The lookup the layer makes, for code that checks keys itself; the
+    /// layer then also refuses a record whose environment is not the one the presented
+    /// key's tag names (see [`ParsedKey::environment`](crate::key::ParsedKey::environment)),
+    /// which only the key, not its hash, tells.
     pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
         Ok(match self.find(hash).await? {
             Lookup::Found(record) => Some(record),

@@ -65,15 +65,48 @@ struct Known {
 }
 
 impl Known {
-    /// The answer, as this thread's copy.
+    /// The answer, as this thread's copy when it has one or may make one now, else as
+    /// the record every thread shares.
     fn answer(&self) -> Lookup {
         match &self.lookup {
-            Lookup::Found(record) => Lookup::Found(Arc::clone(
-                self.copies[stripe()].get_or_init(|| Arc::new(record.copy_sharing_runtime())),
-            )),
+            Lookup::Found(record) => {
+                let copy = &self.copies[stripe()];
+                let record = match copy.get() {
+                    Some(copy) => copy,
+                    None if may_copy() => {
+                        copy.get_or_init(|| Arc::new(record.copy_sharing_runtime()))
+                    }
+                    None => record,
+                };
+                Lookup::Found(Arc::clone(record))
+            }
             Lookup::Unknown => Lookup::Unknown,
         }
     }
+}
+
+/// A thread makes at most one copy of a record per this many hits that found none, so
+/// that copying stays a small share of the hits whatever empties the index (every
+/// invalidation does: a tenant renaming a key in a loop must not make every thread copy
+/// every hot record each time).
+const HITS_PER_COPY: u32 = 64;
+
+thread_local! {
+    static HITS_WITHOUT_COPY: std::cell::Cell<u32> = const { std::cell::Cell::new(HITS_PER_COPY) };
+}
+
+/// Whether this thread may copy a record now (and if so, starts counting again).
+fn may_copy() -> bool {
+    HITS_WITHOUT_COPY.with(|hits| {
+        let n = hits.get();
+        if n >= HITS_PER_COPY {
+            hits.set(0);
+            true
+        } else {
+            hits.set(n + 1);
+            false
+        }
+    })
 }
 
 /// A token the index could not answer: where its answer goes once the cache has it.
@@ -230,6 +263,50 @@ mod tests {
             matches!(index.get(0, b"sk_live_a"), Ok((_, None))),
             "once only"
         );
+    }
+
+    /// However often the index is emptied, a thread copies at most one record per
+    /// `HITS_PER_COPY` hits that found no copy; a hit that found one copies nothing.
+    #[test]
+    fn a_thread_copies_records_at_a_bounded_rate() {
+        std::thread::spawn(|| {
+            let index = TokenIndex::new();
+            let record = Arc::new(crate::record::KeyRecord::new(
+                crate::key::KeyId::new("ak_1"),
+                "k",
+                "acct",
+                crate::key::Environment::LIVE,
+            ));
+            let answer = |index: &TokenIndex| match index.get(0, b"sk_live_a") {
+                Ok((Lookup::Found(found), _)) => found,
+                _ => panic!("not indexed"),
+            };
+            let mut copies = 0;
+            for _ in 0..1000 {
+                index.forget_all();
+                let miss = index.get(0, b"sk_live_a").unwrap_err();
+                let found = Lookup::Found(Arc::clone(&record));
+                index.remember(miss, KeyHash::of("t"), found, fresh());
+                if !Arc::ptr_eq(&answer(&index), &record) {
+                    copies += 1;
+                }
+            }
+            let most = 1000 / HITS_PER_COPY as usize + 1;
+            assert!((1..=most).contains(&copies), "{copies} copies");
+            // Once copied, every hit takes the copy.
+            let copy = loop {
+                let found = answer(&index);
+                if !Arc::ptr_eq(&found, &record) {
+                    break found;
+                }
+            };
+            for _ in 0..100 {
+                assert!(Arc::ptr_eq(&answer(&index), &copy));
+            }
+            assert_eq!(*copy, *record, "a copy equals its record");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
