@@ -560,18 +560,24 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let span = tracing::debug_span!(
-            "api_key_auth",
-            key_id = Empty,
-            account_id = Empty,
-            outcome = Empty
-        );
-        // A span no subscriber wants still does work on every record and on drop (for
-        // the `log` crate, when tracing's `log` feature is on), which `Span::none` skips.
-        let span = if span.is_disabled() {
-            tracing::Span::none()
+        // With no subscriber ever set nobody wants the span, and a disabled one would
+        // still do the `log` crate's work when made, recorded and dropped (tracing's
+        // `log` feature), which `Span::none` skips. With a subscriber the span is made
+        // as usual (filters on its name keep working) and kept only if enabled.
+        let span = if tracing::dispatcher::has_been_set() {
+            let span = tracing::debug_span!(
+                "api_key_auth",
+                key_id = Empty,
+                account_id = Empty,
+                outcome = Empty
+            );
+            if span.is_disabled() {
+                tracing::Span::none()
+            } else {
+                span
+            }
         } else {
-            span
+            tracing::Span::none()
         };
         let found = match bearer_bytes(request.headers()) {
             // A token the cache knows: no character, format or checksum check, no
