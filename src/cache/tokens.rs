@@ -23,7 +23,8 @@
 //! answer: each thread (each of the striped counters' stripes) gets its own copy of a
 //! hot record, sharing the record's runtime state (usage, rate-limit slots, leases),
 //! so that the reference count a request takes and drops is one no other thread
-//! writes.
+//! writes. A thread copies at most one record per 64 hits that found no copy, so that
+//! an invalidation storm cannot turn every hit into a copy.
 
 use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,7 +61,8 @@ struct Known {
     hash: KeyHash,
     touch_after: Instant,
     touched: AtomicBool,
-    /// Each stripe's copy of a found record, made by its first hit.
+    /// Each stripe's copy of a found record, made by one of its hits (see
+    /// [`HITS_PER_COPY`]).
     copies: [OnceLock<Arc<KeyRecord>>; STRIPES],
 }
 
