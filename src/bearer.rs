@@ -45,23 +45,27 @@ pub(crate) fn bearer_bytes(headers: &HeaderMap) -> Result<Option<&[u8]>, AuthErr
     // What nearly every client sends, `Bearer <token>`, read without a search.
     let rest = match value.split_at_checked(7) {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest,
-        _ => {
-            let value = value.trim_ascii();
-            let (scheme, rest) = match value.iter().position(|b| *b == b' ' || *b == b'\t') {
-                Some(at) => value.split_at(at),
-                None => (value, &[][..]),
-            };
-            if !scheme.eq_ignore_ascii_case(b"bearer") {
-                return Ok(None);
-            }
-            rest
-        }
+        _ => match after_scheme(value) {
+            Some(rest) => rest,
+            None => return Ok(None),
+        },
     };
     let token = rest.trim_ascii();
     if token.is_empty() {
         return Err(AuthError::InvalidRequest(InvalidRequest::EmptyToken));
     }
     Ok(Some(token))
+}
+
+/// What follows the `Bearer` scheme (any case, spaces and tabs around it) in a header
+/// value; `None` for another scheme.
+fn after_scheme(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = match value.iter().position(|b| *b == b' ' || *b == b'\t') {
+        Some(at) => value.split_at(at),
+        None => (value, &[][..]),
+    };
+    scheme.eq_ignore_ascii_case(b"bearer").then_some(rest)
 }
 
 /// `token` as a string, if it is an RFC 6750 `b64token`.
@@ -120,19 +124,12 @@ mod tests {
         assert_eq!(token_of(b"Bearer abc=="), Ok(Some("abc==".into())));
     }
 
-    /// What `bearer_bytes` read before its fast path for `Bearer <token>`.
+    /// What `bearer_bytes` reads without its fast path for `Bearer <token>`.
     fn general(value: &[u8]) -> Result<Option<&[u8]>, AuthError> {
-        let value = value.trim_ascii();
-        let (scheme, rest) = match value.iter().position(|b| *b == b' ' || *b == b'\t') {
-            Some(at) => value.split_at(at),
-            None => (value, &[][..]),
-        };
-        if !scheme.eq_ignore_ascii_case(b"bearer") {
-            return Ok(None);
-        }
-        match rest.trim_ascii() {
-            [] => Err(AuthError::InvalidRequest(InvalidRequest::EmptyToken)),
-            token => Ok(Some(token)),
+        match after_scheme(value).map(<[u8]>::trim_ascii) {
+            None => Ok(None),
+            Some([]) => Err(AuthError::InvalidRequest(InvalidRequest::EmptyToken)),
+            Some(token) => Ok(Some(token)),
         }
     }
 

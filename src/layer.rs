@@ -917,6 +917,18 @@ mod tests {
 
     type Body = http_body_util::Full<Bytes>;
 
+    /// An inner service that answers 200 to anything.
+    fn ok() -> impl Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
+        })
+    }
+
     fn shas() -> u64 {
         crate::key::tests::SHA_CALLS.with(std::cell::Cell::get)
     }
@@ -947,9 +959,7 @@ mod tests {
             .unwrap();
         let cache = CachedVerifier::new(store.clone());
         let layer = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone());
-        let service = layer.layer(tower::service_fn(|_: Request<Body>| async {
-            Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
-        }));
+        let service = layer.layer(ok());
         let token = created.key.expose_secret();
         // A miss, then a hit by hash (which fills the token index).
         assert_eq!(status(&service, token).await, 200);
@@ -985,11 +995,7 @@ mod tests {
             .await
             .unwrap();
         let cache = CachedVerifier::new(store.clone());
-        let service = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone()).layer(
-            tower::service_fn(|_: Request<Body>| async {
-                Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
-            }),
-        );
+        let service = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone()).layer(ok());
         let copy = service.for_connection();
         assert!(!Arc::ptr_eq(&service.shared, &copy.shared));
         let token = created.key.expose_secret();
@@ -1094,11 +1100,6 @@ mod tests {
             .await
             .unwrap();
         let cache = CachedVerifier::new(store.clone());
-        let ok = || {
-            tower::service_fn(|_: Request<Body>| async {
-                Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
-            })
-        };
         let sk = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone()).layer(ok());
         let pk = ApiKeyLayer::new(KeyFormat::new("pk"), cache.clone()).layer(ok());
         let token = created.key.expose_secret();
@@ -1125,9 +1126,7 @@ mod tests {
             .max_capacity(1)
             .build();
         let layer = ApiKeyLayer::new(KeyFormat::new("sk"), cache.clone());
-        let service = layer.layer(tower::service_fn(|_: Request<Body>| async {
-            Ok::<_, std::convert::Infallible>(Response::new(Body::default()))
-        }));
+        let service = layer.layer(ok());
         let hot = keys[0].key.expose_secret();
         for _ in 0..3 {
             assert_eq!(status(&service, hot).await, 200);

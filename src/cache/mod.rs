@@ -339,6 +339,24 @@ impl<V> CacheCore<V> {
     }
 
     /// Takes `hash` out of moka and the hot table (and its key out of the index).
+    /// One invalidation: counted by `counter`, noted in the ledger as `target`, the
+    /// entries of the hashes `named` finds (under the ledger's lock) removed, and then,
+    /// once they are gone, every token-indexed answer stopped (see `tokens`).
+    fn forget(
+        &self,
+        counter: &metrics::Counter,
+        target: Target,
+        named: impl FnOnce(&Ledger) -> Vec<KeyHash>,
+    ) {
+        counter.increment(1);
+        let mut ledger = self.ledger();
+        ledger.record(target);
+        for hash in named(&ledger) {
+            self.remove(&mut ledger, &hash);
+        }
+        self.tokens.forget_all();
+    }
+
     fn remove(&self, ledger: &mut Ledger, hash: &KeyHash) {
         if let Some(Entry {
             lookup: Lookup::Found(record),
@@ -763,12 +781,9 @@ impl<V> CachedVerifier<V> {
     /// Forgets the answer for one key hash.
     pub fn invalidate(&self, hash: &KeyHash) {
         let core = &*self.core;
-        core.metrics.invalidated_key.increment(1);
-        let mut ledger = core.ledger();
-        ledger.record(Target::Hash(*hash));
-        core.remove(&mut ledger, hash);
-        // After the entries are gone: see `tokens`.
-        core.tokens.forget_all();
+        core.forget(&core.metrics.invalidated_key, Target::Hash(*hash), |_| {
+            vec![*hash]
+        });
     }
 
     /// Forgets the answer for the key with this id (for revocation, where the caller
@@ -776,50 +791,39 @@ impl<V> CachedVerifier<V> {
     /// the cache holds.
     pub fn invalidate_key_id(&self, id: &KeyId) {
         let core = &*self.core;
-        core.metrics.invalidated_key.increment(1);
-        let mut ledger = core.ledger();
-        ledger.record(Target::Id(id.clone()));
-        for hash in ledger.hashes_of(id) {
-            core.remove(&mut ledger, &hash);
-        }
-        // After the entries are gone: see `tokens`.
-        core.tokens.forget_all();
+        core.forget(
+            &core.metrics.invalidated_key,
+            Target::Id(id.clone()),
+            |ledger| ledger.hashes_of(id),
+        );
     }
 
     /// Forgets the answers for every key of an account (after its billing standing or
     /// another account-wide property changed). Touches that account's entries only.
     pub fn invalidate_account(&self, account_id: &str) {
         let core = &*self.core;
-        core.metrics.invalidated_account.increment(1);
-        let mut ledger = core.ledger();
-        ledger.record(Target::Account(account_id.to_owned()));
-        let hashes = ledger.hashes_of_account(account_id);
-        for hash in hashes {
-            core.remove(&mut ledger, &hash);
-        }
-        // After the entries are gone: see `tokens`.
-        core.tokens.forget_all();
+        let target = Target::Account(account_id.to_owned());
+        core.forget(&core.metrics.invalidated_account, target, |ledger| {
+            ledger.hashes_of_account(account_id)
+        });
     }
 
     /// Forgets every answer: a pass over the whole cache (for a listener that may have
     /// missed notifications).
     pub fn invalidate_all(&self) {
         let core = &*self.core;
-        core.metrics.invalidated_all.increment(1);
-        let mut ledger = core.ledger();
-        ledger.record(Target::All);
         // One by one: moka's `invalidate_all` applies lazily and, under concurrent
         // reads, lets an entry be read for a moment after it returns.
-        let hashes: Vec<Arc<KeyHash>> = core.entries.iter().map(|(hash, _)| hash).collect();
-        for hash in hashes {
-            core.remove(&mut ledger, &hash);
-        }
+        core.forget(&core.metrics.invalidated_all, Target::All, |_| {
+            core.entries.iter().map(|(hash, _)| *hash).collect()
+        });
         for slot in core.hot.iter() {
             let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);
             slot.entry = None;
             slot.version = slot.version.wrapping_add(1);
         }
-        // After the entries are gone: see `tokens`.
+        // The hot table emptied after the token index: empty the index again, so that
+        // nothing read from the hot table in between is served.
         core.tokens.forget_all();
     }
 
